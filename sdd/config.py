@@ -1,0 +1,112 @@
+"""Every setting of the pipeline, as pydantic models loaded from ``params/*.yaml``.
+
+``params/`` is the single source of settings for the CLI, DVC and Prefect: each file maps onto
+one model below, and all three front ends call :func:`load_params` (or the per-file loaders).
+An invalid file fails with :class:`ConfigError`, a one-line message naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PARAMS_DIR = Path("params")
+
+
+class ConfigError(ValueError):
+    """A settings file or value is invalid; the message is one line meant for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DistillConfig(_Strict):
+    """SDD hyperparameters; defaults are the paper's (Kim et al. 2023)."""
+
+    steps: int = Field(1500, ge=1, description="Optimizer steps (training samples at batch 1).")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (constant schedule).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA teacher decay per step.")
+    ddim_steps: int = Field(50, ge=1, description="DDIM steps N of the teacher sampler (eta 0).")
+    guidance_scale: float = Field(3.0, ge=1, description="CFG scale of the teacher sampler.")
+    train_method: Literal["xattn", "full", "selfattn", "noxattn"] = Field(
+        "xattn", description="Trained parameters: xattn=attn2, selfattn=attn1, noxattn=all but attn2.")
+    concept_schedule: Literal["iterative", "composite", "random"] = Field(
+        "iterative", description="Which concept prompt c_s each step erases.")
+    batch_size: int = Field(1, ge=1, description="Training samples per optimizer step.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU.")
+    seed: int = Field(0, description="Seed for noise, step indices and timesteps.")
+    checkpoint_every: int = Field(100, ge=1, description="Write a resumable checkpoint every N steps.")
+    resolution: int | None = Field(None, ge=8, description="Image size in pixels; None = the model's native size.")
+
+
+class ToyConfig(_Strict):
+    """How the toy world is built (``sdd toy build``)."""
+
+    seed: int = 0
+    vae_steps: int = Field(1500, ge=1)
+    unet_steps: int = Field(6000, ge=1)
+    judge_steps: int = Field(600, ge=1)
+    batch_size: int = Field(64, ge=1)
+    caption_dropout: float = Field(0.1, ge=0, lt=1, description="Fraction of empty-caption (natural) examples.")
+    partial_captions: float = Field(0.2, ge=0, lt=1, description="Fraction naming only colour or only shape.")
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line: the first offending field, what is wrong, and where."""
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: field '{field}': {first['msg']}{more}"
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, turning every I/O and syntax problem into a one-line ConfigError."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; pass an existing params file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}; fix the syntax") from None
+
+
+def validate(model: type[_M], data: Any, source: str) -> _M:
+    """Validate ``data`` against ``model`` or raise a one-line ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_model(model: type[_M], path: Path, overrides: dict[str, Any] | None = None) -> _M:
+    """Load one params file into ``model``, applying ``overrides`` (e.g. from CLI flags) on top."""
+    data = read_yaml(path) if Path(path).exists() else {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return validate(model, data, str(path))
