@@ -27,17 +27,14 @@ class ToyJudge(nn.Module):
     colors = world.COLOR_NAMES
     shapes = world.SHAPE_NAMES
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 16):
         super().__init__()
         self.width = width
         self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.GELU(),
-            nn.Conv2d(width, width, 3, padding=1, stride=2), nn.GELU(),  # 16x16
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.GELU(),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1, stride=2), nn.GELU(),  # 8x8
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.GELU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(4 * width, FEATURE_DIM), nn.GELU(),
+            nn.Conv2d(3, width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),  # 16x16
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),  # 8x8
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),  # 4x4
+            nn.Flatten(), nn.Linear(2 * width * 16, FEATURE_DIM), nn.GELU(),
         )
         self.color_head = nn.Linear(FEATURE_DIM, len(self.colors))
         self.shape_head = nn.Linear(FEATURE_DIM, len(self.shapes))
@@ -76,7 +73,7 @@ class ToyJudge(nn.Module):
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Mild blur and noise so the judge also reads slightly imperfect generated images."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     blur = rng.random(len(images)) < 0.5
     if blur.any():
         kernel = torch.tensor([1.0, 2.0, 1.0])
@@ -116,7 +113,7 @@ def train_judge(steps: int = 600, batch_size: int = 64, seed: int = 0, log=print
 def judge_accuracy(judge: ToyJudge, n: int = 2000, seed: int = 12345) -> dict[str, float]:
     """Accuracy on fresh procedural images (a seed never used in training)."""
     images, _, colors, shapes = world.sample_batch(n, seed=seed)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     pc, ps = judge.classify(x)
     color_ok = [judge.colors[i] == c for i, c in zip(pc.argmax(-1).tolist(), colors, strict=True)]
     shape_ok = [judge.shapes[i] == s for i, s in zip(ps.argmax(-1).tolist(), shapes, strict=True)]

@@ -1,0 +1,244 @@
+"""Build the toy world from a seed: tokenizer, VAE, text encoder + UNet, judge; save them.
+
+The result is an ordinary ``StableDiffusionPipeline`` folder (``pipeline/``) that loads with
+``StableDiffusionPipeline.from_pretrained(dir)`` like any real model, plus the judge (``judge/``).
+Everything is trained from scratch here, on 2 CPU cores, in a few minutes:
+
+1. a word-level BPE tokenizer fitted to the caption vocabulary (plus every printable ASCII
+   character, so any prompt tokenizes);
+2. a small ``AutoencoderKL`` (32x32x3 <-> 8x8x4);
+3. a small ``CLIPTextModel`` and ``UNet2DConditionModel`` trained jointly with the standard
+   epsilon objective, with caption dropout so classifier-free guidance (and SDD) work;
+4. the judge (``sdd.toy.judge``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import string
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from sdd.config import ToyConfig
+from sdd.toy import world
+from sdd.toy.judge import judge_accuracy, train_judge
+
+MAX_TOKENS = 24  # captions are at most ~10 words; the text encoder's context is this long
+LATENT_CHANNELS = 4
+
+
+def _log_default(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------- tokenizer
+def caption_corpus() -> list[str]:
+    """Every word the toy world's captions can use, in caption-like lines."""
+    rng = random.Random(0)
+    lines = []
+    for template in world.TRAIN_TEMPLATES + world.HELDOUT_TEMPLATES:
+        for color in world.COLOR_NAMES:
+            for shape in world.SHAPE_NAMES:
+                lines.append(world.caption(color, shape, template, rng))
+    for names, _ in world.COLORS.values():
+        lines += [t.format(c=n) for t in world.COLOR_ONLY_TEMPLATES for n in names]
+    for names in world.SHAPES.values():
+        lines += [t.format(s=n) for t in world.SHAPE_ONLY_TEMPLATES for n in names]
+    # every printable character as a word of its own, so "</w>"-final pieces exist for any text
+    lines.append(" ".join(string.ascii_lowercase + string.digits + string.punctuation))
+    return lines
+
+
+def build_tokenizer(directory: Path) -> CLIPTokenizer:
+    """Fit a CLIP-style BPE (words end in ``</w>``) to the captions; save vocab.json/merges.txt."""
+    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=list(string.ascii_lowercase + string.digits + string.punctuation),
+        end_of_word_suffix="</w>", show_progress=False)
+    bpe.train_from_iterator([line.lower() for line in caption_corpus()], trainer)
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe.model.save(str(directory))  # vocab.json + merges.txt
+    merges = (directory / "merges.txt").read_text().splitlines()
+    if not merges or not merges[0].startswith("#version"):
+        (directory / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
+                              model_max_length=MAX_TOKENS)
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- models
+def build_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
+        mid_block_add_attention=False, sample_size=world.IMAGE_SIZE)
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextModel(config)
+
+
+def build_unet(sample_size: int) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16)
+
+
+def build_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
+                         steps_offset=1, prediction_type="epsilon")
+
+
+# --------------------------------------------------------------------------- training
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) in [0, 1] -> (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() * 2 - 1
+
+
+def _cosine_lr(opt: torch.optim.Optimizer, steps: int, warmup: int = 100):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train_vae(cfg: ToyConfig, log: Callable[[str], None]) -> AutoencoderKL:
+    vae = build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    sched = _cosine_lr(opt, cfg.vae_steps)
+    vae.train()
+    for step in range(cfg.vae_steps):
+        images, *_ = world.sample_batch(cfg.batch_size, seed=cfg.seed * 7919 + step, natural_fraction=0.5)
+        x = _to_tensor(images)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = F.mse_loss(recon, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0 or step == cfg.vae_steps - 1:
+            log(f"vae   step {step:5d}/{cfg.vae_steps}  loss {loss.item():.5f}")
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_pool(vae: AutoencoderKL, n: int, seed: int, natural: bool):
+    """Encode ``n`` fresh scenes to latent means; keep their colour/shape labels for captions."""
+    latents, colors, shapes = [], [], []
+    for start in range(0, n, 256):
+        images, _, c, s = world.sample_batch(min(256, n - start), seed=seed + start,
+                                             natural_fraction=1.0 if natural else 0.0)
+        latents.append(vae.encode(_to_tensor(images)).latent_dist.mean)
+        colors += c
+        shapes += s
+    return torch.cat(latents), colors, shapes
+
+
+def _random_caption(color: str, shape: str, rng: random.Random, partial: float) -> str:
+    if rng.random() < partial:
+        if rng.random() < 0.5:
+            return rng.choice(world.COLOR_ONLY_TEMPLATES).format(c=rng.choice(world.COLORS[color][0]))
+        return rng.choice(world.SHAPE_ONLY_TEMPLATES).format(s=rng.choice(world.SHAPES[shape]))
+    return world.caption(color, shape, rng.choice(world.TRAIN_TEMPLATES), rng)
+
+
+def train_text_to_image(vae: AutoencoderKL, tokenizer: CLIPTokenizer, cfg: ToyConfig,
+                        log: Callable[[str], None]) -> tuple[CLIPTextModel, UNet2DConditionModel, float]:
+    """Train text encoder + UNet jointly; returns them and the latent scaling factor."""
+    pool_size = max(4096, cfg.batch_size * 64)
+    balanced, b_colors, b_shapes = encode_pool(vae, pool_size, seed=cfg.seed * 104729 + 1, natural=False)
+    natural, *_ = encode_pool(vae, pool_size // 4, seed=cfg.seed * 104729 + 2, natural=True)
+    scaling = float(1.0 / torch.cat([balanced, natural]).std())
+    balanced, natural = balanced * scaling, natural * scaling
+    log(f"latents: {tuple(balanced.shape[1:])}, scaling factor {scaling:.4f}")
+
+    text_encoder, unet = build_text_encoder(tokenizer), build_unet(balanced.shape[-1])
+    scheduler = build_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    sched = _cosine_lr(opt, cfg.unet_steps, warmup=200)
+    rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    alphas = scheduler.alphas_cumprod
+    unet.train()
+    text_encoder.train()
+    start = time.time()
+    for step in range(cfg.unet_steps):
+        n_uncond = int(round(cfg.batch_size * cfg.caption_dropout))
+        idx = torch.randint(len(balanced), (cfg.batch_size - n_uncond,), generator=gen)
+        uidx = torch.randint(len(natural), (n_uncond,), generator=gen)
+        x0 = torch.cat([balanced[idx], natural[uidx]])
+        captions = [_random_caption(b_colors[i], b_shapes[i], rng, cfg.partial_captions) for i in idx.tolist()]
+        captions += [""] * n_uncond
+        ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                        return_tensors="pt").input_ids
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(zt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 250 == 0 or step == cfg.unet_steps - 1:
+            rate = (step + 1) / (time.time() - start)
+            log(f"unet  step {step:5d}/{cfg.unet_steps}  loss {loss.item():.4f}  {rate:.1f} it/s")
+    return text_encoder.eval(), unet.eval(), scaling
+
+
+def build_toy_world(out_dir: Path, cfg: ToyConfig | None = None,
+                    log: Callable[[str], None] = _log_default) -> dict:
+    """Train every part of the toy world and save it under ``out_dir`` (pipeline/ and judge/)."""
+    cfg = cfg or ToyConfig()
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    tok_dir = out_dir / "pipeline" / "tokenizer"
+    tokenizer = build_tokenizer(tok_dir)
+    vae = train_vae(cfg, log)
+    timings["vae_s"] = time.time() - t0
+    text_encoder, unet, scaling = train_text_to_image(vae, tokenizer, cfg, log)
+    vae.register_to_config(scaling_factor=scaling)
+    timings["unet_s"] = time.time() - t0 - timings["vae_s"]
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=build_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out_dir / "pipeline")
+    t1 = time.time()
+    judge = train_judge(cfg.judge_steps, cfg.batch_size, cfg.seed, log=log)
+    accuracy = judge_accuracy(judge)
+    judge.save(out_dir / "judge", report=accuracy)
+    timings["judge_s"] = time.time() - t1
+    timings["total_s"] = time.time() - t0
+    report = {"config": cfg.model_dump(), "judge": accuracy, "timings": timings}
+    (out_dir / "build.json").write_text(json.dumps(report, indent=2) + "\n")
+    log(f"toy world built in {timings['total_s']:.0f} s: judge {accuracy}")
+    return report
