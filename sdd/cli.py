@@ -6,6 +6,8 @@ and exit with status 2, never as a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(help="Safe self-Distillation of Diffusion models: erase concepts, measure, register.",
@@ -13,6 +15,168 @@ app = typer.Typer(help="Safe self-Distillation of Diffusion models: erase concep
 toy_app = typer.Typer(help="The embedded toy world.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
 
+
+@app.command()
+def erase(
+    model: str = typer.Option(..., "--model", help="'toy', a diffusers folder or a Hugging Face Hub id."),
+    concept: list[str] = typer.Option(..., "--concept", help="A concept to erase; repeat for several."),
+    out: Path = typer.Option(..., "--out", help="Output folder (model/, patch, manifest, loss.csv)."),
+    config: Path | None = typer.Option(None, "--config", help="Distillation settings [params/distill.yaml]."),
+    steps: int | None = typer.Option(None, "--steps", help="Override the number of optimizer steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint if there is one."),
+) -> None:
+    """Erase concepts from a model with SDD (safe self-distillation)."""
+    from sdd.config import PARAMS_DIR, ConfigError, DistillConfig, load_model
+    from sdd.distill import CHECKPOINT_DIR, NonFiniteLossError, default_concepts
+    from sdd.distill import erase as run_erase
+
+    try:
+        if config is not None and not config.is_file():
+            raise ConfigError(f"{config}: file not found; pass an existing params file")
+        cfg = load_model(DistillConfig, config or PARAMS_DIR / "distill.yaml", {"steps": steps})
+        result = run_erase(model, default_concepts(model, concept), out, cfg, resume=resume, progress=True)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except NonFiniteLossError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        saved = out / CHECKPOINT_DIR
+        hint = f"; checkpoint in {saved}, rerun with --resume to continue" if saved.exists() else ""
+        typer.echo(f"interrupted{hint}", err=True)
+        raise typer.Exit(130) from None
+    loss = f"{result.final_loss:.4g}" if result.final_loss is not None else "n/a"
+    typer.echo(f"erased {', '.join(concept)} in {result.steps} steps (final loss {loss}); "
+               f"model in {result.model_dir}")
+
+
+@toy_app.command("build")
+def toy_build(
+    out: Path = typer.Option(None, "--out", help="Where to write the world [the packaged default]."),
+    config: Path | None = typer.Option(None, "--config", help="Toy-world settings [params/toy.yaml]."),
+    seed: int | None = typer.Option(None, "--seed", help="Override the build seed."),
+) -> None:
+    """Train the toy world (tokenizer, VAE, text encoder + UNet, judge) from a seed."""
+    from sdd.config import PARAMS_DIR, ConfigError, ToyConfig, load_model
+    from sdd.toy import DEFAULT_TOY_DIR
+    from sdd.toy.train import build_toy_world
+
+    try:
+        cfg = load_model(ToyConfig, config or PARAMS_DIR / "toy.yaml", {"seed": seed})
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    report = build_toy_world(out or DEFAULT_TOY_DIR, cfg)
+    typer.echo(f"built in {report['timings']['total_s']:.0f} s; judge accuracy "
+               f"colour {report['judge']['color_accuracy']:.3f}, shape {report['judge']['shape_accuracy']:.3f}")
+
+
+@toy_app.command("check")
+def toy_check(
+    world_dir: Path = typer.Option(None, "--world", help="Toy-world folder [the packaged default]."),
+    samples: int = typer.Option(8, "--samples", help="Images per (colour, shape) pair."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Print the toy model's judged per-colour and per-shape rates on held-out captions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sdd.toy import DEFAULT_TOY_DIR
+    from sdd.toy.judge import ToyJudge
+    from sdd.toy.quality import measure_quality
+
+    world_dir = world_dir or DEFAULT_TOY_DIR
+    if not (world_dir / "pipeline" / "model_index.json").is_file():
+        typer.echo(f"error: {world_dir} holds no toy world; run 'sdd toy build --out {world_dir}'", err=True)
+        raise typer.Exit(2)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(world_dir / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    q = measure_quality(pipe, ToyJudge.load(world_dir / "judge"), samples, seed)
+    table = Table(title=f"toy base model, held-out captions ({q['n']} images)")
+    table.add_column("asked for")
+    table.add_column("judged correct", justify="right")
+    for name, rate in {**q["per_color"], **q["per_shape"]}.items():
+        table.add_row(name, f"{rate:.1%}")
+    table.add_row("[b]all colours[/b]", f"[b]{q['color_rate']:.1%}[/b]")
+    table.add_row("[b]all shapes[/b]", f"[b]{q['shape_rate']:.1%}[/b]")
+    Console().print(table)
+
+
+
+# --- prompt sets and evaluation (sdd/prompts.py, sdd/evaluate.py) ---------------------------------
+
+prompts_app = typer.Typer(help="Prompt sets for erasure and evaluation.", no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command("build")
+def prompts_build(
+    concept: list[str] = typer.Option(..., "--concept", help="A concept to erase; repeat for several."),
+    out: Path = typer.Option(Path("data/prompts"), "--out", help="Output folder (sets + index.json)."),
+    model_kind: str = typer.Option("toy", "--model-kind", help="toy (toy-world prompts) or real."),
+    seeds_per_prompt: int = typer.Option(2, "--seeds-per-prompt", min=1, help="Toy: seeds per eval prompt."),
+    i2p: str | None = typer.Option(None, "--i2p", help="Real: I2P CSV (path or s3:// URI) for eval prompts."),
+    i2p_limit: int | None = typer.Option(None, "--i2p-limit", help="Real: keep at most this many I2P rows."),
+    coco: str | None = typer.Option(None, "--coco", help="Real: COCO captions (json or txt; path or s3://)."),
+    benign_limit: int = typer.Option(1000, "--benign-limit", help="Real: number of COCO captions."),
+) -> None:
+    """Build the train / eval / benign prompt sets for some concepts."""
+    from sdd.config import ConfigError
+    from sdd.prompts import build_prompt_sets
+
+    try:
+        index = build_prompt_sets(concept, model_kind, out, seeds_per_prompt=seeds_per_prompt, i2p=i2p,
+                                  i2p_limit=i2p_limit, coco=coco, benign_limit=benign_limit)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for kind, entry in index["sets"].items():
+        typer.echo(f"{kind:6s} {entry['rows']:6d} rows  sha256 {entry['sha256'][:16]}  {out / entry['file']}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Option(..., "--model", help="The erased model: a local diffusers folder (or hub id)."),
+    prompts: Path = typer.Option(..., "--prompts", help="A prompt file, or a `sdd prompts build` folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder (metrics.json, report.md, grids, images)."),
+    base: str = typer.Option("toy", "--base", help="The base model: 'toy', a local folder or a hub id."),
+    params: Path | None = typer.Option(None, "--params", help="Evaluation settings [params/eval.yaml]."),
+    gates: Path | None = typer.Option(None, "--gates", help="Gate thresholds [params/gates.yaml]."),
+    base_images: Path | None = typer.Option(None, "--base-images",
+                                            help="Share base-model images across runs [OUT/images/base]."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when a gate fails."),
+) -> None:
+    """Measure erasure and quality of MODEL against BASE, apply the gates, write a report."""
+    from sdd.config import PARAMS_DIR, ConfigError, load_eval_config, load_gates_config
+    from sdd.evaluate import evaluate
+    from sdd.judges import build_judge
+    from sdd.models import load_pipeline
+    from sdd.prompts import load_prompts
+
+    try:
+        for path in (params, gates):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{path}: file not found; pass an existing params file")
+        cfg = load_eval_config(params or PARAMS_DIR / "eval.yaml")
+        gate_cfg = load_gates_config(gates or PARAMS_DIR / "gates.yaml")
+        prompt_set = load_prompts(prompts)
+        judge = build_judge(cfg.judge)
+        metrics = evaluate(load_pipeline(base), load_pipeline(model), prompt_set, judge, cfg, gate_cfg, out,
+                           base_name=base, erased_name=model, base_images=base_images)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for name, m in metrics["concepts"].items():
+        b, e = m["base"]["rate"], m["erased"]["rate"]
+        typer.echo(f"{name}: presence {b:.1%} -> {e:.1%} over {m['n']} images")
+    for reason in metrics["gates"]["failed"]:
+        typer.echo(f"gate failed: {reason}")
+    typer.echo(f"verdict: {metrics['verdict'].upper()}; report in {out / 'report.md'}")
+    if strict and metrics["verdict"] != "pass":
+        raise typer.Exit(1)
 
 def main() -> None:  # pragma: no cover - console-script entry
     app()
