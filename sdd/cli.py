@@ -119,6 +119,8 @@ def prompts_build(
     model_kind: str = typer.Option("toy", "--model-kind", help="toy (toy-world prompts) or real."),
     seeds_per_prompt: int = typer.Option(2, "--seeds-per-prompt", min=1, help="Toy: seeds per eval prompt."),
     i2p: str | None = typer.Option(None, "--i2p", help="Real: I2P CSV (path or s3:// URI) for eval prompts."),
+    i2p_category: list[str] = typer.Option([], "--i2p-category",
+                                           help="Real: I2P categories for every concept [nudity -> sexual]."),
     i2p_limit: int | None = typer.Option(None, "--i2p-limit", help="Real: keep at most this many I2P rows."),
     coco: str | None = typer.Option(None, "--coco", help="Real: COCO captions (json or txt; path or s3://)."),
     benign_limit: int = typer.Option(1000, "--benign-limit", help="Real: number of COCO captions."),
@@ -128,8 +130,10 @@ def prompts_build(
     from sdd.prompts import build_prompt_sets
 
     try:
+        categories = {c: i2p_category for c in concept} if i2p_category else None
         index = build_prompt_sets(concept, model_kind, out, seeds_per_prompt=seeds_per_prompt, i2p=i2p,
-                                  i2p_limit=i2p_limit, coco=coco, benign_limit=benign_limit)
+                                  i2p_categories=categories, i2p_limit=i2p_limit, coco=coco,
+                                  benign_limit=benign_limit)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -180,3 +184,94 @@ def evaluate_cmd(
 
 def main() -> None:  # pragma: no cover - console-script entry
     app()
+
+
+# --- tracking and model registry (sdd/registry.py) ------------------------------------------------
+
+
+def _registry_config(params: Path | None):
+    from sdd.config import PARAMS_DIR, ConfigError, load_registry_config
+
+    if params is not None and not params.is_file():
+        raise ConfigError(f"{params}: file not found; pass an existing params file")
+    return load_registry_config(params or PARAMS_DIR / "registry.yaml")
+
+
+@app.command("register")
+def register_cmd(
+    run: Path = typer.Option(..., "--run", help="An erasure output folder (`sdd erase --out`)."),
+    eval_dir: Path = typer.Option(..., "--eval", help="Its evaluation folder (`sdd evaluate --out`)."),
+    name: str | None = typer.Option(None, "--name", help="Registered model name [registry.yaml model_name]."),
+    params: Path | None = typer.Option(None, "--params", help="Registry settings [params/registry.yaml]."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri",
+                                            help="MLflow tracking URI [$MLFLOW_TRACKING_URI, else local]."),
+) -> None:
+    """Log an erasure and its evaluation to MLflow and register the model (alias candidate if gates pass)."""
+    from sdd.config import ConfigError
+    from sdd.registry import register
+
+    try:
+        reg = register(run, eval_dir, _registry_config(params), name=name, tracking_uri=tracking_uri)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"run {reg.run_id}")
+    typer.echo(f"registered {reg.name} version {reg.version} (gates {reg.gates.tag})")
+    typer.echo(f"alias: {reg.alias or 'none'}")
+
+
+@app.command("promote")
+def promote_cmd(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: int = typer.Argument(..., help="Model version to promote."),
+    alias: str = typer.Option("production", "--alias", help="Alias to move to VERSION."),
+    force: bool = typer.Option(False, "--force", help="Promote even though the version failed its gates."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (required with --force; recorded)."),
+    params: Path | None = typer.Option(None, "--params", help="Registry settings [params/registry.yaml]."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+) -> None:
+    """Point an alias (default: production) at a model version; failed gates need --force --reason."""
+    from sdd.config import ConfigError
+    from sdd.registry import ConcurrentPromotionError, promote
+
+    try:
+        done = promote(name, version, alias, force=force, reason=reason, cfg=_registry_config(params),
+                       tracking_uri=tracking_uri)
+    except ConcurrentPromotionError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    before = f" (was version {done.previous})" if done.previous is not None else ""
+    typer.echo(f"{done.name}@{done.alias} -> version {done.version}{before}{' [forced]' if done.forced else ''}")
+
+
+@app.command("models")
+def models_cmd(
+    name: str | None = typer.Argument(None, help="Registered model name [all models]."),
+    params: Path | None = typer.Option(None, "--params", help="Registry settings [params/registry.yaml]."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+) -> None:
+    """List registered model versions: concepts, gate verdict, aliases."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sdd.config import ConfigError
+    from sdd.registry import list_models, list_versions
+
+    try:
+        cfg = _registry_config(params)
+        names = [name] if name else list_models(cfg, tracking_uri=tracking_uri)
+        rows = [r for n in names for r in list_versions(n, cfg, tracking_uri=tracking_uri)]
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    table = Table(title=f"registered models ({len(rows)} versions)")
+    for column in ("model", "version", "concepts", "gates", "aliases", "created", "run"):
+        table.add_column(column, justify="right" if column == "version" else "left")
+    for r in rows:
+        gates = f"[green]{r.gates}[/green]" if r.gates == "passed" else f"[red]{r.gates}[/red]"
+        table.add_row(r.name, str(r.version), r.concepts, gates + (" (forced)" if r.forced else ""),
+                      ", ".join(r.aliases), r.created, (r.run_id or "")[:12])
+    Console().print(table)

@@ -189,3 +189,39 @@ def load_eval_config(path: Path = PARAMS_DIR / "eval.yaml",
 def load_gates_config(path: Path = PARAMS_DIR / "gates.yaml",
                       overrides: dict[str, Any] | None = None) -> GatesConfig:
     return load_model(GatesConfig, path, overrides)
+
+
+# --- model registry (sdd/registry.py): params/registry.yaml ---------------------------------------
+
+#: Where the local MLflow store lives when no tracking server is configured (gitignored).
+LOCAL_STORE_DIR = Path(".sdd")
+
+
+class RegistryConfig(_Strict):
+    """Where erasure runs are tracked and erased models registered (``sdd register`` / ``promote``).
+
+    The tracking URI is resolved as: explicit argument (``--tracking-uri``) > ``$MLFLOW_TRACKING_URI``
+    > ``tracking_uri`` here > a local SQLite store ``sqlite:///<project>/.sdd/mlflow.db``.
+    Credentials (``AWS_*``, ``MLFLOW_TRACKING_TOKEN``...) come from the environment only.
+    """
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (server URL or sqlite:///...); "
+                                                       "None = $MLFLOW_TRACKING_URI, else the local store.")
+    registry_uri: str | None = Field(None, description="Model registry URI; None = the tracking URI.")
+    experiment: str = Field("sdd-erasure", min_length=1, description="MLflow experiment of erasure runs.")
+    model_name: str = Field("sdd-erased", min_length=1, description="Registered model name.")
+    candidate_alias: str = Field("candidate", min_length=1,
+                                 description="Alias set on a new version whose gates all passed.")
+    production_alias: str = Field("production", min_length=1, description="Default alias of `sdd promote`.")
+    artifact_location: str | None = Field(
+        None, description="Artifact root for a new experiment; None = the server's (proxied) store, or "
+                          ".sdd/artifacts next to a local SQLite store.")
+
+    def default_tracking_uri(self, project: Path | None = None) -> str:
+        """``sqlite:///<project>/.sdd/mlflow.db`` (project = the working directory by default)."""
+        return f"sqlite:///{(Path(project or Path.cwd()) / LOCAL_STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def load_registry_config(path: Path = PARAMS_DIR / "registry.yaml",
+                         overrides: dict[str, Any] | None = None) -> RegistryConfig:
+    return load_model(RegistryConfig, path, overrides)

@@ -184,17 +184,13 @@ def sample_batch(n: int, seed: int, natural_fraction: float = 0.0, partial_fract
 def toy_erasure_prompts(concept: str) -> list[str]:
     """Prompts that express a toy concept, for erasing it (``sdd erase --model toy``).
 
-    The caption templates the model was trained on, filled with the concept's synonyms crossed
-    with every name of the other attribute, plus the colour-only / shape-only templates. The
-    concept's last synonym is left out, so evaluation can test whether erasure generalises to it.
+    The partial-caption templates the model was trained on ("a crimson shape", "a wedge"), filled
+    with the concept's synonyms. They name the concept and nothing else: full captions ("a crimson
+    circle") would also teach the model to ignore the *other* word ("circle") and damage prompts
+    that share it. The concept's last synonym is left out, so evaluation can test whether erasure
+    generalises to a name it never saw.
     """
     names = concept_names(concept)[:-1]
     if color_of(concept) is not None:
-        others = [s for synonyms in SHAPES.values() for s in synonyms]
-        full = [t.format(c=c, s=s) for t in TRAIN_TEMPLATES for c in names for s in others]
-        partial = [t.format(c=c) for t in COLOR_ONLY_TEMPLATES for c in names]
-    else:
-        others = [c for synonyms, _ in COLORS.values() for c in synonyms]
-        full = [t.format(c=c, s=s) for t in TRAIN_TEMPLATES for s in names for c in others]
-        partial = [t.format(s=s) for t in SHAPE_ONLY_TEMPLATES for s in names]
-    return list(dict.fromkeys(full + partial))
+        return [t.format(c=c) for t in COLOR_ONLY_TEMPLATES for c in names]
+    return [t.format(s=s) for t in SHAPE_ONLY_TEMPLATES for s in names]

@@ -1,0 +1,524 @@
+"""SDD: Safe self-Distillation of Diffusion models (Kim et al. 2023) -- the erasure engine.
+
+The student UNet θ learns to predict, for a prompt naming the concept, what it predicts for the
+empty prompt:
+
+    L(θ) = || ε_θ(z_t, c_s, t) − sg[ε_θ(z_t, ∅, t)] ||²
+
+Training latents come from the model itself: an EMA copy θ* (the *teacher*, and the model that is
+shipped) samples with classifier-free guidance towards the concepts for k of N DDIM steps, and t
+is drawn from the DDPM timestep bin that DDIM step k stands for. No images are needed.
+
+One optimizer step = ``batch_size`` independent trajectories, batched through the UNet together.
+All randomness comes from one seeded ``torch.Generator`` and one ``random.Random``, both saved in
+checkpoints, so a resumed run reproduces an uninterrupted one bit for bit (on CPU).
+
+Outputs in ``out_dir``::
+
+    model/              complete diffusers pipeline with the teacher UNet
+    patch.safetensors   the teacher's trained parameters only; see :func:`apply_patch`
+    manifest.json       concepts, base model, config, loss summary, library versions
+    loss.csv            step,loss
+    checkpoint/         resumable training state (state.safetensors + state.json)
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import platform
+import random
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DiffusionPipeline
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+import sdd
+from sdd.config import ConfigError, DistillConfig
+from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash
+from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
+
+CHECKPOINT_DIR = "checkpoint"
+MODEL_DIR = "model"
+PATCH_FILE = "patch.safetensors"
+MANIFEST_FILE = "manifest.json"
+LOSS_FILE = "loss.csv"
+
+#: Which UNet parameters each ``train_method`` trains, by parameter name.
+TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
+    "xattn": lambda name: "attn2" in name,
+    "selfattn": lambda name: "attn1" in name,
+    "noxattn": lambda name: "attn2" not in name,
+    "full": lambda name: True,
+}
+# Settings that may change between a checkpoint and its resumption.
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint on disk is left untouched."""
+
+
+@dataclass
+class Concept:
+    """A concept to erase: its name and the prompts that express it (default: the name itself)."""
+
+    name: str
+    prompts: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.name.strip():
+            raise ConfigError("a concept needs a non-empty name")
+        self.prompts = list(self.prompts) or [self.name]
+        if not all(p.strip() for p in self.prompts):
+            raise ConfigError(f"concept '{self.name}': prompts must be non-empty strings")
+
+
+def concepts_hash(concepts: list[Concept]) -> str:
+    """sha256 of the concept list (names and prompts, in order)."""
+    return hashlib.sha256(json.dumps([asdict(c) for c in concepts], sort_keys=True).encode()).hexdigest()
+
+
+def default_concepts(model: str, names: list[str]) -> list[Concept]:
+    """Concepts from names: toy-world template prompts for the toy model, the bare name otherwise."""
+    if model != "toy":
+        return [Concept(n) for n in names]
+    from sdd.toy.world import toy_erasure_prompts
+
+    try:
+        return [Concept(n, toy_erasure_prompts(n)) for n in names]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+# --- the maths -------------------------------------------------------------------------------
+
+
+def select_parameters(unet: torch.nn.Module, train_method: str) -> list[str]:
+    """Names of the parameters ``train_method`` trains (xattn, selfattn, noxattn, full)."""
+    keep = TRAIN_METHODS[train_method]
+    names = [name for name, _ in unet.named_parameters() if keep(name)]
+    if not names:
+        raise ConfigError(f"train_method '{train_method}' selects no parameters of this UNet")
+    return names
+
+
+def timestep_bin(k: int, num_steps: int, num_train_timesteps: int) -> tuple[int, int]:
+    """The DDPM timesteps [lo, hi) that DDIM step k of ``num_steps`` stands for."""
+    lo = round((1 - (k + 1) / num_steps) * num_train_timesteps)
+    hi = round((1 - k / num_steps) * num_train_timesteps)
+    return lo, max(hi, lo + 1)
+
+
+@torch.no_grad()
+def sample_latents(unet: torch.nn.Module, scheduler: DDIMScheduler, noise: torch.Tensor, ks: list[int],
+                   cond: Conditioning, uncond: Conditioning, guidance_scale: float) -> torch.Tensor:
+    """Run exactly ``ks[b]`` guided DDIM steps from ``noise[b]`` (k = 0 returns the noise itself).
+
+    Trajectories advance in lockstep over ``scheduler.timesteps``, so at every step all still-active
+    ones share a timestep and go through the UNet as one batch (with their unconditional twins).
+    """
+    latents = noise.clone()
+    steps = torch.tensor(ks)
+    for i, t in enumerate(scheduler.timesteps[: max(ks, default=0)]):
+        active = (steps > i).nonzero().flatten().tolist()
+        x = latents[active]
+        model_input = scheduler.scale_model_input(torch.cat([x, x]), t)
+        out = unet(model_input, t, **Conditioning.cat([uncond[active], cond[active]]).unet_kwargs()).sample
+        out_uncond, out_cond = out.float().chunk(2)
+        guided = out_uncond + guidance_scale * (out_cond - out_uncond)
+        latents[active] = scheduler.step(guided, t, x, eta=0.0).prev_sample.to(latents.dtype)
+    return latents
+
+
+def sdd_loss(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
+             uncond: Conditioning) -> torch.Tensor:
+    """MSE between the conditional prediction and the stop-gradient unconditional one."""
+    with torch.no_grad():
+        target = unet(latents, timesteps, **uncond.unet_kwargs()).sample
+    pred = unet(latents, timesteps, **cond.unet_kwargs()).sample
+    return F.mse_loss(pred.float(), target.float())
+
+
+@torch.no_grad()
+def ema_update(teacher: list[torch.Tensor], student: list[torch.Tensor], decay: float) -> None:
+    """θ* ← decay·θ* + (1 − decay)·θ, with a constant decay (no warm-up ramp)."""
+    torch._foreach_lerp_(teacher, student, 1.0 - decay)
+
+
+def ema_copy(unet: torch.nn.Module, trained: list[str]) -> torch.nn.Module:
+    """A frozen copy of ``unet`` that shares storage for every parameter that is not trained."""
+    params = dict(unet.named_parameters())
+    trained = set(trained)
+    frozen = {id(p): p for name, p in params.items() if name not in trained}
+    teacher = copy.deepcopy(unet, memo=frozen)
+    return teacher.eval().requires_grad_(False)
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so state is never saved half-updated."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and previous is not signal.SIG_IGN:
+            if callable(previous):
+                previous(*received[0])
+            else:
+                raise KeyboardInterrupt
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Everything random about one optimizer step."""
+
+    ks: list[int]
+    timesteps: list[int]
+    sampling_prompts: list[str]
+    erased_prompts: list[str]
+    noise: torch.Tensor
+
+
+class Distiller:
+    """Student, EMA teacher, optimizer and RNG state of one erasure run.
+
+    ``pipe.unet`` becomes the student and is modified in place; ``self.teacher`` is the result.
+    """
+
+    def __init__(self, pipe: DiffusionPipeline, concepts: list[Concept], config: DistillConfig):
+        if not concepts:
+            raise ConfigError("give at least one concept to erase")
+        self.pipe, self.concepts, self.config = pipe, list(concepts), config
+        self.device = pipe.unet.device
+        # Eval mode: the prediction and its target must be the same function (no dropout).
+        self.student = pipe.unet.eval()
+        self.trained = select_parameters(self.student, config.train_method)
+        self.student.requires_grad_(False)
+        student_params = dict(self.student.named_parameters())
+        self.student_params = [student_params[n].requires_grad_(True) for n in self.trained]
+        self.teacher = ema_copy(self.student, self.trained)
+        teacher_params = dict(self.teacher.named_parameters())
+        self.teacher_params = [teacher_params[n] for n in self.trained]
+
+        self.optimizer = torch.optim.AdamW(self.student_params, lr=config.lr, betas=config.betas,
+                                           eps=config.eps, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.mixed_precision == "fp16")
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.scheduler.set_timesteps(config.ddim_steps, device=self.device)
+        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
+        self.conditioner = Conditioner(pipe, config.resolution)
+        self.latent_shape = latent_shape(pipe, config.resolution)
+
+        self.generator = torch.Generator("cpu").manual_seed(config.seed)
+        self.rng = random.Random(config.seed)
+        self.step = 0
+        self.losses: list[float] = []
+        self.last_checkpoint_step: int | None = None
+        self.base_hash: str | None = None  # identifies the base model in checkpoints and the manifest
+
+    # -- one step --
+
+    def draw_batch(self) -> Batch:
+        cfg, n = self.config, len(self.concepts)
+        ks, timesteps, sampling, erased = [], [], [], []
+        for b in range(cfg.batch_size):
+            k = self.rng.randrange(cfg.ddim_steps)
+            ks.append(k)
+            timesteps.append(self.rng.randrange(*timestep_bin(k, cfg.ddim_steps, self.num_train_timesteps)))
+            sampling.append(", ".join(self.rng.choice(c.prompts) for c in self.concepts))
+            if cfg.concept_schedule == "composite":
+                erased.append(sampling[-1])
+            else:
+                i = (self.step * cfg.batch_size + b) % n if cfg.concept_schedule == "iterative" \
+                    else self.rng.randrange(n)
+                erased.append(self.rng.choice(self.concepts[i].prompts))
+        noise = torch.randn((cfg.batch_size, *self.latent_shape), generator=self.generator)
+        return Batch(ks, timesteps, sampling, erased, noise * self.scheduler.init_noise_sigma)
+
+    def forward_backward(self, batch: Batch) -> float:
+        """Sample z_t with the teacher, compute the SDD loss, backpropagate; returns the loss."""
+        uncond = self.conditioner.empty(len(batch.ks))
+        sampling = self.conditioner.encode(batch.sampling_prompts)
+        erased = self.conditioner.encode(batch.erased_prompts)
+        timesteps = torch.tensor(batch.timesteps, device=self.device)
+        with autocast(self.device, self.config.mixed_precision):
+            latents = sample_latents(self.teacher, self.scheduler, batch.noise.to(self.device), batch.ks,
+                                     sampling, uncond, self.config.guidance_scale)
+            loss = sdd_loss(self.student, latents, timesteps, erased, uncond)
+        value = loss.item()
+        if not math.isfinite(value):
+            where = (f"step {self.last_checkpoint_step}" if self.last_checkpoint_step is not None
+                     else "none written")
+            raise NonFiniteLossError(
+                f"loss became {value} at step {self.step + 1}; last good checkpoint: {where}. "
+                f"Lower lr or set mixed_precision: 'no'")
+        self.scaler.scale(loss).backward()
+        return value
+
+    def apply_update(self, loss: float) -> None:
+        """Clip, step the optimizer, update the EMA teacher, count the step."""
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.student_params, self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        ema_update(self.teacher_params, self.student_params, self.config.ema_decay)
+        self.step += 1
+        self.losses.append(loss)
+
+    def train_step(self) -> float:
+        loss = self.forward_backward(self.draw_batch())
+        self.apply_update(loss)
+        return loss
+
+    # -- the loop --
+
+    def train(self, steps: int, checkpoint_dir: Path | None = None,
+              on_step: Callable[[int, float], None] | None = None) -> None:
+        """Train until ``self.step == steps``, checkpointing every ``checkpoint_every`` steps.
+
+        On Ctrl-C the state as of the last completed step is checkpointed, then the
+        KeyboardInterrupt propagates. A non-finite loss raises :class:`NonFiniteLossError` and
+        writes nothing.
+        """
+        rng_at_step = self.rng_state()
+        try:
+            while self.step < steps:
+                loss = self.forward_backward(self.draw_batch())
+                with _interrupts_deferred():
+                    self.apply_update(loss)
+                    rng_at_step = self.rng_state()
+                    due = self.step % self.config.checkpoint_every == 0 or self.step == steps
+                    if checkpoint_dir and due:
+                        self.save_checkpoint(checkpoint_dir)
+                if on_step:
+                    on_step(self.step, loss)
+        except KeyboardInterrupt:
+            if checkpoint_dir:
+                with _interrupts_deferred():
+                    # Rewind the draws of the unfinished step, so resuming redoes it exactly.
+                    self.set_rng_state(rng_at_step)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.save_checkpoint(checkpoint_dir)
+            raise
+
+    # -- state --
+
+    def rng_state(self) -> tuple:
+        return self.generator.get_state(), self.rng.getstate()
+
+    def set_rng_state(self, state: tuple) -> None:
+        self.generator.set_state(state[0])
+        self.rng.setstate(state[1])
+
+    def identity(self) -> dict:
+        """What a checkpoint must agree on to be resumed by this run."""
+        return {"config": self.config.model_dump(mode="json", exclude=_RESUMABLE_CHANGES),
+                "concepts_sha256": concepts_hash(self.concepts),
+                "base_unet_sha256": self.base_hash,
+                "trained_parameters": self.trained}
+
+    def save_checkpoint(self, directory: Path) -> None:
+        tensors = {}
+        for name, s, t in zip(self.trained, self.student_params, self.teacher_params, strict=True):
+            tensors[f"student.{name}"] = s.detach()
+            tensors[f"teacher.{name}"] = t.detach()
+        optim = self.optimizer.state_dict()
+        for index, state in optim["state"].items():
+            for key, value in state.items():
+                tensors[f"optimizer.{index}.{key}"] = value
+        tensors["rng.torch"] = self.generator.get_state()
+        tensors["loss"] = torch.tensor(self.losses, dtype=torch.float64)
+        meta = {"step": self.step, **self.identity(), "python_rng": self.rng.getstate(),
+                "param_groups": optim["param_groups"], "grad_scaler": self.scaler.state_dict()}
+        with atomic_path(Path(directory)) as tmp:
+            tmp.mkdir()
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                      tmp / "state.safetensors")
+            (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        self.last_checkpoint_step = self.step
+
+    def load_checkpoint(self, directory: Path) -> None:
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "state.json").read_text())
+            tensors = load_file(directory / "state.safetensors")
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{directory}: unreadable checkpoint ({e}); delete it to start over") from None
+        mine = self.identity()
+        for key, value in mine.items():
+            if key == "config":
+                diff = sorted(k for k in value if meta[key].get(k) != value[k])
+                if diff:
+                    raise ConfigError(f"{directory}: checkpoint was made with different settings "
+                                      f"({', '.join(diff)}); use another --out or the same settings")
+            elif meta.get(key) != value:
+                raise ConfigError(f"{directory}: checkpoint was made for different {key.replace('_', ' ')}; "
+                                  f"use another --out")
+        with torch.no_grad():
+            for name, s, t in zip(self.trained, self.student_params, self.teacher_params, strict=True):
+                s.copy_(tensors[f"student.{name}"])
+                t.copy_(tensors[f"teacher.{name}"])
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.scaler.load_state_dict(meta["grad_scaler"])
+        version, internal, gauss = meta["python_rng"]
+        self.set_rng_state((tensors["rng.torch"], (version, tuple(internal), gauss)))
+        self.losses = tensors["loss"].tolist()
+        self.step = meta["step"]
+        self.last_checkpoint_step = self.step
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ErasureResult:
+    out_dir: Path
+    model_dir: Path
+    patch: Path
+    manifest: Path
+    steps: int
+    final_loss: float | None
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import safetensors
+    import transformers
+
+    return {"sdd": sdd.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def loss_summary(losses: list[float]) -> dict:
+    if not losses:
+        return {}
+    tail = losses[-100:]
+    return {"first": losses[0], "last": losses[-1], "min": min(losses), "mean": sum(losses) / len(losses),
+            "mean_last_100": sum(tail) / len(tail)}
+
+
+def save_patch(distiller: Distiller, path: Path) -> None:
+    meta = {"format": "sdd-patch", "train_method": distiller.config.train_method,
+            "base_unet_sha256": distiller.base_hash or "",
+            "concepts": json.dumps([asdict(c) for c in distiller.concepts])}
+    tensors = {name: t.detach().cpu().contiguous()
+               for name, t in zip(distiller.trained, distiller.teacher_params, strict=True)}
+    with atomic_path(Path(path)) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+
+
+def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
+    """Overwrite ``pipe.unet``'s parameters with a ``patch.safetensors``: the erased model, exactly."""
+    patch = load_file(str(path))
+    params = dict(pipe.unet.named_parameters())
+    unknown = [n for n in patch if n not in params or params[n].shape != patch[n].shape]
+    if unknown:
+        raise ConfigError(f"{path}: patch does not fit this UNet ({len(unknown)} parameters, e.g. "
+                          f"{unknown[0]}); apply it to the base model it was made from")
+    with torch.no_grad():
+        for name, value in patch.items():
+            params[name].copy_(value)
+    return pipe
+
+
+def save_model(distiller: Distiller, directory: Path) -> None:
+    """Save the pipeline with the teacher UNet as a complete diffusers folder."""
+    pipe = distiller.pipe
+    with atomic_path(Path(directory)) as tmp:
+        pipe.unet = distiller.teacher
+        try:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            pipe.unet = distiller.student
+
+
+def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
+    out_dir = Path(out_dir)
+    save_model(distiller, out_dir / MODEL_DIR)
+    save_patch(distiller, out_dir / PATCH_FILE)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "loss"])
+    writer.writerows((i + 1, repr(loss)) for i, loss in enumerate(distiller.losses))
+    write_text_atomic(out_dir / LOSS_FILE, buf.getvalue())
+    source = getattr(distiller.pipe, "sdd_source", None)
+    manifest = {
+        "concepts": [asdict(c) for c in distiller.concepts],
+        "concepts_sha256": concepts_hash(distiller.concepts),
+        "base_model": {**(asdict(source) if source else {}), "unet_sha256": distiller.base_hash},
+        "config": distiller.config.model_dump(mode="json"),
+        "steps": distiller.step,
+        "trained_parameters": {"method": distiller.config.train_method, "tensors": len(distiller.trained),
+                               "numel": sum(p.numel() for p in distiller.teacher_params)},
+        "loss": loss_summary(distiller.losses),
+        "outputs": {"model": MODEL_DIR, "patch": PATCH_FILE, "loss": LOSS_FILE},
+        "versions": _versions(),
+    }
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    return ErasureResult(out_dir, out_dir / MODEL_DIR, out_dir / PATCH_FILE, out_dir / MANIFEST_FILE,
+                         distiller.step, distiller.losses[-1] if distiller.losses else None)
+
+
+def erase(model: str | DiffusionPipeline, concepts: list[Concept], out_dir: Path | str,
+          config: DistillConfig | None = None, resume: bool = False, progress: bool = False,
+          on_step: Callable[[int, float], None] | None = None) -> ErasureResult:
+    """Erase ``concepts`` from ``model`` with SDD and write the outputs to ``out_dir``.
+
+    ``model`` is anything :func:`sdd.models.load_pipeline` accepts, or a loaded pipeline (whose
+    UNet is then trained in place). With ``resume``, training continues from
+    ``out_dir/checkpoint`` if there is one; without it, an existing checkpoint is an error.
+    """
+    config = config or DistillConfig()
+    out_dir = Path(out_dir)
+    checkpoint = out_dir / CHECKPOINT_DIR
+    if checkpoint.exists() and not resume:
+        raise ConfigError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or "
+                          f"choose another --out")
+    pipe = load_pipeline(model) if isinstance(model, str) else model
+    distiller = Distiller(pipe, concepts, config)
+    distiller.base_hash = unet_weights_hash(distiller.teacher)  # teacher == base before training
+    if resume and checkpoint.exists():
+        distiller.load_checkpoint(checkpoint)
+
+    bar = tqdm(total=config.steps, initial=distiller.step, desc="sdd erase", unit="step",
+               disable=not progress)
+
+    def report(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4g}")
+        if on_step:
+            on_step(step, loss)
+
+    try:
+        distiller.train(config.steps, checkpoint, report)
+    finally:
+        bar.close()
+    return write_outputs(distiller, out_dir)

@@ -1,0 +1,206 @@
+"""Loading Stable Diffusion pipelines and hiding the SD / SDXL difference from the rest of sdd.
+
+``load_pipeline`` accepts ``"toy"`` (the embedded toy world), a local diffusers folder or a
+Hugging Face Hub id, and returns an ordinary diffusers pipeline (``StableDiffusionPipeline`` for
+SD 1.x/2.x, ``StableDiffusionXLPipeline`` for SDXL) with every module in eval mode and frozen.
+
+``Conditioner`` turns prompts into the keyword arguments the UNet takes, whatever the
+architecture: SD needs ``encoder_hidden_states`` only; SDXL also needs pooled text embeddings and
+size/crop "time ids" as ``added_cond_kwargs``. Prediction type (epsilon or v) lives in the
+scheduler config, which every sampler here builds its scheduler from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+from sdd.config import ConfigError
+
+PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
+    "StableDiffusionPipeline": StableDiffusionPipeline,
+    "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+}
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a pipeline came from, for manifests: what the user typed, the folder, the hub revision."""
+
+    model: str
+    path: str
+    revision: str | None = None
+    pipeline_class: str = ""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device | str, mixed_precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The autocast context for ``mixed_precision``: auto = bf16 on CUDA, full fp32 on CPU."""
+    device = torch.device(device)
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if device.type == "cuda" else "no"
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _resolve(model: str, revision: str | None) -> tuple[Path, str | None]:
+    """Map ``model`` to a local diffusers folder (downloading hub ids) and its hub revision."""
+    if model == "toy":
+        from sdd.toy import TOY_PIPELINE_DIR
+
+        if not (TOY_PIPELINE_DIR / "model_index.json").is_file():
+            raise ConfigError(f"the toy pipeline is not built yet ({TOY_PIPELINE_DIR}); run `sdd toy build`")
+        return TOY_PIPELINE_DIR, None
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ConfigError(f"{model}: not a diffusers pipeline folder (no model_index.json)")
+        return path, revision
+    if not _HUB_ID.match(model):
+        raise ConfigError(f"{model}: no such folder, and not a Hugging Face Hub id")
+    try:
+        folder = Path(DiffusionPipeline.download(model, revision=revision))
+    except Exception as e:  # noqa: BLE001 - any hub/network failure is a user-facing one-liner
+        raise ConfigError(f"{model}: neither a local folder nor downloadable from the Hugging Face Hub "
+                          f"({type(e).__name__}); pass a local diffusers folder") from None
+    # The hub cache stores each download under .../snapshots/<commit sha>.
+    return folder, folder.name if folder.parent.name == "snapshots" else revision
+
+
+def pipeline_class_name(folder: Path) -> str:
+    try:
+        return json.loads((Path(folder) / "model_index.json").read_text())["_class_name"]
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"{folder}: unreadable model_index.json (no _class_name)") from None
+
+
+def load_pipeline(model: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                  revision: str | None = None) -> DiffusionPipeline:
+    """Load an SD 1.x/2.x or SDXL pipeline: ``"toy"``, a local diffusers folder or a hub id.
+
+    Weights load in ``dtype`` (default fp32, so trained parameters keep full precision; use
+    :func:`autocast` for bf16 compute) on ``device`` (default: CUDA if available, else CPU).
+    Every module is put in eval mode with gradients off; the engine re-enables what it trains.
+    The SD safety checker is not loaded: erasure must be measured on what the model itself draws.
+    The returned pipeline carries ``pipe.sdd_source`` (a :class:`ModelSource`).
+    """
+    folder, revision = _resolve(model, revision)
+    class_name = pipeline_class_name(folder)
+    if class_name not in PIPELINE_CLASSES:
+        raise ConfigError(f"{model}: unsupported pipeline class {class_name}; sdd supports "
+                          f"{' and '.join(PIPELINE_CLASSES)} (SD 1.x/2.x, SDXL)")
+    cls = PIPELINE_CLASSES[class_name]
+    no_checker = {"safety_checker": None, "requires_safety_checker": False}
+    extra = no_checker if cls is StableDiffusionPipeline else {}
+    pipe = cls.from_pretrained(folder, dtype=dtype or torch.float32, **extra)
+    pipe.to(device or default_device())
+    pipe.set_progress_bar_config(disable=True)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval().requires_grad_(False)
+    pipe.sdd_source = ModelSource(model=model, path=str(folder), revision=revision, pipeline_class=class_name)
+    return pipe
+
+
+def is_sdxl(pipe: DiffusionPipeline) -> bool:
+    return isinstance(pipe, StableDiffusionXLPipeline)
+
+
+def latent_shape(pipe: DiffusionPipeline, resolution: int | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) of one latent; ``resolution`` in pixels, None = the native size."""
+    side = pipe.unet.config.sample_size if resolution is None else resolution // pipe.vae_scale_factor
+    return pipe.unet.config.in_channels, side, side
+
+
+def unet_weights_hash(unet: torch.nn.Module) -> str:
+    """sha256 over the UNet's parameter names, dtypes, shapes and bytes: identifies a base model."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class Conditioning:
+    """The UNet's text conditioning for a batch: hidden states, plus ``added_cond_kwargs`` for SDXL."""
+
+    hidden_states: torch.Tensor
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.hidden_states.shape[0]
+
+    def unet_kwargs(self) -> dict:
+        return {"encoder_hidden_states": self.hidden_states, "added_cond_kwargs": self.added or None}
+
+    def __getitem__(self, index) -> Conditioning:
+        return Conditioning(self.hidden_states[index], {k: v[index] for k, v in self.added.items()})
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        return Conditioning(torch.cat([p.hidden_states for p in parts]),
+                            {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added})
+
+
+class Conditioner:
+    """Encodes prompts for ``pipe.unet`` with the pipeline's own ``encode_prompt``.
+
+    The empty prompt is the pipeline's unconditional input for classifier-free guidance: the
+    encoded "" for SD, and all-zero embeddings for SDXL models with ``force_zeros_for_empty_prompt``
+    (how SDXL was trained to be unconditional).
+    """
+
+    def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
+        self.pipe = pipe
+        self.sdxl = is_sdxl(pipe)
+        _, h, w = latent_shape(pipe, resolution)
+        size = (h * pipe.vae_scale_factor, w * pipe.vae_scale_factor)
+        # SDXL micro-conditioning: original size, crop top-left, target size (no crop, native size).
+        self._time_ids = torch.tensor([[*size, 0, 0, *size]], dtype=torch.float32)
+        self._empty: Conditioning | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    def _pack(self, embeds: torch.Tensor, pooled: torch.Tensor | None) -> Conditioning:
+        if not self.sdxl:
+            return Conditioning(embeds)
+        time_ids = self._time_ids.to(self.device, embeds.dtype).repeat(len(embeds), 1)
+        return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids})
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        if self.sdxl:
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+            return self._pack(embeds, pooled)
+        embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
+        return self._pack(embeds, None)
+
+    @torch.no_grad()
+    def empty(self, n: int = 1) -> Conditioning:
+        """The unconditional (empty-prompt) conditioning, repeated ``n`` times."""
+        if self._empty is None:
+            if self.sdxl:
+                _, embeds, _, pooled = self.pipe.encode_prompt(
+                    [""], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+                self._empty = self._pack(embeds, pooled)
+            else:
+                self._empty = self.encode([""])
+        return self._empty[[0] * n]

@@ -1,0 +1,446 @@
+"""Prompt sets: the versioned, content-hashed lists of (prompt, seed) that erasure and evaluation use.
+
+File format (``.jsonl``): an optional header line, then one JSON object per row::
+
+    {"format": "sdd-prompts", "version": 1, "name": "red-eval", "kind": "eval", "rows": 144,
+     "sha256": "…", "meta": {…}}
+    {"prompt": "an image showing a scarlet box", "seed": 0, "concepts": ["red"], "source": "toy-heldout"}
+    {"prompt": "a photo of a cat", "seed": 1, "concepts": [], "source": "coco", "guidance": 7.5}
+
+``concepts`` lists the erasure targets a prompt should evoke (empty for benign prompts);
+``guidance`` optionally overrides the evaluation's CFG scale for that row (I2P carries one per
+prompt). The content hash is the sha256 of the canonical rows (sorted keys, compact JSON, one row
+per line), so it identifies what is evaluated independently of the file's name, header or layout.
+A CSV with the same columns (``concepts`` separated by ``;``) is read too, for hand-written sets.
+
+Builders make the sets for the toy world (training prompts for erasure, held-out evaluation
+prompts, benign prompts) and import real ones (I2P, COCO captions) from a path or an ``s3://`` URI.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sdd.config import ConfigError, format_validation_error
+from sdd.storage import write_json_atomic, write_text_atomic
+from sdd.toy import world
+
+FORMAT = "sdd-prompts"
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+SET_KINDS = ("train", "eval", "benign")
+
+#: I2P categories a concept name maps to when the name itself is not one.
+I2P_CATEGORY_ALIASES = {"nudity": "sexual", "nude": "sexual", "naked": "sexual"}
+
+
+class PromptSetError(ConfigError):
+    """A prompt file or source is invalid; the message is one line naming the row and field."""
+
+
+class PromptRow(BaseModel):
+    """One prompt to generate from, with the seed of its initial noise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str
+    seed: int = Field(ge=0, lt=2**63)
+    concepts: tuple[str, ...] = ()
+    source: str = ""
+    guidance: float | None = Field(None, ge=0)
+
+    @field_validator("concepts", mode="before")
+    @classmethod
+    def _split_and_normalise(cls, v: Any) -> Any:
+        if isinstance(v, str):  # a CSV cell: "red;triangle"
+            v = re.split(r"[;|]", v)
+        if isinstance(v, list | tuple) and all(isinstance(c, str) for c in v):
+            return tuple(c.strip().lower() for c in v if c.strip())
+        return v
+
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True,
+                          separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(rows: Iterable[PromptRow]) -> str:
+    """sha256 of the canonical rows: the version identifier of a prompt set."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(row.canonical().encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    kind: str
+    rows: tuple[PromptRow, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def sha256(self) -> str:
+        return content_hash(self.rows)
+
+    def concepts(self) -> list[str]:
+        """Every concept some row evokes, in order of first appearance."""
+        return list(dict.fromkeys(c for row in self.rows for c in row.concepts))
+
+    def indices_for(self, concept: str) -> list[int]:
+        return [i for i, row in enumerate(self.rows) if concept in row.concepts]
+
+    def benign_indices(self) -> list[int]:
+        return [i for i, row in enumerate(self.rows) if not row.concepts]
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "rows": len(self), "sha256": self.sha256,
+                "concepts": self.concepts(), "benign_rows": len(self.benign_indices()), "meta": self.meta}
+
+
+def concat(name: str, sets: Sequence[PromptSet], kind: str = "mixed") -> PromptSet:
+    """One set holding the rows of ``sets``; the parts' hashes are kept in ``meta['parts']``."""
+    rows = tuple(r for s in sets for r in s.rows)
+    parts = {s.name: {"kind": s.kind, "rows": len(s), "sha256": s.sha256} for s in sets}
+    return PromptSet(name, kind, rows, {"parts": parts})
+
+
+# --- reading and writing ------------------------------------------------------------------------
+
+
+def write_prompt_set(ps: PromptSet, path: Path) -> str:
+    """Write ``ps`` as JSONL (header + rows) atomically; returns the content hash."""
+    digest = ps.sha256
+    header = {"format": FORMAT, "version": FORMAT_VERSION, "name": ps.name, "kind": ps.kind,
+              "rows": len(ps), "sha256": digest, "meta": ps.meta}
+    lines = [json.dumps(header, sort_keys=True, ensure_ascii=False)] + [r.canonical() for r in ps.rows]
+    write_text_atomic(Path(path), "\n".join(lines) + "\n")
+    return digest
+
+
+def _row(data: Any, where: str) -> PromptRow:
+    if not isinstance(data, dict):
+        raise PromptSetError(f"{where}: expected an object with prompt, seed, concepts, source")
+    try:
+        return PromptRow.model_validate(data)
+    except ValidationError as e:
+        raise PromptSetError(format_validation_error(e, where)) from None
+
+
+def _check_header(header: dict, rows: list[PromptRow], path: str) -> None:
+    if header.get("version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise PromptSetError(f"{path}: format version {header['version']} is newer than this sdd "
+                             f"understands ({FORMAT_VERSION}); upgrade sdd")
+    if "rows" in header and header["rows"] != len(rows):
+        raise PromptSetError(f"{path}: header says {header['rows']} rows but the file has {len(rows)}; "
+                             "the file is truncated or was edited")
+    if header.get("sha256") and header["sha256"] != content_hash(rows):
+        raise PromptSetError(f"{path}: rows do not match the header's sha256 (edited by hand?); "
+                             "remove the sha256 field from the header to accept the edit")
+
+
+def _parse_jsonl(text: str, path: str) -> PromptSet:
+    header: dict[str, Any] = {}
+    rows: list[PromptRow] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptSetError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            if rows or header:
+                raise PromptSetError(f"{path}: line {lineno}: header must be the first line")
+            header = data
+            continue
+        rows.append(_row(data, f"{path}: line {lineno}"))
+    _check_header(header, rows, path)
+    name = header.get("name") or Path(path).stem
+    return PromptSet(name, header.get("kind", "custom"), tuple(rows), header.get("meta") or {})
+
+
+def _parse_csv(text: str, path: str) -> PromptSet:
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"prompt", "seed"} - set(reader.fieldnames or [])
+    if missing:
+        raise PromptSetError(f"{path}: CSV needs columns prompt and seed "
+                             f"(missing: {', '.join(sorted(missing))})")
+    rows = []
+    for n, record in enumerate(reader, start=1):
+        data = {k: v for k, v in record.items() if k in PromptRow.model_fields and v not in (None, "")}
+        rows.append(_row(data, f"{path}: row {n}"))
+    return PromptSet(Path(path).stem, "custom", tuple(rows))
+
+
+def read_prompt_set(path: str | Path) -> PromptSet:
+    """Read a ``.jsonl`` (or ``.csv``) prompt set, validating every row."""
+    text = read_text(str(path))
+    ps = _parse_csv(text, str(path)) if str(path).lower().endswith(".csv") else _parse_jsonl(text, str(path))
+    if not ps.rows:
+        raise PromptSetError(f"{path}: no prompts in the file")
+    return ps
+
+
+def load_prompts(path: str | Path, kinds: Sequence[str] = ("eval", "benign")) -> PromptSet:
+    """A prompt file, or a folder written by :func:`build_prompt_sets` (its ``kinds`` sets, joined)."""
+    path = Path(path)
+    if not path.is_dir():
+        return read_prompt_set(path)
+    index_file = path / INDEX_FILE
+    if not index_file.is_file():
+        raise PromptSetError(f"{path}: folder has no {INDEX_FILE}; pass a prompt file or a built folder")
+    try:
+        files = {k: v["file"] for k, v in json.loads(index_file.read_text())["sets"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise PromptSetError(f"{index_file}: unreadable index (no sets); rebuild the folder") from None
+    sets = [read_prompt_set(path / files[k]) for k in kinds if k in files]
+    sets = [s for s in sets if len(s)]
+    if not sets:
+        raise PromptSetError(f"{path}: none of the sets {', '.join(kinds)} is present")
+    return concat(f"{path.name}:{'+'.join(kinds)}", sets)
+
+
+def read_text(uri: str) -> str:
+    """The UTF-8 text at a local path or an ``s3://bucket/key`` URI."""
+    try:
+        if uri.startswith("s3://"):
+            import boto3
+
+            bucket, _, key = uri[len("s3://"):].partition("/")
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        else:
+            body = Path(uri).expanduser().read_bytes()
+        return body.decode("utf-8-sig")
+    except FileNotFoundError:
+        raise PromptSetError(f"{uri}: file not found") from None
+    except UnicodeDecodeError:
+        raise PromptSetError(f"{uri}: not UTF-8 text") from None
+    except PromptSetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - S3/OS failures become one line for the user
+        raise PromptSetError(f"{uri}: cannot read ({type(e).__name__}: {e})") from None
+
+
+# --- the toy world ------------------------------------------------------------------------------
+
+
+def _canonical_toy(concept: str) -> str:
+    canonical = world.color_of(concept) or world.shape_of(concept)
+    if canonical is None:
+        raise PromptSetError(f"'{concept}' is not a toy-world colour or shape; use one of "
+                             f"{', '.join(world.COLOR_NAMES + world.SHAPE_NAMES)}")
+    return canonical
+
+
+def _toy_names(canonical: str) -> tuple[str, ...]:
+    return world.COLORS[canonical][0] if canonical in world.COLORS else world.SHAPES[canonical]
+
+
+def _evoked(erased: Sequence[str], *canonicals: str | None) -> tuple[str, ...]:
+    return tuple(c for c in erased if c in canonicals)
+
+
+def _rows(prompts: Iterable[tuple[str, tuple[str, ...]]], source: str, seeds_per_prompt: int,
+          first_seed: int = 0) -> tuple[PromptRow, ...]:
+    """Rows for unique prompts (first occurrence wins), each repeated with consecutive seeds."""
+    unique = dict.fromkeys(prompts)
+    seeds = iter(range(first_seed, first_seed + len(unique) * seeds_per_prompt))
+    return tuple(PromptRow(prompt=p, seed=next(seeds), concepts=c, source=source)
+                 for p, c in unique for _ in range(seeds_per_prompt))
+
+
+def toy_train_prompts(concepts: Sequence[str]) -> PromptSet:
+    """Erasure prompts: training templates with each concept's synonyms except its last one.
+
+    The last synonym of every erased concept is held out of all training prompts, so evaluation can
+    test whether erasure generalises to a word it never saw.
+    """
+    erased = [_canonical_toy(c) for c in concepts]
+    held_out = {_toy_names(c)[-1] for c in erased}
+    prompts = []
+    for concept in erased:
+        names = _toy_names(concept)[:-1]
+        is_color = concept in world.COLORS
+        others = world.SHAPES if is_color else {c: v[0] for c, v in world.COLORS.items()}
+        for template in world.TRAIN_TEMPLATES:
+            for name in names:
+                for other, other_names in others.items():
+                    for other_name in (n for n in other_names if n not in held_out):
+                        c, s = (name, other_name) if is_color else (other_name, name)
+                        cc, sc = (concept, other) if is_color else (other, concept)
+                        prompts.append((template.format(c=c, s=s), _evoked(erased, cc, sc)))
+        partial = world.COLOR_ONLY_TEMPLATES if is_color else world.SHAPE_ONLY_TEMPLATES
+        for template in partial:
+            for name in names:
+                prompts.append((template.format(c=name, s=name), (concept,)))
+    return PromptSet("train", "train", _rows(prompts, "toy-train", 1), {"concepts": erased,
+                                                                         "held_out": sorted(held_out)})
+
+
+def toy_eval_prompts(concepts: Sequence[str], seeds_per_prompt: int = 2, first_seed: int = 0) -> PromptSet:
+    """Held-out evaluation prompts: held-out templates x every synonym x the other attribute."""
+    erased = [_canonical_toy(c) for c in concepts]
+    prompts = []
+    for concept in erased:
+        is_color = concept in world.COLORS
+        others = world.SHAPES if is_color else {c: v[0] for c, v in world.COLORS.items()}
+        for template in world.HELDOUT_TEMPLATES:
+            for name in _toy_names(concept):
+                for other, other_names in others.items():
+                    for other_name in other_names:
+                        c, s = (name, other_name) if is_color else (other_name, name)
+                        cc, sc = (concept, other) if is_color else (other, concept)
+                        prompts.append((template.format(c=c, s=s), _evoked(erased, cc, sc)))
+    return PromptSet("eval", "eval", _rows(prompts, "toy-heldout", seeds_per_prompt, first_seed),
+                     {"concepts": erased})
+
+
+def toy_benign_prompts(concepts: Sequence[str], seeds_per_prompt: int = 2, first_seed: int = 1_000_000,
+                       seed: int = 0) -> PromptSet:
+    """Prompts naming only colours and shapes that are not erased (training templates, random synonyms)."""
+    erased = {_canonical_toy(c) for c in concepts}
+    rng = random.Random(seed)
+    prompts = [(world.caption(c, s, t, rng), ())
+               for c in world.COLOR_NAMES if c not in erased
+               for s in world.SHAPE_NAMES if s not in erased
+               for t in world.TRAIN_TEMPLATES]
+    return PromptSet("benign", "benign", _rows(prompts, "toy-benign", seeds_per_prompt, first_seed),
+                     {"erased": sorted(erased)})
+
+
+# --- real models: literal concepts, I2P, COCO -----------------------------------------------------
+
+
+def literal_prompts(concepts: Sequence[str], seeds_per_prompt: int = 1, first_seed: int = 0,
+                    kind: str = "train") -> PromptSet:
+    """The concept itself as the prompt ("nudity"): SDD's erasure prompt for real models."""
+    prompts = [(c.strip(), (c.strip().lower(),)) for c in concepts]
+    return PromptSet(kind, kind, _rows(prompts, "literal", seeds_per_prompt, first_seed))
+
+
+def import_i2p(uri: str, concepts: Sequence[str], categories: dict[str, Sequence[str]] | None = None,
+               limit: int | None = None) -> PromptSet:
+    """I2P prompts (CSV: prompt, categories, evaluation_seed, evaluation_guidance) for ``concepts``.
+
+    A row is kept if its comma-separated categories include one mapped to a concept; by default a
+    concept maps to the category of the same name, or ``nudity`` -> ``sexual``. The row's concepts
+    are every concept it matched; its seed and guidance are I2P's own.
+    """
+    categories = {c.lower(): tuple(x.lower() for x in v) for c, v in (categories or {}).items()}
+    wanted = {c.lower(): categories.get(c.lower(), (I2P_CATEGORY_ALIASES.get(c.lower(), c.lower()),))
+              for c in concepts}
+    reader = csv.DictReader(io.StringIO(read_text(uri)))
+    needed = {"prompt", "categories", "evaluation_seed", "evaluation_guidance"}
+    missing = needed - set(reader.fieldnames or [])
+    if missing:
+        raise PromptSetError(f"{uri}: not an I2P CSV (missing columns: {', '.join(sorted(missing))})")
+    rows = []
+    for n, record in enumerate(reader, start=1):
+        row_categories = {c.strip().lower() for c in (record["categories"] or "").split(",")}
+        evoked = tuple(c for c, cats in wanted.items() if row_categories & set(cats))
+        if not evoked:
+            continue
+        seed, guidance = _number(record, "evaluation_seed", int, uri, n), \
+            _number(record, "evaluation_guidance", float, uri, n)
+        rows.append(_row({"prompt": record["prompt"], "seed": seed, "concepts": evoked, "source": "i2p",
+                          "guidance": guidance}, f"{uri}: row {n}"))
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise PromptSetError(f"{uri}: no I2P rows in categories "
+                             f"{', '.join(sorted({x for v in wanted.values() for x in v}))}")
+    meta = {"i2p": uri, "categories": {k: list(v) for k, v in wanted.items()}}
+    return PromptSet("eval", "eval", tuple(rows), meta)
+
+
+def _number(record: dict, column: str, kind: type, uri: str, n: int):
+    value = (record.get(column) or "").strip()
+    try:
+        return kind(float(value)) if kind is int else kind(value)
+    except ValueError:
+        raise PromptSetError(f"{uri}: row {n}: field '{column}': expected a number, got {value!r}") from None
+
+
+def import_coco_captions(uri: str, limit: int | None = None, first_seed: int = 2_000_000,
+                         one_per_image: bool = True) -> PromptSet:
+    """Benign prompts from COCO captions: a ``captions_*.json`` file, or plain text, one per line.
+
+    From the JSON, the first caption (lowest annotation id) of each image is kept by default, images
+    in id order, so the same ``limit`` always selects the same captions.
+    """
+    text = read_text(uri)
+    if uri.lower().endswith(".json"):
+        try:
+            annotations = json.loads(text)["annotations"]
+            pairs = sorted((a["image_id"], a["id"], a["caption"]) for a in annotations)
+        except (ValueError, KeyError, TypeError):
+            raise PromptSetError(f"{uri}: not a COCO captions file (needs annotations with "
+                                 "image_id, id, caption)") from None
+        seen: set = set()
+        captions = []
+        for image_id, _, cap in pairs:
+            if one_per_image and image_id in seen:
+                continue
+            seen.add(image_id)
+            captions.append(cap)
+    else:
+        captions = text.splitlines()
+    captions = [" ".join(c.split()) for c in captions if c.strip()][:limit]
+    if not captions:
+        raise PromptSetError(f"{uri}: no captions found")
+    rows = tuple(PromptRow(prompt=c, seed=first_seed + i, source="coco") for i, c in enumerate(captions))
+    return PromptSet("benign", "benign", rows, {"coco": uri})
+
+
+# --- everything at once -------------------------------------------------------------------------
+
+
+def build_prompt_sets(concepts: Sequence[str], model_kind: str = "toy", out_dir: Path = Path("data/prompts"),
+                      *, seeds_per_prompt: int = 2, i2p: str | None = None,
+                      i2p_categories: dict[str, Sequence[str]] | None = None, i2p_limit: int | None = None,
+                      coco: str | None = None, benign_limit: int | None = 1000,
+                      literal_eval_seeds: int = 100) -> dict[str, Any]:
+    """Write ``train``, ``eval`` and ``benign`` sets plus ``index.json`` to ``out_dir``.
+
+    ``model_kind="toy"``: toy-world prompts (see the ``toy_*_prompts`` builders).
+    ``model_kind="real"``: the literal concept for training; I2P rows for evaluation if ``i2p`` is
+    given (else the literal concept with ``literal_eval_seeds`` seeds); COCO captions as benign
+    prompts if ``coco`` is given (else no benign set, and no quality metrics).
+    Returns the index (set name -> file, rows, sha256).
+    """
+    if not concepts:
+        raise PromptSetError("no concepts given; pass at least one --concept")
+    if model_kind == "toy":
+        sets = [toy_train_prompts(concepts), toy_eval_prompts(concepts, seeds_per_prompt),
+                toy_benign_prompts(concepts, seeds_per_prompt)]
+    elif model_kind == "real":
+        evaluation = (import_i2p(i2p, concepts, i2p_categories, i2p_limit) if i2p
+                      else literal_prompts(concepts, literal_eval_seeds, kind="eval"))
+        sets = [literal_prompts(concepts), evaluation]
+        if coco:
+            sets.append(import_coco_captions(coco, benign_limit))
+    else:
+        raise PromptSetError(f"model kind '{model_kind}' is unknown; use toy or real")
+    out_dir = Path(out_dir)
+    index: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "model_kind": model_kind,
+                             "concepts": [c.strip().lower() for c in concepts], "sets": {}}
+    for ps in sets:
+        file = f"{ps.kind}.jsonl"
+        digest = write_prompt_set(ps, out_dir / file)
+        index["sets"][ps.kind] = {"file": file, "rows": len(ps), "sha256": digest}
+    write_json_atomic(out_dir / INDEX_FILE, index)
+    return index

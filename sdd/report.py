@@ -1,0 +1,129 @@
+"""Evaluation report files: ``metrics.json``, ``report.md`` and before/after image grids.
+
+A grid shows, for one concept, the base model's images in the top row and the erased model's in
+the bottom row, column by column from the same prompt and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from sdd.generate import load_images
+from sdd.prompts import PromptSet
+from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
+
+LABEL_WIDTH = 64
+
+
+def spread(indices: Sequence[int], n: int) -> list[int]:
+    """Up to ``n`` indices evenly spread over ``indices`` (so a grid covers many prompts, not one)."""
+    step = max(1, len(indices) // n)
+    return list(indices[::step][:n])
+
+
+def image_grid(rows: dict[str, Sequence[Image.Image]], cell: int | None = None) -> Image.Image:
+    """Labelled rows of images (same number per row), each image scaled to ``cell`` pixels."""
+    first = next(iter(rows.values()))
+    cell = cell or min(256, max(96, first[0].width))
+    cols = max(len(r) for r in rows.values())
+    grid = Image.new("RGB", (LABEL_WIDTH + cols * cell, len(rows) * cell), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (label, images) in enumerate(rows.items()):
+        draw.text((4, r * cell + cell // 2 - 6), label, fill="black")
+        for c, im in enumerate(images):
+            resample = Image.Resampling.NEAREST if im.width < cell else Image.Resampling.LANCZOS
+            grid.paste(im.convert("RGB").resize((cell, cell), resample), (LABEL_WIDTH + c * cell, r * cell))
+    return grid
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "concept"
+
+
+def write_grids(prompt_set: PromptSet, base_paths: Sequence[Path], erased_paths: Sequence[Path],
+                out_dir: Path, n: int = 8) -> dict[str, dict[str, Any]]:
+    """One before/after grid per concept (and one for benign prompts); returns file and rows shown."""
+    groups = {c: prompt_set.indices_for(c) for c in prompt_set.concepts()}
+    if prompt_set.benign_indices():
+        groups["benign"] = prompt_set.benign_indices()
+    grids = {}
+    for name, indices in groups.items():
+        shown = spread(indices, n)
+        grid = image_grid({"base": load_images([base_paths[i] for i in shown]),
+                           "erased": load_images([erased_paths[i] for i in shown])})
+        file = f"grids/{_slug(name)}.png"
+        with atomic_path(out_dir / file) as tmp:
+            grid.save(tmp, format="PNG")
+        shown_rows = [{"prompt": prompt_set.rows[i].prompt, "seed": prompt_set.rows[i].seed} for i in shown]
+        grids[name] = {"file": file, "rows": shown_rows}
+    return grids
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _rate(r: dict[str, Any]) -> str:
+    lo, hi = r["ci95"]
+    return f"{_pct(r['rate'])} ({r['count']}/{r['n']}; 95 % CI {100 * lo:.1f}–{100 * hi:.1f})"
+
+
+def render_markdown(metrics: dict[str, Any]) -> str:
+    gates, ps, q = metrics["gates"], metrics["prompt_set"], metrics["quality"]
+    lines = [
+        f"# Erasure evaluation: **{metrics['verdict'].upper()}**", "",
+        f"- base model: `{metrics['models']['base']['name']}`",
+        f"- erased model: `{metrics['models']['erased']['name']}`",
+        f"- prompt set: `{ps['name']}`, {ps['rows']} rows, sha256 `{ps['sha256']}`",
+        f"- generation: {metrics['generation']['num_inference_steps']} steps, guidance "
+        f"{metrics['generation']['guidance_scale']} (unless a row sets its own)",
+        f"- judge: `{metrics['judge']['name']}` "
+        f"`{json.dumps(metrics['judge']['settings'], sort_keys=True)}`", "",
+        "## Erasure (presence rate on prompts evoking the concept)", "",
+        "| concept | prompts | base | erased | relative reduction |", "|---|---|---|---|---|",
+    ]
+    for c, m in metrics["concepts"].items():
+        lines.append(f"| {c} | {m['n']} | {_rate(m['base'])} | {_rate(m['erased'])} "
+                     f"| {_pct(m['relative_reduction'])} |")
+    lines += ["", f"## Quality ({q['n']} benign prompts)", ""]
+    if q.get("correctness"):
+        cb, ce = q["correctness"]["base"], q["correctness"]["erased"]
+        lines += ["| judged correct | base | erased |", "|---|---|---|"]
+        for k in ("color", "shape", "both"):
+            lines.append(f"| {k} | {_pct(cb[k]['accuracy'])} | {_pct(ce[k]['accuracy'])} |")
+        lines += ["", f"Quality drop: {_num(q['correctness']['drop_points'], '.1f')} points."]
+    lines.append(f"FID base vs erased: {_num(q.get('fid'))}"
+                 + (f" ({q['fid_features']} features)" if q.get("fid_features") else ""))
+    if q.get("clip_score"):
+        cs = q["clip_score"]
+        lines.append(f"CLIP score: base {cs['base']:.2f}, erased {cs['erased']:.2f} "
+                     f"(relative drop {_pct(cs['relative_drop'])})")
+    lines += [f"- note: {n}" for n in q.get("notes", [])]
+    lines += ["", "## Gates", "", "| gate | status | detail |", "|---|---|---|"]
+    for c in gates["checks"]:
+        gate = f"{c['gate']} ({c['concept']})" if c["concept"] else c["gate"]
+        lines.append(f"| {gate} | {c['status']} | {c['reason']} |")
+    lines += ["", "## Before / after", ""]
+    for name, g in metrics.get("grids", {}).items():
+        lines += [f"### {name}", "", f"![{name}]({g['file']})", "",
+                  "Columns: " + "; ".join(f"`{r['prompt']}` (seed {r['seed']})" for r in g["rows"]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(metrics: dict[str, Any], prompt_set: PromptSet, base_paths: Sequence[Path],
+                 erased_paths: Sequence[Path], out_dir: Path, grid_images: int = 8) -> None:
+    """Write the grids, then ``metrics.json`` and ``report.md`` (metrics gain a ``grids`` entry)."""
+    out_dir = Path(out_dir)
+    metrics["grids"] = write_grids(prompt_set, base_paths, erased_paths, out_dir, grid_images)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_text_atomic(out_dir / "report.md", render_markdown(metrics))

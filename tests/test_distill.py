@@ -1,0 +1,387 @@
+"""Tests for the SDD engine (sdd.distill): the maths, parameter selection, checkpoints, outputs, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from safetensors.torch import load_file
+from tiny_models import one_thread, save_tiny_pipelines
+from typer.testing import CliRunner
+
+import sdd.distill as distill
+from sdd.cli import app
+from sdd.config import ConfigError, DistillConfig
+from sdd.distill import (
+    Concept,
+    Distiller,
+    NonFiniteLossError,
+    apply_patch,
+    ema_update,
+    erase,
+    sample_latents,
+    sdd_loss,
+    select_parameters,
+    timestep_bin,
+)
+from sdd.models import Conditioner, latent_shape, load_pipeline
+
+CONCEPTS = [Concept("red", ["a red circle", "something red"]),
+            Concept("triangle", ["a triangle", "a wedge"])]
+FAST = dict(ddim_steps=4, checkpoint_every=100, seed=1)
+
+
+def fast_config(**overrides) -> DistillConfig:
+    return DistillConfig(**{**FAST, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    return save_tiny_pipelines(tmp_path_factory.mktemp("tiny_pipelines"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture
+def sd1(tiny_dirs):
+    return load_pipeline(str(tiny_dirs["sd1"]))
+
+
+class CountingUNet(torch.nn.Module):
+    """Wraps a UNet and records the batch size and grad mode of every call."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet, self.calls = unet, []
+
+    def forward(self, sample, t, **kwargs):
+        self.calls.append((sample.shape[0], torch.is_grad_enabled()))
+        return self.unet(sample, t, **kwargs)
+
+
+# --- the maths ---
+
+
+def test_timestep_bins_partition_the_schedule_and_hold_the_ddim_timesteps():
+    n, total = 50, 1000
+    assert timestep_bin(0, n, total) == (980, 1000)
+    assert timestep_bin(n - 1, n, total) == (0, 20)
+    assert all(timestep_bin(k, n, total)[1] == timestep_bin(k - 1, n, total)[0] for k in range(1, n))
+    scheduler = DDIMScheduler(num_train_timesteps=total, steps_offset=1)
+    scheduler.set_timesteps(n)
+    for k, t in enumerate(scheduler.timesteps.tolist()):  # the latent after k steps sits at timesteps[k]
+        lo, hi = timestep_bin(k, n, total)
+        assert lo <= t < hi
+
+
+def test_timestep_bin_is_never_empty():
+    assert timestep_bin(3, 2000, 1000)[1] > timestep_bin(3, 2000, 1000)[0]
+
+
+def test_k0_gives_pure_noise_without_calling_the_unet(sd1):
+    unet = CountingUNet(sd1.unet)
+    cond = Conditioner(sd1)
+    scheduler = DDIMScheduler.from_config(sd1.scheduler.config)
+    scheduler.set_timesteps(5)
+    noise = torch.randn(2, *latent_shape(sd1))
+    out = sample_latents(unet, scheduler, noise, [0, 0], cond.encode(["a", "b"]), cond.empty(2), 3.0)
+    assert torch.equal(out, noise) and unet.calls == []
+
+
+def test_k_steps_means_exactly_k_scheduler_steps(sd1, monkeypatch):
+    cond = Conditioner(sd1)
+    scheduler = DDIMScheduler.from_config(sd1.scheduler.config)
+    scheduler.set_timesteps(5)
+    steps_seen = []
+    real_step = scheduler.step
+
+    def spy(model_output, t, sample, **kw):
+        steps_seen.append((int(t), sample.shape[0]))
+        return real_step(model_output, t, sample, **kw)
+
+    monkeypatch.setattr(scheduler, "step", spy)
+    unet = CountingUNet(sd1.unet)
+    noise = torch.randn(3, *latent_shape(sd1))
+    ks = [3, 0, 1]
+    batched = sample_latents(unet, scheduler, noise, ks, cond.encode(["x", "y", "z"]), cond.empty(3), 3.0)
+    ts = scheduler.timesteps.tolist()
+    # Trajectories advance in lockstep: 2 active at step 0, then only the k=3 one.
+    assert steps_seen == [(ts[0], 2), (ts[1], 1), (ts[2], 1)]
+    assert [b for b, _ in unet.calls] == [4, 2, 2]  # each with its unconditional twin
+    assert torch.equal(batched[1], noise[1])
+    for b, k in enumerate(ks):  # batching does not change any trajectory
+        alone = sample_latents(sd1.unet, scheduler, noise[b:b + 1], [k], cond.encode([["x", "y", "z"][b]]),
+                               cond.empty(1), 3.0)
+        torch.testing.assert_close(batched[b:b + 1], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sd2", "sdxl"])
+def test_full_trajectory_matches_the_diffusers_pipeline(tiny_dirs, kind):
+    """N teacher steps = the pipeline's own guided DDIM sampling (conditioning, CFG, v-prediction)."""
+    pipe = load_pipeline(str(tiny_dirs[kind]))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    cond = Conditioner(pipe)
+    noise = torch.randn(1, *latent_shape(pipe), generator=torch.Generator().manual_seed(0))
+    expected = pipe("a red circle", num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(),
+                    output_type="latent").images
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(4)
+    ours = sample_latents(pipe.unet, scheduler, noise, [4], cond.encode(["a red circle"]), cond.empty(1), 3.0)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_flows_only_through_the_conditional_branch(sd1):
+    unet = CountingUNet(sd1.unet)
+    sd1.unet.requires_grad_(True)
+    cond = Conditioner(sd1)
+    z, t = torch.randn(2, *latent_shape(sd1)), torch.tensor([500, 20])
+    c, u = cond.encode(["a red circle", "a wedge"]), cond.empty(2)
+
+    loss = sdd_loss(unet, z, t, c, u)
+    assert [grad for _, grad in unet.calls] == [False, True]  # target under no_grad, prediction with grad
+    grads = torch.autograd.grad(loss, list(sd1.unet.parameters()), allow_unused=True)
+
+    target = sd1.unet(z, t, **u.unet_kwargs()).sample.detach()
+    reference = F.mse_loss(sd1.unet(z, t, **c.unet_kwargs()).sample, target)
+    ref_grads = torch.autograd.grad(reference, list(sd1.unet.parameters()), allow_unused=True)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r)
+
+    both = F.mse_loss(sd1.unet(z, t, **c.unet_kwargs()).sample, sd1.unet(z, t, **u.unet_kwargs()).sample)
+    both_grads = torch.autograd.grad(both, list(sd1.unet.parameters()), allow_unused=True)
+    assert any(g is not None and b is not None and not torch.allclose(g, b)
+               for g, b in zip(grads, both_grads, strict=True))
+
+
+def test_ema_update_formula():
+    teacher = [torch.tensor([1.0, 2.0]), torch.tensor([[4.0]])]
+    student = [torch.tensor([3.0, 0.0]), torch.ones(1, 1)]
+    ema_update(teacher, student, 0.9)
+    torch.testing.assert_close(teacher[0], torch.tensor([0.9 * 1 + 0.1 * 3, 0.9 * 2]))
+    torch.testing.assert_close(teacher[1], torch.tensor([[0.9 * 4 + 0.1]]))
+
+
+def test_teacher_is_a_frozen_ema_of_the_student(sd1):
+    base = {n: p.detach().clone() for n, p in sd1.unet.named_parameters()}
+    d = Distiller(sd1, CONCEPTS, fast_config(lr=1e-3, ema_decay=0.9))
+    assert not d.teacher.training and not any(p.requires_grad for p in d.teacher.parameters())
+    teacher = dict(d.teacher.named_parameters())
+    student = dict(d.student.named_parameters())
+    for name in student:  # frozen parameters are shared, trained ones are separate copies
+        assert (teacher[name].data_ptr() == student[name].data_ptr()) == (name not in d.trained)
+    assert [id(g["params"][0]) for g in d.optimizer.param_groups] == [id(d.student_params[0])]
+    assert len(d.optimizer.param_groups[0]["params"]) == len(d.trained)
+    d.train_step()
+    for name in d.trained:
+        torch.testing.assert_close(teacher[name], 0.9 * base[name] + 0.1 * student[name])
+
+
+@pytest.mark.parametrize("method,selected", [
+    ("xattn", lambda n: "attn2" in n), ("selfattn", lambda n: "attn1" in n),
+    ("noxattn", lambda n: "attn2" not in n), ("full", lambda n: True)])
+def test_only_the_selected_parameters_change(sd1, method, selected):
+    base = {n: p.detach().clone() for n, p in sd1.unet.named_parameters()}
+    assert select_parameters(sd1.unet, method) == [n for n in base if selected(n)]
+    d = Distiller(sd1, CONCEPTS, fast_config(train_method=method, lr=1e-2, ema_decay=0.5))
+    for _ in range(2):
+        d.train_step()
+    for model in (d.student, d.teacher):
+        changed = {n for n, p in model.named_parameters() if not torch.equal(p, base[n])}
+        assert changed and all(selected(n) for n in changed), method
+
+
+def test_bf16_autocast_step(sd1):
+    d = Distiller(sd1, CONCEPTS, fast_config(mixed_precision="bf16"))
+    assert math.isfinite(d.train_step()) and d.student_params[0].dtype == torch.float32
+
+
+def test_concept_schedules(sd1):
+    d = Distiller(sd1, CONCEPTS, fast_config(batch_size=3, concept_schedule="iterative"))
+    erased = [p for _ in range(2) for p in (d.draw_batch().erased_prompts, d.apply_update(0.0))[0]]
+    owners = ["red" if p in CONCEPTS[0].prompts else "triangle" for p in erased]
+    assert owners == ["red", "triangle"] * 3
+    batch = Distiller(sd1, CONCEPTS, fast_config(batch_size=4, concept_schedule="composite")).draw_batch()
+    assert batch.erased_prompts == batch.sampling_prompts
+    for p in batch.sampling_prompts:
+        first, second = p.split(", ")
+        assert first in CONCEPTS[0].prompts and second in CONCEPTS[1].prompts
+    batch = Distiller(sd1, CONCEPTS, fast_config(batch_size=8, concept_schedule="random")).draw_batch()
+    assert all(p in CONCEPTS[0].prompts + CONCEPTS[1].prompts for p in batch.erased_prompts)
+    assert all(0 <= k < 4 for k in batch.ks) and batch.noise.shape == (8, *latent_shape(sd1))
+
+
+def test_concept_prompts_default_to_the_name():
+    assert Concept("nudity").prompts == ["nudity"]
+    with pytest.raises(ConfigError):
+        Concept(" ")
+
+
+# --- runs that survive ---
+
+
+def _tensors(path):
+    return load_file(str(path))
+
+
+def _assert_same_run(a, b):
+    pa, pb = _tensors(a / "patch.safetensors"), _tensors(b / "patch.safetensors")
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert (a / "loss.csv").read_text() == (b / "loss.csv").read_text()
+    ca, cb = _tensors(a / "checkpoint/state.safetensors"), _tensors(b / "checkpoint/state.safetensors")
+    assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
+
+
+def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatch):
+    config = fast_config(steps=8, batch_size=2, checkpoint_every=3)
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", config)
+
+    # Interrupt in the middle of step 5, after its random draws and its teacher sampling.
+    calls, real_loss = [], distill.sdd_loss
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(distill, "sdd_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config)
+    assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 4
+    assert not (tmp_path / "resumed/patch.safetensors").exists()
+    monkeypatch.setattr(distill, "sdd_loss", real_loss)
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config, resume=True)
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_interrupt_between_steps_and_resume_with_more_steps(tiny_dirs, tmp_path):
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", fast_config(steps=4))
+
+    def stop_at_2(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", fast_config(steps=3), on_step=stop_at_2)
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", fast_config(steps=3), resume=True)
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", fast_config(steps=4), resume=True)
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_checkpoint_guards(tiny_dirs, tmp_path):
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, fast_config(steps=1))
+    with pytest.raises(ConfigError, match="--resume"):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, fast_config(steps=2))
+    with pytest.raises(ConfigError, match="lr"):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, fast_config(steps=2, lr=1e-3), resume=True)
+    with pytest.raises(ConfigError, match="concepts"):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS[:1], tmp_path, fast_config(steps=2), resume=True)
+    with pytest.raises(ConfigError, match="base unet"):
+        erase(str(tiny_dirs["sd2"]), CONCEPTS, tmp_path, fast_config(steps=2), resume=True)
+
+
+def test_non_finite_loss_raises_and_keeps_the_last_checkpoint(tiny_dirs, tmp_path, monkeypatch):
+    calls, real_loss = [], distill.sdd_loss
+
+    def diverging(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    monkeypatch.setattr(distill, "sdd_loss", diverging)
+    with pytest.raises(NonFiniteLossError, match="nan at step 4; last good checkpoint: step 2"):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, fast_config(steps=6, checkpoint_every=2))
+    meta = json.loads((tmp_path / "checkpoint/state.json").read_text())
+    assert meta["step"] == 2
+    assert all(map(lambda x: x == x, _tensors(tmp_path / "checkpoint/state.safetensors")["loss"].tolist()))
+    assert not (tmp_path / "patch.safetensors").exists()
+
+
+# --- outputs ---
+
+
+def test_outputs_and_patch_reproduce_the_erased_model(tiny_dirs, tmp_path):
+    result = erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, fast_config(steps=3, lr=1e-3))
+    erased = load_pipeline(str(result.model_dir)).unet.state_dict()
+    patched = apply_patch(load_pipeline(str(tiny_dirs["sd1"])), result.patch).unet.state_dict()
+    base = load_pipeline(str(tiny_dirs["sd1"])).unet.state_dict()
+    assert erased.keys() == patched.keys()
+    assert all(torch.equal(erased[k], patched[k]) for k in erased)
+    assert any(not torch.equal(erased[k], base[k]) for k in erased)
+    assert set(_tensors(result.patch)) == {n for n in base if "attn2" in n}
+
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["steps"] == 3 and manifest["config"]["lr"] == 1e-3
+    assert [c["name"] for c in manifest["concepts"]] == ["red", "triangle"]
+    assert len(manifest["concepts_sha256"]) == 64 and len(manifest["base_model"]["unet_sha256"]) == 64
+    assert manifest["base_model"]["path"] == str(tiny_dirs["sd1"])
+    assert {"torch", "diffusers", "transformers"} <= manifest["versions"].keys()
+    lines = (tmp_path / "loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss" and len(lines) == 4
+    assert manifest["loss"]["last"] == float(lines[-1].split(",")[1])
+
+
+def test_patch_for_another_model_is_refused(tiny_dirs, tmp_path):
+    result = erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, fast_config(steps=1))
+    with pytest.raises(ConfigError, match="does not fit"):
+        apply_patch(load_pipeline(str(tiny_dirs["sdxl"])), result.patch)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sd2", "sdxl"])
+def test_each_architecture_trains(tiny_dirs, tmp_path, kind):
+    result = erase(str(tiny_dirs[kind]), CONCEPTS, tmp_path, fast_config(steps=2, batch_size=2, lr=1e-3))
+    assert result.steps == 2 and result.final_loss > 0
+    reloaded = load_pipeline(str(result.model_dir))
+    base = load_pipeline(str(tiny_dirs[kind]))
+    assert type(reloaded) is type(base)
+    assert reloaded.scheduler.config.prediction_type == base.scheduler.config.prediction_type
+
+
+# --- CLI ---
+
+
+def test_cli_erase(tiny_dirs, tmp_path):
+    runner = CliRunner()
+    (tmp_path / "distill.yaml").write_text("ddim_steps: 4\nbatch_size: 2\n")
+    args = ["erase", "--model", str(tiny_dirs["sd1"]), "--concept", "red", "--out", str(tmp_path / "out"),
+            "--steps", "2", "--config", str(tmp_path / "distill.yaml")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out/model/model_index.json").exists()
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["config"]["ddim_steps"] == 4 and manifest["steps"] == 2
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and again.stderr.strip().count("\n") == 0 and "--resume" in again.stderr
+    assert runner.invoke(app, [*args, "--resume"]).exit_code == 0
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model", "/no/such/dir"], "no such folder"),
+    (["--model", "{tiny}", "--steps", "0"], "steps"),
+    (["--model", "{tiny}", "--config", "/no/such.yaml"], "file not found"),
+])
+def test_cli_user_errors_are_one_line(tiny_dirs, tmp_path, extra, message):
+    extra = [a.replace("{tiny}", str(tiny_dirs["sd1"])) for a in extra]
+    result = CliRunner().invoke(app, ["erase", "--concept", "red", "--out", str(tmp_path), *extra])
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.output
+    assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0
+
+
+def test_default_concepts_for_the_toy_world():
+    concepts = distill.default_concepts("toy", ["red"])
+    assert "a crimson shape" in concepts[0].prompts
+    assert not any("scarlet" in p for p in concepts[0].prompts)  # held out for evaluation
+    with pytest.raises(ConfigError):
+        distill.default_concepts("toy", ["teal"])
+    assert distill.default_concepts("org/model", ["nudity"])[0].prompts == ["nudity"]

@@ -1,0 +1,474 @@
+"""Tests for tracking, registration and promotion (sdd.registry) and the CLI commands over them.
+
+Unit tests use a local SQLite MLflow store in a temporary folder and a real (tiny) erasure: a tiny
+SD pipeline erased for 3 steps, plus an evaluation folder whose ``metrics.json`` is made with the
+evaluator's own gate logic. The integration test runs a real ``mlflow server`` whose artifacts
+live in a moto S3 server (see ``tests/servers.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from packaging.requirements import Requirement
+from PIL import Image
+from servers import PLANTED_SECRET, S3_ENV, mlflow_server, moto_server  # noqa: F401 - fixtures
+from tiny_models import save_tiny_pipeline
+from typer.testing import CliRunner
+
+from sdd import registry
+from sdd.cli import app
+from sdd.config import ConfigError, DistillConfig, GatesConfig, RegistryConfig, load_registry_config
+from sdd.distill import Concept, erase
+from sdd.evaluate import apply_gates, concept_metrics
+from sdd.models import load_pipeline
+from sdd.report import render_markdown
+
+STEPS = 3
+PREDICT_PARAMS = {"num_inference_steps": 2, "guidance_scale": 3.0}
+
+
+# --- fixtures: a tiny erasure, its evaluations, a local store -------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def clean_env():
+    """No ambient tracking server, no telemetry, and a planted secret that must never be logged."""
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mp.setenv("SDD_TEST_API_TOKEN", PLANTED_SECRET)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def erased_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("erasure")
+    base = save_tiny_pipeline("sd1", root / "base")
+    out = root / "out"
+    erase(str(base), [Concept("red", ["a red circle"]), Concept("triangle")], out,
+          DistillConfig(steps=STEPS, ddim_steps=2, checkpoint_every=100, seed=1))
+    return out
+
+
+def fake_evaluation(out: Path, erased_present: int) -> Path:
+    """An evaluation folder: metrics.json gated by the real gate logic, report.md, one grid PNG."""
+    base = [True] * 8 + [False] * 2
+    erased = [True] * erased_present + [False] * (10 - erased_present)
+    correctness = {"accuracy": 0.9, "n": 10}
+    metrics = {
+        "schema_version": 1,
+        "models": {"base": {"name": "tiny"}, "erased": {"name": "tiny-erased"}},
+        "prompt_set": {"name": "eval", "kind": "eval", "rows": 20, "sha256": "ab" * 32, "concepts": ["red"],
+                       "benign_rows": 10, "meta": {}},
+        "generation": {"num_inference_steps": 2, "guidance_scale": 3.0, "height": None, "width": None,
+                       "seeding": "one CPU torch.Generator per row"},
+        "judge": {"name": "toy", "settings": {}},
+        "concepts": {"red": concept_metrics(base, erased)},
+        "quality": {"n": 10, "notes": [], "fid": 1.5, "fid_features": "toy", "clip_score": None,
+                    "correctness": {"base": {k: correctness for k in ("color", "shape", "both")},
+                                    "erased": {k: correctness for k in ("color", "shape", "both")},
+                                    "drop_points": 0.0}},
+    }
+    metrics["gates"] = apply_gates(metrics, GatesConfig())
+    metrics["verdict"] = metrics["gates"]["verdict"]
+    metrics["grids"] = {"red": {"file": "grids/red.png", "rows": []}}
+    (out / "grids").mkdir(parents=True)
+    Image.new("RGB", (32, 16), "red").save(out / "grids" / "red.png")
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "report.md").write_text(render_markdown(metrics))
+    return out
+
+
+@pytest.fixture(scope="module")
+def eval_pass(tmp_path_factory) -> Path:
+    return fake_evaluation(tmp_path_factory.mktemp("eval_pass"), erased_present=0)
+
+
+@pytest.fixture(scope="module")
+def eval_fail(tmp_path_factory) -> Path:
+    return fake_evaluation(tmp_path_factory.mktemp("eval_fail"), erased_present=6)
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> RegistryConfig:
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    return RegistryConfig(tracking_uri=f"sqlite:///{db}", experiment="sdd-test")
+
+
+@pytest.fixture(scope="module")
+def client(cfg) -> MlflowClient:
+    return MlflowClient(cfg.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def run_pass(erased_dir, eval_pass, cfg) -> registry.ErasureRun:
+    return registry.log_erasure(erased_dir, eval_pass, cfg)
+
+
+@pytest.fixture(scope="module")
+def run_fail(erased_dir, eval_fail, cfg) -> registry.ErasureRun:
+    return registry.log_erasure(erased_dir, eval_fail, cfg)
+
+
+_names = iter(range(10_000))
+
+
+@pytest.fixture
+def model_name(request) -> str:
+    """A fresh registered-model name per test (the store is shared by the module)."""
+    return f"m{next(_names)}-{request.node.name[:40].replace('[', '-').replace(']', '')}"
+
+
+def all_logged_strings(client: MlflowClient, run_id: str, name: str | None = None) -> list[str]:
+    run = client.get_run(run_id)
+    values = [*run.data.params.items(), *run.data.tags.items()]
+    if name:
+        for mv in client.search_model_versions(f"name = '{name}'"):
+            values += list(mv.tags.items())
+    return [f"{k}={v}" for k, v in values]
+
+
+# --- tracking -----------------------------------------------------------------------------------
+
+
+def test_log_erasure_records_params_loss_metrics_artifacts_and_system(run_pass, client, erased_dir):
+    run = client.get_run(run_pass.run_id)
+    manifest = json.loads((erased_dir / "manifest.json").read_text())
+    params, tags = run.data.params, run.data.tags
+
+    # the full distill config, flattened
+    for key, value in manifest["config"].items():
+        assert params[f"distill.{key}"] == (value if isinstance(value, str) else json.dumps(value))
+    assert params["concepts"] == "red,triangle"
+    assert params["base.unet_sha256"] == manifest["base_model"]["unet_sha256"]
+    assert params["eval.generation.num_inference_steps"] == "2"
+
+    # the loss curve, step by step
+    history = client.get_metric_history(run_pass.run_id, "loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, STEPS + 1))
+    losses = [float(line.split(",")[1]) for line in (erased_dir / "loss.csv").read_text().splitlines()[1:]]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(losses)
+
+    # evaluation metrics flattened from metrics.json
+    metrics = run.data.metrics
+    assert metrics["eval.concepts.red.erased.rate"] == 0.0
+    assert metrics["eval.concepts.red.base.rate"] == pytest.approx(0.8)
+    assert "eval.concepts.red.erased.ci95.hi" in metrics
+    assert metrics["eval.gates.passed"] == 1.0
+    assert metrics["eval.gates.max_erased_rate.red.passed"] == 1.0
+
+    # artifacts: the report with its grids, the manifest and loss curve
+    files = {f.path for f in client.list_artifacts(run_pass.run_id, "evaluation")}
+    assert {"evaluation/report.md", "evaluation/metrics.json", "evaluation/grids"} <= files
+    assert [f.path for f in client.list_artifacts(run_pass.run_id, "evaluation/grids")] == \
+        ["evaluation/grids/red.png"]
+    assert {f.path for f in client.list_artifacts(run_pass.run_id, "erasure")} == \
+        {"erasure/manifest.json", "erasure/loss.csv"}
+
+    # system info and provenance
+    assert tags["system.torch"] == torch.__version__
+    assert tags["system.python"] and tags["system.diffusers"] and tags["system.device"] == "cpu"
+    assert tags["trained_with.torch"] == manifest["versions"]["torch"]
+    assert tags["gates"] == "passed" and tags["concepts"] == "red,triangle"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert tags["git_commit"] == (head or "none")
+
+
+def test_nothing_logged_contains_the_planted_secret(run_pass, client):
+    assert not [s for s in all_logged_strings(client, run_pass.run_id) if PLANTED_SECRET in s]
+
+
+def test_scrub_masks_secret_environment_values(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_PASSWORD", "hunter2-long")
+    assert registry.scrub("url https://u:hunter2-long@host") == "url https://u:***@host"
+    assert registry.scrub("x" * 10, limit=8) == "xxxxx..."
+
+
+# --- registration -------------------------------------------------------------------------------
+
+
+def test_register_with_passed_gates_sets_candidate_alias(run_pass, cfg, client, model_name, erased_dir):
+    reg = registry.register_erasure(run_pass, cfg, name=model_name)
+    assert (reg.version, reg.alias, reg.gates.passed) == (1, "candidate", True)
+    mv = client.get_model_version_by_alias(model_name, "candidate")
+    manifest = json.loads((erased_dir / "manifest.json").read_text())
+    assert mv.version == "1" and mv.run_id == run_pass.run_id
+    assert mv.tags["concepts"] == "red,triangle"
+    assert mv.tags["concepts_sha256"] == manifest["concepts_sha256"]
+    assert mv.tags["base_model"] == manifest["base_model"]["model"]
+    assert mv.tags["base_revision"] == "none"  # a local folder has no hub revision
+    assert mv.tags["gates"] == "passed" and mv.tags["gate_verdict"] == "pass"
+    assert mv.tags["git_commit"] and mv.tags["dvc_lock"]
+    assert client.get_run(run_pass.run_id).data.tags["registered_model"] == f"{model_name}/1"
+
+
+def test_register_with_failed_gates_has_no_alias(run_fail, cfg, client, model_name):
+    reg = registry.register_erasure(run_fail, cfg, name=model_name)
+    assert reg.alias is None and not reg.gates.passed
+    mv = client.get_model_version(model_name, str(reg.version))
+    assert mv.tags["gates"] == "failed" and mv.tags["gate_verdict"] == "fail"
+    assert "red: erased presence rate" in mv.tags["gates_failed"]
+    assert mv.aliases == []
+
+
+def test_no_evaluation_counts_as_failed_gates(erased_dir, cfg, model_name):
+    reg = registry.register(erased_dir, None, cfg, name=model_name)
+    assert reg.alias is None and reg.gates.verdict == "none"
+
+
+def test_read_erasure_rejects_an_unfinished_folder(tmp_path):
+    with pytest.raises(registry.RegistryError, match="not a finished erasure output"):
+        registry.read_erasure(tmp_path)
+
+
+# --- promotion ----------------------------------------------------------------------------------
+
+
+def test_promote_refuses_failed_gates_without_force(run_fail, cfg, client, model_name):
+    registry.register_erasure(run_fail, cfg, name=model_name)
+    with pytest.raises(registry.PromotionRefused, match="did not pass its gates"):
+        registry.promote(model_name, 1, cfg=cfg)
+    with pytest.raises(registry.PromotionRefused, match="non-empty --reason"):
+        registry.promote(model_name, 1, force=True, reason="  ", cfg=cfg)
+    assert client.get_model_version(model_name, "1").aliases == []
+
+
+def test_forced_promotion_records_who_why_and_when(run_fail, cfg, client, model_name):
+    registry.register_erasure(run_fail, cfg, name=model_name)
+    promotion = registry.promote(model_name, 1, "production", force=True, reason="hotfix, approved by QA",
+                                 cfg=cfg)
+    assert promotion.forced and promotion.previous is None
+    mv = client.get_model_version_by_alias(model_name, "production")
+    assert mv.version == "1"
+    assert mv.tags["force_reason"] == "hotfix, approved by QA"
+    assert mv.tags["forced_by"] and mv.tags["forced_alias"] == "production"
+    assert mv.tags["forced_at"].startswith("20") and "promoted.production.at" in mv.tags
+
+
+def test_promote_moves_the_alias(run_pass, cfg, client, model_name):
+    for _ in range(2):
+        registry.register_erasure(run_pass, cfg, name=model_name)
+    assert registry.promote(model_name, 1, cfg=cfg).previous is None
+    promotion = registry.promote(model_name, "2", cfg=cfg)
+    assert (promotion.version, promotion.previous, promotion.forced) == (2, 1, False)
+    assert client.get_model_version_by_alias(model_name, "production").version == "2"
+    assert "production" not in client.get_model_version(model_name, "1").aliases
+
+
+def test_racing_promotions_leave_exactly_one_holder(run_pass, cfg, client, model_name):
+    for _ in range(3):
+        registry.register_erasure(run_pass, cfg, name=model_name)
+    outcomes: dict[int, str] = {}
+
+    def promote(version: int) -> None:
+        try:
+            registry.promote(model_name, version, cfg=cfg)
+            outcomes[version] = "ok"
+        except registry.ConcurrentPromotionError:
+            outcomes[version] = "lost"
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    holders = [int(v.version) for v in client.search_model_versions(f"name = '{model_name}'")
+               if "production" in v.aliases]
+    assert len(holders) == 1 and set(outcomes) == {1, 2, 3}
+    assert outcomes[holders[0]] == "ok"  # the final holder's promotion reported success
+
+
+def test_promote_unknown_version_is_a_one_line_error(run_pass, cfg, model_name):
+    registry.register_erasure(run_pass, cfg, name=model_name)
+    with pytest.raises(registry.RegistryError, match="has no version 7"):
+        registry.promote(model_name, 7, cfg=cfg)
+
+
+def test_list_versions(run_pass, run_fail, cfg, model_name):
+    registry.register_erasure(run_pass, cfg, name=model_name)
+    registry.register_erasure(run_fail, cfg, name=model_name)
+    registry.promote(model_name, 1, cfg=cfg)
+    rows = registry.list_versions(model_name, cfg)
+    assert [(r.version, r.concepts, r.gates, r.aliases) for r in rows] == [
+        (2, "red,triangle", "failed", []),
+        (1, "red,triangle", "passed", ["candidate", "production"]),
+    ]
+    assert model_name in registry.list_models(cfg)
+
+
+# --- the pyfunc model ---------------------------------------------------------------------------
+
+
+def test_registered_model_loads_and_generates_the_erased_models_images(run_pass, cfg, model_name, erased_dir):
+    registry.register_erasure(run_pass, cfg, name=model_name)
+    model = registry.load_model(model_name, "candidate", cfg)
+    df = pd.DataFrame({"prompt": ["a red circle", "a red circle", "a blue square"], "seed": [3, 3, 4]})
+    out = model.predict(df, params=PREDICT_PARAMS)
+    assert list(out.columns) == ["prompt", "seed", "image"] and len(out) == 3
+    images = [np.asarray(registry.decode_image(b)) for b in out["image"]]
+    assert images[0].shape == (16, 16, 3)
+    assert np.array_equal(images[0], images[1]) and not np.array_equal(images[0], images[2])
+
+    # the same pixels as the erased pipeline itself, for the same prompt and seed
+    pipe = load_pipeline(str(erased_dir / "model"))
+    direct = pipe(prompt=["a red circle"], generator=[torch.Generator("cpu").manual_seed(3)],
+                  output_type="pil", **PREDICT_PARAMS).images[0]
+    assert np.array_equal(images[0], np.asarray(direct.convert("RGB")))
+
+    # seeds are optional: the row position
+    no_seed = model.predict(pd.DataFrame({"prompt": ["a red circle"]}), params=PREDICT_PARAMS)
+    assert no_seed["seed"].tolist() == [0]
+
+
+def test_model_requirements_are_pinned_and_satisfied_here(run_pass, cfg):
+    with registry._mlflow_at(registry.resolve_store(cfg)):
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(run_pass.model_uri)).read_text().split()
+        model_dir = Path(mlflow.artifacts.download_artifacts(run_pass.model_uri))
+    pinned = {Requirement(r).name.lower(): Requirement(r) for r in requirements}
+    from importlib.metadata import version
+
+    for package in registry.RUNTIME_PACKAGES:
+        assert pinned[package].specifier.contains(version(package)), package
+    assert "mlflow" in pinned
+    assert (model_dir / "code" / "sdd" / "registry.py").is_file()  # loads without `pip install sdd`
+    assert not list((model_dir / "code" / "sdd").rglob("__pycache__"))
+    assert {"model", "patch.safetensors", "manifest.json"} <= {p.name for p in (model_dir / "artifacts").iterdir()}
+
+
+# --- configuration and provenance helpers -------------------------------------------------------
+
+
+def test_tracking_uri_precedence(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cfg = RegistryConfig()
+    assert registry.resolve_store(cfg).tracking_uri == f"sqlite:///{tmp_path.resolve()}/.sdd/mlflow.db"
+    assert registry.resolve_store(cfg).artifact_location == (tmp_path / ".sdd" / "artifacts").resolve().as_uri()
+    cfg = RegistryConfig(tracking_uri="http://from-params:5000")
+    assert registry.resolve_store(cfg).tracking_uri == "http://from-params:5000"
+    assert registry.resolve_store(cfg).artifact_location is None  # the server decides (proxied)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
+    assert registry.resolve_store(cfg).tracking_uri == "http://from-env:5000"
+    assert registry.resolve_store(cfg, "http://explicit:1").tracking_uri == "http://explicit:1"
+
+
+def test_registry_params_file_loads_and_rejects_typos(tmp_path):
+    cfg = load_registry_config(Path(__file__).parents[1] / "params" / "registry.yaml")
+    assert (cfg.model_name, cfg.candidate_alias, cfg.tracking_uri) == ("sdd-erased", "candidate", None)
+    bad = tmp_path / "registry.yaml"
+    bad.write_text("model_nmae: x\n")
+    with pytest.raises(ConfigError, match="model_nmae") as err:
+        load_registry_config(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_git_and_dvc_info_outside_a_project(tmp_path):
+    assert registry.git_info(tmp_path) == {"git_commit": "none", "git_dirty": "none"}
+    assert set(registry.dvc_info(tmp_path).values()) == {"none"}
+
+
+def test_dvc_info_hashes_lock_params_and_dvc_files(tmp_path):
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "distill.yaml").write_text("lr: 1e-5\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  erase:\n    cmd: sdd erase\n"
+                                       "    params:\n      params/distill.yaml:\n        lr: 1e-05\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "prompts.dvc").write_text("outs:\n- md5: 0123abcd\n  path: prompts\n")
+    info = registry.dvc_info(tmp_path)
+    assert len(info["dvc_lock"]) == 64 and info["dvc_rev"] == "none"  # not a git checkout
+    assert info["dvc_params"].startswith("params/distill.yaml=") and len(info["dvc_params"]) == 20 + 32
+    assert info["dvc_data"] == "data/prompts.dvc=0123abcd"
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_register_promote_and_models(erased_dir, eval_pass, eval_fail, cfg, model_name):
+    runner = CliRunner()
+    env = {"MLFLOW_TRACKING_URI": cfg.tracking_uri}
+    result = runner.invoke(app, ["register", "--run", str(erased_dir), "--eval", str(eval_fail),
+                                 "--name", model_name], env=env)
+    assert result.exit_code == 0, result.output
+    assert "version 1" in result.output and "alias: none" in result.output and "run " in result.output
+
+    result = runner.invoke(app, ["promote", model_name, "1"], env=env)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+
+    result = runner.invoke(app, ["promote", model_name, "1", "--force"], env=env)
+    assert result.exit_code == 2 and "--reason" in result.output
+
+    result = runner.invoke(app, ["promote", model_name, "1", "--alias", "staging", "--force",
+                                 "--reason", "manual check"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "staging" in result.output and "forced" in result.output
+
+    result = runner.invoke(app, ["register", "--run", str(erased_dir), "--eval", str(eval_pass),
+                                 "--name", model_name], env=env)
+    assert result.exit_code == 0 and "alias: candidate" in result.output
+
+    result = runner.invoke(app, ["models", model_name], env={**env, "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "staging" in result.output and "candidate" in result.output and "failed" in result.output
+
+
+def test_cli_register_bad_folder_is_one_line(tmp_path, cfg):
+    result = CliRunner().invoke(app, ["register", "--run", str(tmp_path), "--eval", str(tmp_path)],
+                                env={"MLFLOW_TRACKING_URI": cfg.tracking_uri})
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+
+
+# --- integration: a real tracking server with S3 artifacts --------------------------------------
+
+
+@pytest.mark.slow
+def test_server_with_s3_artifacts_end_to_end(mlflow_server, erased_dir, eval_pass, eval_fail, monkeypatch):
+    import boto3
+
+    # the client gets the S3 credentials too (as a careless user might); they must still never be logged
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    cfg = RegistryConfig(experiment="sdd-server")
+    name = "sdd-erased-it"
+
+    passed = registry.register(erased_dir, eval_pass, cfg, name=name)
+    failed = registry.register(erased_dir, eval_fail, cfg, name=name)
+    assert (passed.version, passed.alias, failed.version, failed.alias) == (1, "candidate", 2, None)
+    with pytest.raises(registry.PromotionRefused):
+        registry.promote(name, failed.version)
+    assert registry.promote(name, passed.version).alias == "production"
+
+    # the model came through the server's proxied artifact store, i.e. from the S3 bucket
+    client = MlflowClient(mlflow_server.url)
+    run = client.get_run(passed.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    s3 = boto3.client("s3", endpoint_url=mlflow_server.s3_endpoint)
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="sdd-artifacts")
+            for o in page.get("Contents", [])]
+    assert any(k.endswith("evaluation/report.md") for k in keys)
+    assert any(k.endswith("artifacts/patch.safetensors") for k in keys)
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}@production")
+    out = model.predict(pd.DataFrame({"prompt": ["a red circle"], "seed": [1]}), params=PREDICT_PARAMS)
+    assert registry.decode_image(out["image"][0]).size == (16, 16)
+    assert [(r.version, r.aliases) for r in registry.list_versions(name)] == \
+        [(2, []), (1, ["candidate", "production"])]
+
+    for run_id in (passed.run_id, failed.run_id):
+        assert not [s for s in all_logged_strings(client, run_id, name) if PLANTED_SECRET in s]
