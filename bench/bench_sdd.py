@@ -105,7 +105,7 @@ def main() -> None:
     for r in rows:
         table.add_row(r["engine"], str(r["samples"]), f"{r['s_per_sample']:.3f}", f"{r['samples_per_s']:.2f}",
                       f"{r['erasure_min']:.1f} min", f"{r['peak_gib']:.2f}", f"{ref / r['s_per_sample']:.1f}x")
-    Console().print(table)
+    Console(width=140).print(table)
 
 
 if __name__ == "__main__":
