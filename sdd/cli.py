@@ -275,3 +275,87 @@ def models_cmd(
         table.add_row(r.name, str(r.version), r.concepts, gates + (" (forced)" if r.forced else ""),
                       ", ".join(r.aliases), r.created, (r.run_id or "")[:12])
     Console().print(table)
+
+
+# --- the local orchestration stack and concept-set events (sdd/stack.py, flows/) -----------------
+
+stack_app = typer.Typer(help="The local Prefect + MLflow stack (servers, work pools, workers).",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+concepts_app = typer.Typer(help="Concept sets (params/concepts.yaml).", no_args_is_help=True)
+app.add_typer(concepts_app, name="concepts")
+
+
+@stack_app.command("up")
+def stack_up(
+    prefect_port: int = typer.Option(4200, "--prefect-port", help="Port of the Prefect server and UI."),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="Port of the MLflow server and UI."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface the servers listen on."),
+    reerase_cron: str = typer.Option("0 2 * * *", "--reerase-cron", help="Cron (UTC) of the re-erase check."),
+    no_deploy: bool = typer.Option(False, "--no-deploy", help="Do not (re)apply prefect.yaml."),
+) -> None:
+    """Start Prefect and MLflow servers, create the cpu/gpu pools, deploy, start a worker per pool."""
+    from sdd.stack import StackConfig, StackError, up
+
+    try:
+        info = up(StackConfig(host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
+                              reerase_cron=reerase_cron, deploy=not no_deploy))
+    except StackError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Prefect UI  {info['prefect_ui']}")
+    typer.echo(f"MLflow UI   {info['mlflow_ui']}")
+    typer.echo(f"workers     {', '.join(info['pools'])} (logs in {info['logs']})")
+    typer.echo(f"use it:     export PREFECT_API_URL={info['prefect_api']} MLFLOW_TRACKING_URI={info['mlflow_ui']}")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the workers, then the servers."""
+    from sdd.stack import down
+
+    stopped = down()
+    typer.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show the stack's URLs and which of its processes run."""
+    from sdd.stack import status
+
+    info = status()
+    if not info["processes"]:
+        typer.echo("the stack is not running (sdd stack up)")
+        raise typer.Exit(1)
+    for key in ("prefect_ui", "mlflow_ui"):
+        if key in info:
+            typer.echo(f"{key:10s}  {info[key]}")
+    for name, proc in info["processes"].items():
+        typer.echo(f"{name:16s} pid {proc['pid']:<8d} {'running' if proc['alive'] else 'STOPPED'}  {proc['log']}")
+    if not all(p["alive"] for p in info["processes"].values()):
+        raise typer.Exit(1)
+
+
+@concepts_app.command("publish")
+def concepts_publish(
+    file: Path = typer.Option(Path("params/concepts.yaml"), "--file", help="The concept sets file."),
+    api_url: str | None = typer.Option(None, "--api-url",
+                                       help="Prefect API [$PREFECT_API_URL, else the local stack's]."),
+) -> None:
+    """Validate the concept sets and emit `sdd.concepts.updated`, which triggers the re-erase flow."""
+    from sdd.config import ConfigError
+    from sdd.stack import api_url as stack_api_url
+
+    url = api_url or stack_api_url()
+    if not url:
+        typer.echo("error: no Prefect API: set PREFECT_API_URL, pass --api-url or run `sdd stack up`", err=True)
+        raise typer.Exit(2)
+    from flows.events import publish_concepts_updated
+
+    try:
+        payload = publish_concepts_updated(file, api_url=url)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"published sdd.concepts.updated: set {payload['active']} ({', '.join(payload['concepts'])}) "
+               f"on {payload['base_model']}, hash {payload['concepts_sha256'][:12]}")

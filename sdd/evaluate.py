@@ -142,12 +142,14 @@ def quality_metrics(prompt_set: PromptSet, base_paths: Sequence[Path], erased_pa
     if fid_reason is None and len(idx) < 2:
         fid_reason = "FID needs at least 2 benign images"
     fid = None
-    if fid_reason is None:
-        fid = (FrechetInceptionDistance(feature=fid_net, normalize=True) if fid_net is not None else
-               FrechetInceptionDistance(feature=2048, normalize=True,
-                                        feature_extractor_weights_path=cfg.inception_weights))
-    if fid is not None:
-        fid = fid.to(device)
+    if fid_reason is None and fid_net is not None:
+        fid = FrechetInceptionDistance(feature=fid_net, normalize=True).to(device)
+    elif fid_reason is None:
+        try:  # Inception weights are downloaded unless cfg.inception_weights points at a local copy
+            fid = FrechetInceptionDistance(feature=2048, normalize=True,
+                                           feature_extractor_weights_path=cfg.inception_weights).to(device)
+        except Exception as e:  # noqa: BLE001 - offline or bad weights: report, do not crash the evaluation
+            fid_reason = f"Inception FID unavailable ({type(e).__name__}); set inception_weights"
     clip = {}
     if cfg.clip_score_model:
         clip_model = load_clip(cfg.clip_score_model)  # one copy, shared by both metrics
@@ -181,7 +183,9 @@ def quality_metrics(prompt_set: PromptSet, base_paths: Sequence[Path], erased_pa
         cb, ce = float(clip["base"].compute()), float(clip["erased"].compute())
         clip_score = {"model": cfg.clip_score_model, "base": cb, "erased": ce,
                       "relative_drop": (cb - ce) / cb if cb else None}
-    return {**out, "correctness": correctness, "fid": float(fid.compute()) if fid is not None else None,
+    # FID is >= 0; a tiny negative value is round-off in the matrix square root (identical sets).
+    fid_value = max(0.0, float(fid.compute())) if fid is not None else None
+    return {**out, "correctness": correctness, "fid": fid_value,
             "fid_features": fid_name if fid is not None else None, "clip_score": clip_score}
 
 

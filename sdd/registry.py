@@ -76,6 +76,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -147,29 +148,47 @@ def resolve_store(cfg: RegistryConfig | None = None, tracking_uri: str | None = 
 
 
 @contextmanager
-def _mlflow_at(store: Store) -> Iterator[MlflowClient]:
-    """Point MLflow's fluent API at ``store`` for the block, then restore exactly what was there.
-
-    MLflow keeps the URIs in module globals and also exports them as environment variables; both
-    are put back, so an unset URI stays unset (and keeps following ``$MLFLOW_TRACKING_URI``).
-    """
-    env_before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    previous = (_tracking_state._tracking_uri, _registry_state._registry_uri)
-    mlflow.set_tracking_uri(store.tracking_uri)
-    mlflow.set_registry_uri(store.registry_uri)
+def _mlflow_errors(store: Store) -> Iterator[None]:
+    """Turn MLflow failures (unreachable server, invalid name or alias...) into one-line errors."""
     try:
-        yield MlflowClient(store.tracking_uri, store.registry_uri)
-    except MlflowException as e:  # unreachable server, invalid name or alias...: one line for the user
+        yield
+    except MlflowException as e:
         message = (str(e.message).strip().splitlines() or [type(e).__name__])[0]
         raise RegistryError(f"MLflow ({store.tracking_uri.split('://')[0]}): {message}") from e
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        _registry_state._registry_uri = previous[1]
-        for key, value in env_before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+@contextmanager
+def _client(store: Store) -> Iterator[MlflowClient]:
+    """A client bound to ``store``; touches no global state, so it is safe in threads."""
+    with _mlflow_errors(store):
+        yield MlflowClient(store.tracking_uri, store.registry_uri)
+
+
+_FLUENT_LOCK = threading.RLock()
+
+
+@contextmanager
+def _mlflow_at(store: Store) -> Iterator[MlflowClient]:
+    """Point MLflow's fluent API (runs, log_model, load_model) at ``store``, then restore it.
+
+    MLflow keeps the URIs in module globals and also exports them as environment variables; both
+    are put back exactly (an unset URI stays unset). A lock keeps threads from interleaving here.
+    """
+    with _FLUENT_LOCK, _mlflow_errors(store):
+        env_before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        previous = (_tracking_state._tracking_uri, _registry_state._registry_uri)
+        mlflow.set_tracking_uri(store.tracking_uri)
+        mlflow.set_registry_uri(store.registry_uri)
+        try:
+            yield MlflowClient(store.tracking_uri, store.registry_uri)
+        finally:
+            mlflow.set_tracking_uri(previous[0])
+            _registry_state._registry_uri = previous[1]
+            for key, value in env_before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -544,6 +563,7 @@ def _log_pyfunc(erasure: Erasure, evaluation: Evaluation | None):
 class ErasureRun:
     run_id: str
     model_uri: str  # models:/m-... (the logged model)
+    model_id: str
     erasure: Erasure
     evaluation: Evaluation | None
 
@@ -604,7 +624,7 @@ def log_erasure(run_dir: Path | str, eval_dir: Path | str | None = None, cfg: Re
                          tags=[RunTag(k, scrub(v)) for k, v in tags.items()])
             _log_artifacts(erasure, evaluation)
             model_info = _log_pyfunc(erasure, evaluation)
-    return ErasureRun(run_id, model_info.model_uri, erasure, evaluation)
+    return ErasureRun(run_id, model_info.model_uri, model_info.model_id, erasure, evaluation)
 
 
 # --- 2. registration ----------------------------------------------------------------------------
@@ -620,6 +640,24 @@ class Registration:
     gates: GateSummary
 
 
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name, description="Diffusion models with concepts erased by SDD.")
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def _link_logged_model(client: MlflowClient, model_id: str, name: str, version: int) -> None:
+    """Record the version on the logged model too (as ``mlflow.register_model`` does), for the UI."""
+    key = "mlflow.modelVersions"
+    try:
+        existing = json.loads(client.get_logged_model(model_id).tags.get(key) or "[]")
+        client.set_logged_model_tags(model_id, {key: json.dumps(existing + [{"name": name, "version": version}])})
+    except MlflowException:
+        pass  # cosmetic only
+
+
 def register_erasure(run: ErasureRun, cfg: RegistryConfig | None = None, *, name: str | None = None,
                      tracking_uri: str | None = None) -> Registration:
     """Register the run's model as a new version; alias ``candidate`` only if every gate passed."""
@@ -627,14 +665,19 @@ def register_erasure(run: ErasureRun, cfg: RegistryConfig | None = None, *, name
     name = name or cfg.model_name
     gates = run.gates
     tags = {**provenance_tags(run.erasure, gates), "run_id": run.run_id}
+    # The registry resolves ``models:/m-...`` through the global tracking URI: hence _mlflow_at.
     with _mlflow_at(resolve_store(cfg, tracking_uri)) as client:
-        version = mlflow.register_model(run.model_uri, name, tags=tags)
+        _ensure_registered_model(client, name)
+        mv = client.create_model_version(name, source=run.model_uri, run_id=run.run_id, tags=tags,
+                                         model_id=run.model_id)
+        version = int(mv.version)
+        _link_logged_model(client, run.model_id, name, version)
         alias = None
         if gates.passed:
-            client.set_registered_model_alias(name, cfg.candidate_alias, version.version)
+            client.set_registered_model_alias(name, cfg.candidate_alias, str(version))
             alias = cfg.candidate_alias
-        client.set_tag(run.run_id, "registered_model", f"{name}/{version.version}")
-    return Registration(run.run_id, run.model_uri, name, int(version.version), alias, gates)
+        client.set_tag(run.run_id, "registered_model", f"{name}/{version}")
+    return Registration(run.run_id, run.model_uri, name, version, alias, gates)
 
 
 def register(run_dir: Path | str, eval_dir: Path | str | None, cfg: RegistryConfig | None = None, *,
@@ -688,6 +731,14 @@ def _versions(client: MlflowClient, name: str) -> list:
     return list(client.search_model_versions(f"name = '{escaped}'", max_results=10000))
 
 
+def _aliases_by_version(client: MlflowClient, name: str) -> dict[int, list[str]]:
+    """Aliases of every version, from the registered model (version searches omit them)."""
+    by_version: dict[int, list[str]] = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        by_version.setdefault(int(version), []).append(alias)
+    return {v: sorted(a) for v, a in by_version.items()}
+
+
 def _set_alias(client: MlflowClient, name: str, alias: str, version: int, attempts: int = 3) -> None:
     """One atomic server call; retried when a concurrent first insert of the alias row collides."""
     for attempt in range(attempts):
@@ -708,7 +759,7 @@ def promote(name: str, version: int | str, alias: str = "production", force: boo
             reason: str | None = None, *, cfg: RegistryConfig | None = None,
             tracking_uri: str | None = None) -> Promotion:
     """Point ``alias`` at ``version`` of model ``name``; refuses failed gates unless forced with a reason."""
-    with _mlflow_at(resolve_store(cfg, tracking_uri)) as client:
+    with _client(resolve_store(cfg, tracking_uri)) as client:
         mv = _get_version(client, name, version)
         passed = mv.tags.get("gates") == GATES_PASSED
         if force and not (reason or "").strip():
@@ -724,7 +775,7 @@ def promote(name: str, version: int | str, alias: str = "production", force: boo
         previous = _alias_holder(client, name, alias)
         _set_alias(client, name, alias, int(mv.version))
         client.set_model_version_tag(name, mv.version, f"promoted.{alias}.at", _utc_now())
-        holders = [int(v.version) for v in _versions(client, name) if alias in (v.aliases or [])]
+        holders = [v for v, aliases in _aliases_by_version(client, name).items() if alias in aliases]
         if len(holders) != 1:
             raise RegistryError(f"alias '{alias}' of {name} is held by {len(holders)} versions {holders}")
         if holders[0] != int(mv.version):
@@ -734,17 +785,17 @@ def promote(name: str, version: int | str, alias: str = "production", force: boo
 
 
 def list_models(cfg: RegistryConfig | None = None, *, tracking_uri: str | None = None) -> list[str]:
-    with _mlflow_at(resolve_store(cfg, tracking_uri)) as client:
+    with _client(resolve_store(cfg, tracking_uri)) as client:
         return sorted(m.name for m in client.search_registered_models(max_results=1000))
 
 
 def list_versions(name: str, cfg: RegistryConfig | None = None, *,
                   tracking_uri: str | None = None) -> list[VersionRow]:
     """All versions of ``name``, newest first: concepts, gate verdict, aliases, run."""
-    with _mlflow_at(resolve_store(cfg, tracking_uri)) as client:
-        versions = _versions(client, name)
+    with _client(resolve_store(cfg, tracking_uri)) as client:
+        versions, aliases = _versions(client, name), _aliases_by_version(client, name)
     rows = [VersionRow(name, int(v.version), v.tags.get("concepts", ""), v.tags.get("gates", "unknown"),
-                       v.tags.get("gate_verdict", "none"), sorted(v.aliases or []), v.run_id,
+                       v.tags.get("gate_verdict", "none"), aliases.get(int(v.version), []), v.run_id,
                        dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.UTC).isoformat(timespec="seconds"),
                        "forced_by" in v.tags)
             for v in versions]

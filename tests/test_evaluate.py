@@ -98,14 +98,11 @@ def test_per_concept_overrides_and_unmeasured_gates():
 # --- a hand count on rendered images ------------------------------------------------------------
 
 
-def toy_judge_model(cache) -> ToyJudge:
-    """The packaged judge if built, else a quick one (colours only are reliable), cached across runs."""
+def toy_judge_model() -> ToyJudge:
+    """The packaged judge if built, else a quick one (only its colours are reliable)."""
     if (TOY_JUDGE_DIR / "config.json").is_file():
         return ToyJudge.load(TOY_JUDGE_DIR)
-    directory = cache.mkdir("sdd-quick-toy-judge")
-    if not (directory / "config.json").is_file():
-        train_judge(steps=40, batch_size=32, log=lambda _: None).save(directory)
-    return ToyJudge.load(directory)
+    return train_judge(steps=40, batch_size=32, log=lambda _: None)
 
 
 def render(color: str, shape: str, seed: int) -> Image.Image:
@@ -149,8 +146,8 @@ def sample_set() -> PromptSet:
 
 
 @pytest.fixture(scope="module")
-def toy(request):
-    return ToyConceptJudge(toy_judge_model(request.config.cache), device="cpu")
+def toy():
+    return ToyConceptJudge(toy_judge_model(), device="cpu")
 
 
 def test_metrics_equal_a_hand_count(tmp_path, toy):
@@ -236,9 +233,9 @@ def test_cli_prompts_build(tmp_path):
     assert "Traceback" not in bad.output
 
 
-def test_cli_evaluate_end_to_end(tmp_path, request):
+def test_cli_evaluate_end_to_end(tmp_path, toy):
     judge_dir = tmp_path / "judge"
-    toy_judge_model(request.config.cache).save(judge_dir)
+    toy.model.cpu().save(judge_dir)
     model = save_tiny_pipeline("sd1", tmp_path / "model")
     prompts = tmp_path / "prompts.jsonl"
     write_prompt_set(PromptSet("mine", "custom", (

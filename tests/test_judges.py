@@ -25,14 +25,11 @@ from sdd.toy import TOY_JUDGE_DIR, world
 from sdd.toy.judge import ToyJudge, train_judge
 
 
-def toy_judge_model(cache) -> ToyJudge:
-    """The packaged judge if built, else a quick one (colours only are reliable), cached across runs."""
+def toy_judge_model() -> ToyJudge:
+    """The packaged judge if built, else a quick one (only its colours are reliable)."""
     if (TOY_JUDGE_DIR / "config.json").is_file():
         return ToyJudge.load(TOY_JUDGE_DIR)
-    directory = cache.mkdir("sdd-quick-toy-judge")
-    if not (directory / "config.json").is_file():
-        train_judge(steps=40, batch_size=32, log=lambda _: None).save(directory)
-    return ToyJudge.load(directory)
+    return train_judge(steps=40, batch_size=32, log=lambda _: None)
 
 
 def render(color: str, shape: str, seed: int) -> Image.Image:
@@ -41,8 +38,8 @@ def render(color: str, shape: str, seed: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def toy(request) -> ToyConceptJudge:
-    return ToyConceptJudge(toy_judge_model(request.config.cache), device="cpu")
+def toy() -> ToyConceptJudge:
+    return ToyConceptJudge(toy_judge_model(), device="cpu")
 
 
 def test_toy_judge_reads_rendered_colours(toy):

@@ -208,7 +208,7 @@ def test_register_with_passed_gates_sets_candidate_alias(run_pass, cfg, client, 
     assert (reg.version, reg.alias, reg.gates.passed) == (1, "candidate", True)
     mv = client.get_model_version_by_alias(model_name, "candidate")
     manifest = json.loads((erased_dir / "manifest.json").read_text())
-    assert mv.version == "1" and mv.run_id == run_pass.run_id
+    assert int(mv.version) == 1 and mv.run_id == run_pass.run_id
     assert mv.tags["concepts"] == "red,triangle"
     assert mv.tags["concepts_sha256"] == manifest["concepts_sha256"]
     assert mv.tags["base_model"] == manifest["base_model"]["model"]
@@ -255,7 +255,7 @@ def test_forced_promotion_records_who_why_and_when(run_fail, cfg, client, model_
                                  cfg=cfg)
     assert promotion.forced and promotion.previous is None
     mv = client.get_model_version_by_alias(model_name, "production")
-    assert mv.version == "1"
+    assert int(mv.version) == 1
     assert mv.tags["force_reason"] == "hotfix, approved by QA"
     assert mv.tags["forced_by"] and mv.tags["forced_alias"] == "production"
     assert mv.tags["forced_at"].startswith("20") and "promoted.production.at" in mv.tags
@@ -267,7 +267,7 @@ def test_promote_moves_the_alias(run_pass, cfg, client, model_name):
     assert registry.promote(model_name, 1, cfg=cfg).previous is None
     promotion = registry.promote(model_name, "2", cfg=cfg)
     assert (promotion.version, promotion.previous, promotion.forced) == (2, 1, False)
-    assert client.get_model_version_by_alias(model_name, "production").version == "2"
+    assert int(client.get_model_version_by_alias(model_name, "production").version) == 2
     assert "production" not in client.get_model_version(model_name, "1").aliases
 
 
@@ -288,10 +288,10 @@ def test_racing_promotions_leave_exactly_one_holder(run_pass, cfg, client, model
         t.start()
     for t in threads:
         t.join()
-    holders = [int(v.version) for v in client.search_model_versions(f"name = '{model_name}'")
-               if "production" in v.aliases]
+    holders = [r.version for r in registry.list_versions(model_name, cfg) if "production" in r.aliases]
     assert len(holders) == 1 and set(outcomes) == {1, 2, 3}
     assert outcomes[holders[0]] == "ok"  # the final holder's promotion reported success
+    assert int(client.get_registered_model(model_name).aliases["production"]) == holders[0]
 
 
 def test_promote_unknown_version_is_a_one_line_error(run_pass, cfg, model_name):

@@ -1,0 +1,364 @@
+"""A local orchestration stack as subprocesses: Prefect server, MLflow server, one worker per pool.
+
+``sdd stack up`` starts, in order:
+
+1. the **Prefect server** (``prefect server start``) -- SQLite in ``PREFECT_HOME`` by default, or
+   whatever ``PREFECT_API_DATABASE_CONNECTION_URL`` / ``PREFECT_SERVER_DATABASE_CONNECTION_URL``
+   in the environment points at (e.g. PostgreSQL);
+2. the **MLflow server** (``mlflow server``) on the same SQLite store and artifact folder that
+   ``sdd register`` uses without a server (``.sdd/mlflow.db``, ``.sdd/artifacts``);
+3. the **work pools** ``cpu`` and ``gpu`` (process pools; ``gpu`` runs one flow at a time), the
+   **deployments** of ``prefect.yaml`` (``prefect deploy --all``), and one **process worker** per
+   pool, started from the project folder with ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` set.
+
+``sdd stack down`` stops the workers first, then the servers (a server stopped under a live worker
+leaves the worker's runs crashed). ``sdd stack status`` says what is running.
+
+Everything lives in ``.sdd/stack/``: ``<service>.pid``, ``logs/<service>.log``, ``stack.json`` (the
+URLs, for ``sdd concepts publish`` and ``status``) and ``prefect-home/`` (``PREFECT_HOME``: the
+Prefect database and task results), unless ``PREFECT_HOME`` is set. This module does not import
+Prefect or MLflow; it runs their command-line tools, found next to the running Python first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdd.config import LOCAL_STORE_DIR, ConfigError
+
+STATE_DIR = LOCAL_STORE_DIR / "stack"
+STATE_FILE = "stack.json"
+POOLS = ("cpu", "gpu")
+DEFAULT_CRON = "0 2 * * *"  # nightly re-erase check, UTC
+
+
+class StackError(ConfigError):
+    """The stack cannot start or stop; the message says why and where the logs are."""
+
+
+@dataclass
+class StackConfig:
+    """Where and how the stack runs. Paths default to the project's ``.sdd/`` folder."""
+
+    project: Path = field(default_factory=Path.cwd)
+    state_dir: Path | None = None
+    host: str = "127.0.0.1"
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    mlflow_db: Path | None = None
+    mlflow_artifacts: Path | None = None
+    pools: tuple[str, ...] = POOLS
+    gpu_concurrency: int = 1
+    reerase_cron: str = DEFAULT_CRON
+    deploy: bool = True
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for every process
+    timeout_s: float = 240.0
+
+    def __post_init__(self):
+        self.project = Path(self.project).resolve()
+        self.state_dir = Path(self.state_dir or self.project / STATE_DIR).resolve()
+        self.mlflow_db = Path(self.mlflow_db or self.project / LOCAL_STORE_DIR / "mlflow.db").resolve()
+        self.mlflow_artifacts = Path(self.mlflow_artifacts or self.project / LOCAL_STORE_DIR / "artifacts").resolve()
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+
+# --- processes and their pid files --------------------------------------------------------------
+
+
+def _tool(name: str) -> str:
+    """The ``prefect`` / ``mlflow`` executable of this environment (next to sys.executable), else PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise StackError(f"'{name}' not found; install the project (pip install -e .) in this environment")
+    return found
+
+
+def _pid_file(state_dir: Path, name: str) -> Path:
+    return state_dir / f"{name}.pid"
+
+
+def _log_file(state_dir: Path, name: str) -> Path:
+    return state_dir / "logs" / f"{name}.log"
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def is_alive(record: dict[str, Any]) -> bool:
+    """Whether the process of a pid record still runs (and is ours, where /proc can tell)."""
+    pid = record["pid"]
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    cmdline = _cmdline(pid)
+    return cmdline is None or record["marker"] in cmdline  # a reused pid runs something else
+
+
+def spawn(name: str, cmd: list[str], env: dict[str, str], state_dir: Path, cwd: Path) -> dict[str, Any]:
+    """Start ``cmd`` in its own process group, logging to ``logs/<name>.log``; write ``<name>.pid``."""
+    log = _log_file(state_dir, name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    record = {"name": name, "pid": proc.pid, "marker": Path(cmd[0]).name, "cmd": cmd, "log": str(log)}
+    _pid_file(state_dir, name).write_text(json.dumps(record))
+    return record
+
+
+def stop(record: dict[str, Any], timeout_s: float = 20.0) -> None:
+    """SIGTERM the process group, wait, then SIGKILL what is left."""
+    if not is_alive(record):
+        return
+    pgid = record["pid"]  # start_new_session: the group id is the leader's pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        _reap(record["pid"])
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(record["pid"])
+
+
+def _reap(pid: int) -> None:
+    """Collect a child we started in this process, so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def read_records(state_dir: Path) -> list[dict[str, Any]]:
+    records = []
+    for pid_file in sorted(Path(state_dir).glob("*.pid")):
+        try:
+            records.append(json.loads(pid_file.read_text()))
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+    return records
+
+
+# --- waiting for things -------------------------------------------------------------------------
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        text = response.read().decode()
+    return json.loads(text) if text else None
+
+
+def _tail(path: str | Path, chars: int = 2000) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def wait_for(url: str, record: dict[str, Any], timeout_s: float) -> None:
+    """Poll ``url`` until it answers below 500; fail early when the process dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not is_alive(record):
+            raise StackError(f"{record['name']} exited; log {record['log']}:\n{_tail(record['log'])}")
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                if response.status < 500:
+                    return
+        except (OSError, urllib.error.HTTPError):
+            pass
+        time.sleep(1.0)
+    raise StackError(f"{record['name']} did not answer at {url} within {timeout_s:.0f} s; "
+                     f"log {record['log']}:\n{_tail(record['log'])}")
+
+
+def wait_for_worker(cfg: StackConfig, pool: str, record: dict[str, Any]) -> None:
+    """Wait until the pool's worker has sent its first heartbeat to the server."""
+    deadline = time.monotonic() + cfg.timeout_s
+    while time.monotonic() < deadline:
+        if not is_alive(record):
+            raise StackError(f"worker for pool {pool} exited; log {record['log']}:\n{_tail(record['log'])}")
+        try:
+            workers = http_json("POST", f"{cfg.prefect_url}/api/work_pools/{pool}/workers/filter", {})
+            if any(w.get("name") == f"sdd-{pool}" for w in workers or []):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(1.0)
+    raise StackError(f"worker for pool {pool} did not register within {cfg.timeout_s:.0f} s; log {record['log']}")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) != 0
+
+
+# --- the stack ----------------------------------------------------------------------------------
+
+
+def stack_env(cfg: StackConfig) -> dict[str, str]:
+    """The environment of every stack process (and of the flow runs the workers start)."""
+    env = dict(os.environ)
+    env.setdefault("PREFECT_HOME", str(cfg.state_dir / "prefect-home"))
+    env.update({
+        "PREFECT_API_URL": f"{cfg.prefect_url}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "5"),
+        "MLFLOW_TRACKING_URI": cfg.mlflow_url,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "SDD_PROJECT_DIR": str(cfg.project),  # the pull step of prefect.yaml starts runs here
+        "SDD_REERASE_CRON": cfg.reerase_cron,
+    })
+    env.update(cfg.env)
+    return env
+
+
+def _run_tool(args: list[str], env: dict[str, str], cwd: Path, what: str, timeout_s: float) -> str:
+    try:
+        out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise StackError(f"{what} took over {timeout_s:.0f} s") from None
+    if out.returncode != 0:
+        raise StackError(f"{what} failed (exit {out.returncode}):\n{(out.stdout + out.stderr)[-3000:]}")
+    return out.stdout
+
+
+def create_pools(cfg: StackConfig, env: dict[str, str]) -> None:
+    prefect = _tool("prefect")
+    for pool in cfg.pools:
+        _run_tool([prefect, "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                  env, cfg.project, f"creating work pool {pool}", cfg.timeout_s)
+    if "gpu" in cfg.pools and cfg.gpu_concurrency:
+        _run_tool([prefect, "work-pool", "set-concurrency-limit", "gpu", str(cfg.gpu_concurrency)],
+                  env, cfg.project, "limiting the gpu pool", cfg.timeout_s)
+
+
+def deploy(cfg: StackConfig, env: dict[str, str]) -> None:
+    """``prefect deploy --all`` from the project folder (prefect.yaml)."""
+    _run_tool([_tool("prefect"), "--no-prompt", "deploy", "--all"], env, cfg.project, "prefect deploy",
+              cfg.timeout_s)
+
+
+def _start_servers(cfg: StackConfig, env: dict[str, str]) -> None:
+    cfg.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
+    cfg.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    prefect_server = spawn("prefect-server", [_tool("prefect"), "server", "start", "--host", cfg.host,
+                                              "--port", str(cfg.prefect_port)], env, cfg.state_dir, cfg.project)
+    mlflow_server = spawn("mlflow-server", [_tool("mlflow"), "server", "--backend-store-uri",
+                                            f"sqlite:///{cfg.mlflow_db}", "--artifacts-destination",
+                                            str(cfg.mlflow_artifacts), "--host", cfg.host, "--port",
+                                            str(cfg.mlflow_port), "--workers", "1"], env, cfg.state_dir,
+                          cfg.project)
+    wait_for(f"{cfg.prefect_url}/api/health", prefect_server, cfg.timeout_s)
+    wait_for(f"{cfg.mlflow_url}/health", mlflow_server, cfg.timeout_s)
+
+
+def _start_workers(cfg: StackConfig, env: dict[str, str]) -> None:
+    prefect = _tool("prefect")
+    records = {pool: spawn(f"worker-{pool}", [prefect, "worker", "start", "--pool", pool, "--type", "process",
+                                              "--name", f"sdd-{pool}", "--install-policy", "never"],
+                           env, cfg.state_dir, cfg.project)
+               for pool in cfg.pools}
+    for pool, record in records.items():
+        wait_for_worker(cfg, pool, record)
+
+
+def up(cfg: StackConfig) -> dict[str, Any]:
+    """Start the servers, create the pools, deploy, start the workers; returns what ``stack.json`` holds."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    running = [r["name"] for r in read_records(cfg.state_dir) if is_alive(r)]
+    if running:
+        raise StackError(f"the stack is already running ({', '.join(running)}); `sdd stack down` first")
+    for pid_file in cfg.state_dir.glob("*.pid"):  # stale: their processes are gone
+        pid_file.unlink()
+    for what, port in (("Prefect", cfg.prefect_port), ("MLflow", cfg.mlflow_port)):
+        if not port_is_free(cfg.host, port):
+            raise StackError(f"port {port} for the {what} server is in use; pick another with --{what.lower()}-port")
+    env = stack_env(cfg)
+    try:
+        _start_servers(cfg, env)
+        create_pools(cfg, env)
+        if cfg.deploy:
+            deploy(cfg, env)
+        _start_workers(cfg, env)
+    except BaseException:
+        down(cfg.state_dir)
+        raise
+    info = {"prefect_ui": cfg.prefect_url, "prefect_api": f"{cfg.prefect_url}/api", "mlflow_ui": cfg.mlflow_url,
+            "pools": list(cfg.pools), "project": str(cfg.project), "prefect_home": env["PREFECT_HOME"],
+            "logs": str(cfg.state_dir / "logs")}
+    (cfg.state_dir / STATE_FILE).write_text(json.dumps(info, indent=1))
+    return info
+
+
+def _stop_order(record: dict[str, Any]) -> int:
+    """Workers first, then the Prefect server, then MLflow."""
+    return 0 if record["name"].startswith("worker-") else 1 if record["name"] == "prefect-server" else 2
+
+
+def down(state_dir: Path | None = None) -> list[str]:
+    """Stop every process of the stack (workers first); returns the names that were running."""
+    state_dir = Path(state_dir or STATE_DIR)
+    stopped = []
+    for record in sorted(read_records(state_dir), key=_stop_order):
+        if is_alive(record):
+            stop(record)
+            stopped.append(record["name"])
+        _pid_file(state_dir, record["name"]).unlink(missing_ok=True)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def status(state_dir: Path | None = None) -> dict[str, Any]:
+    """The URLs of the running stack (if any) and, per process, its pid and whether it runs."""
+    state_dir = Path(state_dir or STATE_DIR)
+    info_file = state_dir / STATE_FILE
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    processes = {r["name"]: {"pid": r["pid"], "alive": is_alive(r), "log": r["log"]}
+                 for r in sorted(read_records(state_dir), key=_stop_order)}
+    return {**info, "processes": processes}
+
+
+def api_url(state_dir: Path | None = None) -> str | None:
+    """``$PREFECT_API_URL``, else the running local stack's API URL, else None."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    info_file = Path(state_dir or STATE_DIR) / STATE_FILE
+    return json.loads(info_file.read_text()).get("prefect_api") if info_file.is_file() else None
