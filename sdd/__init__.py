@@ -5,3 +5,9 @@ only orchestrates calls into it.
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# transformers 5 warns at import that torchvision is missing (we use its PIL image processors on
+# purpose); keep the CLI's output to what the user asked for.
+_os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

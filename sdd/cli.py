@@ -16,25 +16,43 @@ toy_app = typer.Typer(help="The embedded toy world.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
 
 
+def _erasure_concepts(model: str, names: list[str], prompts: Path | None):
+    """Concepts from --prompts (a prepared training set) or --concept names, never both."""
+    from sdd.config import ConfigError
+    from sdd.distill import Concept, default_concepts
+    from sdd.prompts import concepts_from_prompt_set, read_prompt_set
+
+    if prompts is not None and names:
+        raise ConfigError("--concept and --prompts both given; the training set already names its concepts")
+    if prompts is not None:
+        return [Concept(c, p) for c, p in concepts_from_prompt_set(read_prompt_set(prompts)).items()]
+    if not names:
+        raise ConfigError("no concept given; pass --concept NAME (repeatable) or --prompts TRAIN_SET")
+    return default_concepts(model, names)
+
+
 @app.command()
 def erase(
     model: str = typer.Option(..., "--model", help="'toy', a diffusers folder or a Hugging Face Hub id."),
-    concept: list[str] = typer.Option(..., "--concept", help="A concept to erase; repeat for several."),
+    concept: list[str] = typer.Option([], "--concept", help="A concept to erase; repeat for several."),
     out: Path = typer.Option(..., "--out", help="Output folder (model/, patch, manifest, loss.csv)."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="Training prompt set from `sdd prompts build` "
+                                        "(its concepts and prompts; instead of --concept)."),
     config: Path | None = typer.Option(None, "--config", help="Distillation settings [params/distill.yaml]."),
     steps: int | None = typer.Option(None, "--steps", help="Override the number of optimizer steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint if there is one."),
 ) -> None:
     """Erase concepts from a model with SDD (safe self-distillation)."""
     from sdd.config import PARAMS_DIR, ConfigError, DistillConfig, load_model
-    from sdd.distill import CHECKPOINT_DIR, NonFiniteLossError, default_concepts
+    from sdd.distill import CHECKPOINT_DIR, NonFiniteLossError
     from sdd.distill import erase as run_erase
 
     try:
         if config is not None and not config.is_file():
             raise ConfigError(f"{config}: file not found; pass an existing params file")
         cfg = load_model(DistillConfig, config or PARAMS_DIR / "distill.yaml", {"steps": steps})
-        result = run_erase(model, default_concepts(model, concept), out, cfg, resume=resume, progress=True)
+        concepts = _erasure_concepts(model, concept, prompts)
+        result = run_erase(model, concepts, out, cfg, resume=resume, progress=True)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -47,7 +65,7 @@ def erase(
         typer.echo(f"interrupted{hint}", err=True)
         raise typer.Exit(130) from None
     loss = f"{result.final_loss:.4g}" if result.final_loss is not None else "n/a"
-    typer.echo(f"erased {', '.join(concept)} in {result.steps} steps (final loss {loss}); "
+    typer.echo(f"erased {', '.join(c.name for c in concepts)} in {result.steps} steps (final loss {loss}); "
                f"model in {result.model_dir}")
 
 
@@ -114,7 +132,8 @@ app.add_typer(prompts_app, name="prompts")
 
 @prompts_app.command("build")
 def prompts_build(
-    concept: list[str] = typer.Option(..., "--concept", help="A concept to erase; repeat for several."),
+    concept: list[str] = typer.Option([], "--concept", help="A concept to erase; repeat for several "
+                                      "[the active set of params/concepts.yaml]."),
     out: Path = typer.Option(Path("data/prompts"), "--out", help="Output folder (sets + index.json)."),
     model_kind: str = typer.Option("toy", "--model-kind", help="toy (toy-world prompts) or real."),
     seeds_per_prompt: int = typer.Option(2, "--seeds-per-prompt", min=1, help="Toy: seeds per eval prompt."),
@@ -130,6 +149,10 @@ def prompts_build(
     from sdd.prompts import build_prompt_sets
 
     try:
+        if not concept:
+            from sdd.config import load_concept_sets
+
+            concept = load_concept_sets().active_set.concepts
         categories = {c: i2p_category for c in concept} if i2p_category else None
         index = build_prompt_sets(concept, model_kind, out, seeds_per_prompt=seeds_per_prompt, i2p=i2p,
                                   i2p_categories=categories, i2p_limit=i2p_limit, coco=coco,
@@ -244,7 +267,8 @@ def promote_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     before = f" (was version {done.previous})" if done.previous is not None else ""
-    typer.echo(f"{done.name}@{done.alias} -> version {done.version}{before}{' [forced]' if done.forced else ''}")
+    forced = " [forced]" if done.forced else ""
+    typer.echo(f"{done.name}@{done.alias} -> version {done.version}{before}{forced}")
 
 
 @app.command("models")

@@ -264,31 +264,28 @@ def _rows(prompts: Iterable[tuple[str, tuple[str, ...]]], source: str, seeds_per
 
 
 def toy_train_prompts(concepts: Sequence[str]) -> PromptSet:
-    """Erasure prompts: training templates with each concept's synonyms except its last one.
+    """Erasure prompts: :func:`sdd.toy.world.toy_erasure_prompts` for every concept.
 
-    The last synonym of every erased concept is held out of all training prompts, so evaluation can
-    test whether erasure generalises to a word it never saw.
+    Each concept's last synonym is held out of its training prompts, so evaluation can test whether
+    erasure generalises to a word it never saw.
     """
     erased = [_canonical_toy(c) for c in concepts]
-    held_out = {_toy_names(c)[-1] for c in erased}
-    prompts = []
-    for concept in erased:
-        names = _toy_names(concept)[:-1]
-        is_color = concept in world.COLORS
-        others = world.SHAPES if is_color else {c: v[0] for c, v in world.COLORS.items()}
-        for template in world.TRAIN_TEMPLATES:
-            for name in names:
-                for other, other_names in others.items():
-                    for other_name in (n for n in other_names if n not in held_out):
-                        c, s = (name, other_name) if is_color else (other_name, name)
-                        cc, sc = (concept, other) if is_color else (other, concept)
-                        prompts.append((template.format(c=c, s=s), _evoked(erased, cc, sc)))
-        partial = world.COLOR_ONLY_TEMPLATES if is_color else world.SHAPE_ONLY_TEMPLATES
-        for template in partial:
-            for name in names:
-                prompts.append((template.format(c=name, s=name), (concept,)))
-    return PromptSet("train", "train", _rows(prompts, "toy-train", 1), {"concepts": erased,
-                                                                         "held_out": sorted(held_out)})
+    prompts = [(p, (c,)) for c in erased for p in world.toy_erasure_prompts(c)]
+    held_out = sorted(_toy_names(c)[-1] for c in erased)
+    return PromptSet("train", "train", _rows(prompts, "toy-train", 1), {"concepts": erased, "held_out": held_out})
+
+
+def concepts_from_prompt_set(ps: PromptSet) -> dict[str, list[str]]:
+    """Concept -> its training prompts, in file order (the input of ``sdd erase --prompts``)."""
+    grouped: dict[str, list[str]] = {}
+    for row in ps.rows:
+        for concept in row.concepts:
+            grouped.setdefault(concept, [])
+            if row.prompt not in grouped[concept]:
+                grouped[concept].append(row.prompt)
+    if not grouped:
+        raise PromptSetError(f"prompt set '{ps.name}' names no concepts; every training row needs 'concepts'")
+    return grouped
 
 
 def toy_eval_prompts(concepts: Sequence[str], seeds_per_prompt: int = 2, first_seed: int = 0) -> PromptSet:

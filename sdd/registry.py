@@ -111,6 +111,7 @@ GATES_PASSED, GATES_FAILED = "passed", "failed"
 MAX_PARAM_LEN, MAX_TAG_LEN = 6000, 5000
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY|_KEY$", re.I)
 _METRIC_KEY_BAD = re.compile(r"[^\w\-. /]")
+_SKIP_DIRS = {"node_modules", "runs", "__pycache__"}
 
 
 class RegistryError(ConfigError):
@@ -138,7 +139,8 @@ class Store:
 def resolve_store(cfg: RegistryConfig | None = None, tracking_uri: str | None = None) -> Store:
     """Tracking URI: argument > $MLFLOW_TRACKING_URI > cfg.tracking_uri > local SQLite store."""
     cfg = cfg or RegistryConfig()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri or cfg.default_tracking_uri()
+    uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+           or cfg.default_tracking_uri())
     artifacts = cfg.artifact_location
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -318,7 +320,8 @@ def _number(value: Any) -> float | None:
 def evaluation_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numbers of ``metrics.json`` as flat ``eval.*`` metric names (rates, CIs, quality, gates)."""
     out: dict[str, float] = {}
-    for key, value in flatten({"concepts": metrics.get("concepts"), "quality": metrics.get("quality")}).items():
+    sections = {"concepts": metrics.get("concepts"), "quality": metrics.get("quality")}
+    for key, value in flatten(sections).items():
         if key.endswith("ci95") and isinstance(value, list) and len(value) == 2:
             out[f"{key}.lo"], out[f"{key}.hi"] = value
         elif (number := _number(value)) is not None:
@@ -396,7 +399,7 @@ def _md5(path: Path) -> str:
 def _dvc_files(project: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(project):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("node_modules", "runs", "__pycache__")]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS]
         found += [Path(root) / f for f in files if f.endswith(".dvc")]
     return sorted(found)
 
@@ -490,10 +493,12 @@ class ErasedDiffusionModel(mlflow.pyfunc.PythonModel):
 
         params = dict(self.pipe.unet.named_parameters())
         for name, value in load_file(path).items():
-            if name not in params or not torch.equal(params[name].detach().cpu(), value.to(params[name].dtype)):
+            ours = params.get(name)
+            if ours is None or not torch.equal(ours.detach().cpu(), value.to(ours.dtype)):
                 raise RegistryError(f"model artifact does not match patch.safetensors ({name})")
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
 
         model_input = pd.DataFrame(model_input)
@@ -653,7 +658,8 @@ def _link_logged_model(client: MlflowClient, model_id: str, name: str, version: 
     key = "mlflow.modelVersions"
     try:
         existing = json.loads(client.get_logged_model(model_id).tags.get(key) or "[]")
-        client.set_logged_model_tags(model_id, {key: json.dumps(existing + [{"name": name, "version": version}])})
+        existing.append({"name": name, "version": version})
+        client.set_logged_model_tags(model_id, {key: json.dumps(existing)})
     except MlflowException:
         pass  # cosmetic only
 
@@ -751,6 +757,10 @@ def _set_alias(client: MlflowClient, name: str, alias: str, version: int, attemp
             time.sleep(0.2 * (attempt + 1))
 
 
+def _iso(millis: int) -> str:
+    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC).isoformat(timespec="seconds")
+
+
 def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -763,7 +773,8 @@ def promote(name: str, version: int | str, alias: str = "production", force: boo
         mv = _get_version(client, name, version)
         passed = mv.tags.get("gates") == GATES_PASSED
         if force and not (reason or "").strip():
-            raise PromotionRefused("--force needs a non-empty --reason; the override is recorded on the version")
+            raise PromotionRefused("--force needs a non-empty --reason; the override is recorded on "
+                                   "the version")
         if not passed and not force:
             why = mv.tags.get("gates_failed") or mv.tags.get("gates", "no gate verdict")
             raise PromotionRefused(f"{name} version {mv.version} did not pass its gates ({why}); "
@@ -796,7 +807,7 @@ def list_versions(name: str, cfg: RegistryConfig | None = None, *,
         versions, aliases = _versions(client, name), _aliases_by_version(client, name)
     rows = [VersionRow(name, int(v.version), v.tags.get("concepts", ""), v.tags.get("gates", "unknown"),
                        v.tags.get("gate_verdict", "none"), aliases.get(int(v.version), []), v.run_id,
-                       dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.UTC).isoformat(timespec="seconds"),
+                       _iso(v.creation_timestamp),
                        "forced_by" in v.tags)
             for v in versions]
     return sorted(rows, key=lambda r: r.version, reverse=True)

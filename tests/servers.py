@@ -89,8 +89,9 @@ def moto_server(tmp_path_factory) -> Iterator[MotoServer]:
     try:
         endpoint = f"http://127.0.0.1:{port}"
         wait_until_up(f"{endpoint}/moto-api/", proc, log, timeout=120)
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-                     aws_secret_access_key=PLANTED_SECRET, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=PLANTED_SECRET, region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
         yield MotoServer(endpoint)
     finally:
         stop(proc)

@@ -114,12 +114,10 @@ def test_toy_training_prompts_hold_out_the_last_synonym():
     for held_out in ("scarlet", "wedge"):
         assert held_out not in text
     assert "crimson" in text and "a red shape" in text and "a triangle of some colour" in text
-    assert all(r.concepts for r in train.rows)
-    both = [r for r in train.rows if r.prompt == "a crimson triangle"]
-    assert len(both) == 1 and both[0].concepts == ("red", "triangle")
-    templates_seen = {t for t in world.TRAIN_TEMPLATES if any(t.format(c="red", s="circle") == r.prompt
-                                                              for r in train.rows)}
-    assert templates_seen == set(world.TRAIN_TEMPLATES)
+    # concept-only prompts: a full caption would also erase the other word ("circle") everywhere
+    assert {r.concepts for r in train.rows} == {("red",), ("triangle",)}
+    assert P.concepts_from_prompt_set(train) == {"red": world.toy_erasure_prompts("red"),
+                                                 "triangle": world.toy_erasure_prompts("triangle")}
 
 
 def test_toy_eval_prompts_use_heldout_templates_and_all_synonyms():

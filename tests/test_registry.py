@@ -348,7 +348,8 @@ def test_model_requirements_are_pinned_and_satisfied_here(run_pass, cfg):
     assert "mlflow" in pinned
     assert (model_dir / "code" / "sdd" / "registry.py").is_file()  # loads without `pip install sdd`
     assert not list((model_dir / "code" / "sdd").rglob("__pycache__"))
-    assert {"model", "patch.safetensors", "manifest.json"} <= {p.name for p in (model_dir / "artifacts").iterdir()}
+    artifacts = {p.name for p in (model_dir / "artifacts").iterdir()}
+    assert {"model", "patch.safetensors", "manifest.json"} <= artifacts
 
 
 # --- configuration and provenance helpers -------------------------------------------------------
@@ -358,7 +359,8 @@ def test_tracking_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     cfg = RegistryConfig()
     assert registry.resolve_store(cfg).tracking_uri == f"sqlite:///{tmp_path.resolve()}/.sdd/mlflow.db"
-    assert registry.resolve_store(cfg).artifact_location == (tmp_path / ".sdd" / "artifacts").resolve().as_uri()
+    local_artifacts = (tmp_path / ".sdd" / "artifacts").resolve().as_uri()
+    assert registry.resolve_store(cfg).artifact_location == local_artifacts
     cfg = RegistryConfig(tracking_uri="http://from-params:5000")
     assert registry.resolve_store(cfg).tracking_uri == "http://from-params:5000"
     assert registry.resolve_store(cfg).artifact_location is None  # the server decides (proxied)
@@ -437,7 +439,8 @@ def test_cli_register_bad_folder_is_one_line(tmp_path, cfg):
 
 
 @pytest.mark.slow
-def test_server_with_s3_artifacts_end_to_end(mlflow_server, erased_dir, eval_pass, eval_fail, monkeypatch):
+def test_server_with_s3_artifacts_end_to_end(mlflow_server, erased_dir, eval_pass, eval_fail,  # noqa: F811
+                                             monkeypatch):
     import boto3
 
     # the client gets the S3 credentials too (as a careless user might); they must still never be logged

@@ -1,0 +1,185 @@
+"""The Prefect flows on the toy world with tiny settings, against a temporary Prefect server.
+
+One session-wide "world" (Prefect test server, task-result storage, MLflow SQLite store, runs
+folder) is shared by the flow tests, the way a real deployment shares them: a test that erases
+the same concepts with the same settings as an earlier one gets every stage from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny_models import one_thread
+
+from flows.params import DistillSettings, EvalSettings, GateSettings, concept_set_hash, normalise_concepts
+from sdd.config import ConfigError, load_concept_sets, load_model
+from sdd.config import DistillConfig as _DistillConfig
+
+# Tiny settings: 2 SDD steps, 5 sampler steps, 16 evaluation images per model.
+TINY = {"distill": {"steps": 2, "ddim_steps": 5, "batch_size": 2, "checkpoint_every": 1},
+        "evaluation": {"num_inference_steps": 2, "batch_size": 16, "grid_images": 2},
+        "prompts": {"seeds_per_prompt": 1, "max_eval_prompts": 16}}
+# Two steps cannot erase anything; with every gate off the verdict is "pass", so a candidate is set.
+GATES_OFF = {"max_erased_rate": None, "min_relative_reduction": None, "max_quality_drop_points": None}
+STAGES = ("prepare-prompts", "distill", "evaluate", "register")
+
+
+# --- parameters and concept sets (no server) -----------------------------------------------------
+
+
+def test_concept_sets_file_is_valid_and_names_the_i2p_list():
+    sets = load_concept_sets()
+    assert sets.active in sets.sets
+    assert len(sets.sets["i2p-safety"].concepts) == 20 and "nudity" in sets.sets["nudity"].concepts
+    assert sets.sets["toy-colors"].base_model == "toy"
+
+
+def test_concept_sets_errors_are_one_line(tmp_path):
+    bad = tmp_path / "concepts.yaml"
+    bad.write_text(yaml.safe_dump({"active": "nope", "sets": {"a": ["red"]}}))
+    with pytest.raises(ConfigError, match="active set 'nope' is not one of: a"):
+        load_concept_sets(bad)
+    bad.write_text(yaml.safe_dump({"active": "a", "sets": {"a": []}}))
+    with pytest.raises(ConfigError, match="sets.a.concepts"):
+        load_concept_sets(bad)
+
+
+def test_settings_take_unset_fields_from_the_params_files():
+    from_file = load_model(_DistillConfig, Path("params/distill.yaml"))
+    distill = DistillSettings.model_validate({"steps": 2})
+    assert distill.steps == 2 and distill.lr == from_file.lr and distill.batch_size == from_file.batch_size
+    gates = GateSettings.model_validate({"max_erased_rate": None})  # an explicit null turns a gate off
+    assert gates.max_erased_rate is None and gates.min_relative_reduction is not None
+    evaluation = EvalSettings.model_validate({"judge": {"toy_dir": "x"}})  # nested fields merge
+    assert evaluation.judge.toy_dir == "x" and evaluation.judge.kind == EvalSettings().judge.kind
+    with pytest.raises(ValueError, match="steps"):
+        DistillSettings.model_validate({"steps": 0})
+
+
+def test_concept_set_hash_ignores_order_and_duplicates():
+    assert normalise_concepts([" red", "triangle", "red", ""]) == ["red", "triangle"]
+    assert concept_set_hash("toy", ["triangle", "red"]) == concept_set_hash("toy", ["red", "triangle", "red"])
+    assert concept_set_hash("toy", ["red"]) != concept_set_hash("toy", ["triangle"])
+
+
+# --- the flows ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A temporary Prefect server, result storage, MLflow store and runs folder for the session."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    root = tmp_path_factory.mktemp("flows")
+    with pytest.MonkeyPatch.context() as mp, one_thread():
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: root / "results",
+                                 PREFECT_SERVER_ANALYTICS_ENABLED: False}), \
+                prefect_test_harness(server_startup_timeout=240):
+            yield root
+
+
+def erase(world, concepts, gates=GATES_OFF, **overrides):
+    from flows.erase import erase_concepts
+
+    return erase_concepts(concepts=concepts, base_model="toy", gates=gates, runs_dir=str(world / "runs"),
+                          **{**TINY, **overrides})
+
+
+def versions():
+    from sdd.registry import list_versions
+
+    return list_versions("sdd-erased")
+
+
+def model_version_tags(version: int) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_model_version("sdd-erased", str(version)).tags
+
+
+def artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return max(found, key=lambda a: a.created)
+
+
+def test_erase_concepts_registers_a_candidate_and_a_rerun_is_all_cached(world):
+    first = erase(world, ["red"])
+    assert first["stages"] == dict.fromkeys(STAGES, "Completed")
+    reg = first["registration"]
+    assert reg["alias"] == "candidate" and reg["gates"] == "passed"
+    tags = model_version_tags(reg["version"])
+    assert tags["concepts"] == "red" and tags["base_model"] == "toy" and tags["gates"] == "passed"
+    assert tags["concepts_sha256"] == concept_set_hash("toy", ["red"])  # what re-erase compares
+
+    run_dir = Path(first["run_dir"])
+    assert {"plan.json", "prompts", "erasure"} <= {p.name for p in run_dir.iterdir()}
+    assert json.loads((run_dir / "erasure" / "manifest.json").read_text())["steps"] == 2
+    progress = artifact("distill-progress")
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    report = artifact("erasure-report").data
+    assert "| gate |" in report and f"runs:/{reg['run_id']}" in report and "alias `candidate`" in report
+
+    again = erase(world, ["red"])
+    assert again["stages"] == dict.fromkeys(STAGES, "Cached")
+    assert again["registration"] == reg and len([v for v in versions() if v.concepts == "red"]) == 1
+
+
+def test_a_rerun_after_a_failure_skips_the_stages_that_finished(world, monkeypatch):
+    import flows.erase
+    import sdd.registry
+
+    def mlflow_down(*args, **kwargs):
+        raise ConnectionError("MLflow is down")
+
+    strict = {**GATES_OFF, "max_fid": 1e6}  # another evaluation key: evaluate and register run again
+    monkeypatch.setattr(sdd.registry, "register", mlflow_down)
+    monkeypatch.setattr(flows.erase.register_stage, "retries", 0)
+    with pytest.raises(ConnectionError):
+        erase(world, ["red"], gates=strict)
+
+    monkeypatch.undo()
+    resumed = erase(world, ["red"], gates=strict)
+    assert resumed["stages"] == {"prepare-prompts": "Cached", "distill": "Cached", "evaluate": "Cached",
+                                 "register": "Completed"}
+
+
+def test_re_erase_does_nothing_until_the_active_set_changes(world, tmp_path):
+    from flows.reerase import re_erase
+    from sdd.registry import promote
+
+    concepts_file = tmp_path / "concepts.yaml"
+
+    def activate(name: str, concepts: list[str]) -> None:
+        concepts_file.write_text(yaml.safe_dump({"active": name, "sets": {name: {"concepts": concepts}}}))
+
+    def run():
+        return re_erase(concepts_file=str(concepts_file), gates=GATES_OFF, runs_dir=str(world / "runs"), **TINY)
+
+    activate("colors", ["red"])
+    first = run()
+    assert first["action"] == "erased"
+    version = first["erasure"]["registration"]["version"]
+    promote("sdd-erased", version, "production")
+
+    activate("colors", ["red", "red"])  # the same set, written differently
+    unchanged = run()
+    assert unchanged["action"] == "none" and unchanged["production"]["version"] == version
+    assert "Nothing to do" in artifact("re-erase").data
+    count = len(versions())
+
+    activate("shapes", ["triangle"])
+    changed = run()
+    assert changed["action"] == "erased" and "concept set changed" in changed["reason"]
+    new = changed["erasure"]["registration"]
+    assert new["alias"] == "candidate" and new["version"] > version and len(versions()) == count + 1
+    assert model_version_tags(new["version"])["concepts"] == "triangle"
