@@ -98,8 +98,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"SDD iteration cost ({'SD-1.x random weights, ' + torch.cuda.get_device_name() if args.sd15 else 'toy world, CPU'})")
-    for col in ("engine", "samples", "s/sample", "samples/s", f"{PAPER_SAMPLES}-sample erasure", "peak GiB", "speed-up"):
+    where = f"SD-1.x random weights, {torch.cuda.get_device_name()}" if args.sd15 else "toy world, CPU"
+    table = Table(title=f"SDD iteration cost ({where})")
+    columns = ("engine", "samples", "s/sample", "samples/s", f"{PAPER_SAMPLES}-sample erasure", "peak GiB", "speed-up")
+    for col in columns:
         table.add_column(col, justify="right")
     ref = rows[0]["s_per_sample"]
     for r in rows:
