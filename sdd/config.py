@@ -7,17 +7,29 @@ An invalid file fails with :class:`ConfigError`, a one-line message naming the f
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_DIR = Path("params")
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped (``\\n``, ``\\x1b``)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 class ConfigError(ValueError):
-    """A settings file or value is invalid; the message is one line meant for the user."""
+    """A settings file or value is invalid; the message is one line meant for the user.
+
+    Whatever a message quotes from user input (a key, a file name, a concept), it stays one line.
+    """
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(one_line(str(message)), *args)
 
 
 class _Strict(BaseModel):
@@ -63,10 +75,51 @@ class ToyConfig(_Strict):
 _M = TypeVar("_M", bound=BaseModel)
 
 
+#: Longest accepted concept name (a label, not a prompt: prompts may be longer).
+MAX_CONCEPT_NAME_LEN = 200
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` for a one-line message: quoted, escaped (no newlines or control characters), cut."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def check_concept_name(name: Any) -> str:
+    """Return ``name`` if it is usable as a concept name, else raise a one-line ConfigError.
+
+    A concept name is a short label that ends up in manifests, tags, report and file names: it must
+    be non-blank text without control characters, path separators or undecodable bytes.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("concept name: must be a non-empty string")
+    if len(name) > MAX_CONCEPT_NAME_LEN:
+        raise ConfigError(f"concept name {_shown(name)}: longer than {MAX_CONCEPT_NAME_LEN} characters")
+    bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
+    if bad is not None:
+        what = "undecodable (non-UTF-8) bytes" if unicodedata.category(bad) == "Cs" else "a control character"
+        raise ConfigError(f"concept name {_shown(name)}: contains {what}")
+    if "/" in name or "\\" in name or name.strip() in (".", ".."):
+        raise ConfigError(f"concept name {_shown(name)}: must not contain path separators or be . / ..")
+    return name
+
+
+def check_concept_names(names: Any) -> list[str]:
+    """Every name valid (see :func:`check_concept_name`) and no name twice (ignoring case and spaces)."""
+    seen: set[str] = set()
+    for name in names:
+        key = check_concept_name(name).strip().lower()
+        if key in seen:
+            raise ConfigError(f"concept name {_shown(name)}: given more than once")
+        seen.add(key)
+    return list(names)
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line: the first offending field, what is wrong, and where."""
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if not field.isprintable() or len(field) > 80:  # a key from the file itself: never break the line
+        field = _shown(field, 80)[1:-1]
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{source}: field '{field}': {first['msg']}{more}"
 
@@ -236,6 +289,11 @@ class ConceptSet(_Strict):
     concepts: list[str] = Field(min_length=1, description="Concept names, e.g. [nudity] or [red, triangle].")
     base_model: str = Field("toy", min_length=1, description="'toy', a diffusers folder or a hub id.")
     description: str = Field("", description="What the set is for (shown in reports).")
+
+    @field_validator("concepts")
+    @classmethod
+    def _valid_names(cls, names: list[str]) -> list[str]:
+        return [check_concept_name(n) for n in names]  # duplicates are fine here: the set is normalised
 
     @model_validator(mode="before")
     @classmethod

@@ -29,6 +29,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import platform
 import random
@@ -46,9 +47,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import sdd
-from sdd.config import ConfigError, DistillConfig
+from sdd.config import ConfigError, DistillConfig, check_concept_name, check_concept_names
 from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 MODEL_DIR = "model"
@@ -79,8 +82,7 @@ class Concept:
     prompts: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if not self.name.strip():
-            raise ConfigError("a concept needs a non-empty name")
+        check_concept_name(self.name)  # no blanks, control characters, path separators; <= 200 chars
         self.prompts = list(self.prompts) or [self.name]
         if not all(p.strip() for p in self.prompts):
             raise ConfigError(f"concept '{self.name}': prompts must be non-empty strings")
@@ -209,6 +211,7 @@ class Distiller:
     def __init__(self, pipe: DiffusionPipeline, concepts: list[Concept], config: DistillConfig):
         if not concepts:
             raise ConfigError("give at least one concept to erase")
+        check_concept_names([c.name for c in concepts])  # a concept given twice is a mistake
         self.pipe, self.concepts, self.config = pipe, list(concepts), config
         self.device = pipe.unet.device
         # Eval mode: the prediction and its target must be the same function (no dropout).
@@ -228,6 +231,11 @@ class Distiller:
         self.scheduler.set_timesteps(config.ddim_steps, device=self.device)
         self.num_train_timesteps = self.scheduler.config.num_train_timesteps
         self.conditioner = Conditioner(pipe, config.resolution)
+        # Prompts longer than the text encoder's limit are cut to their first tokens: say so, and record it.
+        self.truncated_prompts = self.conditioner.truncated([p for c in self.concepts for p in c.prompts])
+        if self.truncated_prompts:
+            logger.warning("%d concept prompt(s) exceed the text encoder's %d tokens and are truncated, e.g. %.80r",
+                           len(self.truncated_prompts), self.conditioner.max_tokens, self.truncated_prompts[0])
         self.latent_shape = latent_shape(pipe, config.resolution)
 
         self.generator = torch.Generator("cpu").manual_seed(config.seed)
@@ -479,6 +487,8 @@ def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
         "trained_parameters": {"method": distiller.config.train_method, "tensors": len(distiller.trained),
                                "numel": sum(p.numel() for p in distiller.teacher_params)},
         "loss": loss_summary(distiller.losses),
+        "truncated_prompts": len(distiller.truncated_prompts),  # concept prompts cut to the token limit
+        "text_max_tokens": distiller.conditioner.max_tokens,
         "outputs": {"model": MODEL_DIR, "patch": PATCH_FILE, "loss": LOSS_FILE},
         "versions": _versions(),
     }

@@ -178,6 +178,18 @@ class Conditioner:
     def device(self) -> torch.device:
         return self.pipe.unet.device
 
+    @property
+    def max_tokens(self) -> int:
+        """The text encoder's limit in tokens (the smallest of the pipeline's tokenizers)."""
+        tokenizers = [getattr(self.pipe, n, None) for n in ("tokenizer", "tokenizer_2")]
+        return min(t.model_max_length for t in tokenizers if t is not None)
+
+    def truncated(self, prompts: list[str]) -> list[str]:
+        """The distinct ``prompts`` longer than :attr:`max_tokens`: the text encoder sees only their start."""
+        tokenizers = [t for t in (getattr(self.pipe, n, None) for n in ("tokenizer", "tokenizer_2")) if t]
+        return [p for p in dict.fromkeys(prompts)
+                if any(len(t(p, truncation=False).input_ids) > t.model_max_length for t in tokenizers)]
+
     def _pack(self, embeds: torch.Tensor, pooled: torch.Tensor | None) -> Conditioning:
         if not self.sdxl:
             return Conditioning(embeds)

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sdd.config import ConfigError, format_validation_error
+from sdd.config import ConfigError, check_concept_names, format_validation_error
 from sdd.storage import write_json_atomic, write_text_atomic
 from sdd.toy import world
 
@@ -421,6 +421,7 @@ def build_prompt_sets(concepts: Sequence[str], model_kind: str = "toy", out_dir:
     """
     if not concepts:
         raise PromptSetError("no concepts given; pass at least one --concept")
+    check_concept_names(concepts)
     if model_kind == "toy":
         sets = [toy_train_prompts(concepts), toy_eval_prompts(concepts, seeds_per_prompt),
                 toy_benign_prompts(concepts, seeds_per_prompt)]
