@@ -11,3 +11,6 @@ import os as _os
 # transformers 5 warns at import that torchvision is missing (we use its PIL image processors on
 # purpose); keep the CLI's output to what the user asked for.
 _os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# No network but PyPI on our machines: nothing may try to phone home.
+_os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+_os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
