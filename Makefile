@@ -5,7 +5,7 @@ venv:
 	@./scripts/bootstrap.sh
 
 demo: venv  ## run the main job end to end on the embedded toy world
-	.venv/bin/sdd demo
+	.venv/bin/python -m flows.demo
 
 test: venv  ## the whole test suite, slow end-to-end tests included (what CI runs)
 	.venv/bin/python -m pytest -q

@@ -59,6 +59,13 @@ def erase(
     except NonFiniteLossError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+    except OSError as e:  # disk full, folder gone or read-only mid-run: earlier outputs are left as they were
+        from sdd.config import one_line
+
+        where = f" {e.filename}" if e.filename else ""
+        typer.echo(one_line(f"error: cannot write{where} ({e.strerror or type(e).__name__}); no file in "
+                            f"{out} was left half-written"), err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         saved = out / CHECKPOINT_DIR
         hint = f"; checkpoint in {saved}, rerun with --resume to continue" if saved.exists() else ""

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 import sdd
 from sdd.config import ConfigError, DistillConfig, check_concept_name, check_concept_names
 from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash
-from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
+from sdd.storage import atomic_path, check_writable_dir, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def concepts_hash(concepts: list[Concept]) -> str:
 
 def default_concepts(model: str, names: list[str]) -> list[Concept]:
     """Concepts from names: toy-world template prompts for the toy model, the bare name otherwise."""
+    check_concept_names(names)  # before anything else uses a name
     if model != "toy":
         return [Concept(n) for n in names]
     from sdd.toy.world import toy_erasure_prompts
@@ -512,6 +513,7 @@ def erase(model: str | DiffusionPipeline, concepts: list[Concept], out_dir: Path
     if checkpoint.exists() and not resume:
         raise ConfigError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or "
                           f"choose another --out")
+    check_writable_dir(out_dir)  # fail before loading the model and training, not at the first checkpoint
     pipe = load_pipeline(model) if isinstance(model, str) else model
     distiller = Distiller(pipe, concepts, config)
     distiller.base_hash = unet_weights_hash(distiller.teacher)  # teacher == base before training

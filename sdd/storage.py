@@ -50,3 +50,16 @@ def write_text_atomic(target: Path, text: str) -> None:
 
 def write_json_atomic(target: Path, data: Any) -> None:
     write_text_atomic(target, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def check_writable_dir(directory: Path) -> None:
+    """Create ``directory`` if needed and check a file can be written in it, else a one-line ConfigError."""
+    from sdd.config import ConfigError
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as e:
+        raise ConfigError(f"{directory}: output folder is not writable ({e.strerror or type(e).__name__}); "
+                          "choose another --out") from None

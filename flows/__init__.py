@@ -1,0 +1,10 @@
+"""Prefect orchestration of the ``sdd`` library: flows, deployments (``prefect.yaml``) and events.
+
+``sdd/`` never imports Prefect; each task here is one call into it.
+
+* :mod:`flows.erase` -- ``erase-concepts``: prompt sets -> distill -> evaluate -> gates -> register,
+  and ``distill``, the GPU stage on its own, so it can run on another work pool.
+* :mod:`flows.reerase` -- ``re-erase``: re-erase when ``params/concepts.yaml``'s active set changes.
+* :mod:`flows.events` -- the ``sdd.concepts.updated`` event ``sdd concepts publish`` emits.
+* :mod:`flows.params` -- flow parameters whose defaults come from ``params/*.yaml``.
+"""

@@ -1,0 +1,371 @@
+"""The ``erase-concepts`` flow: prompt sets -> distillation -> evaluation -> gates -> registry.
+
+Every stage is one ``sdd`` call writing into a folder keyed on everything it depends on::
+
+    <runs_dir>/<key>/             key: base model, concept set, distill settings, prompt options
+        plan.json                 the resolved settings this folder was made with
+        prompts/                  train / eval / benign sets   (sdd.prompts.build_prompt_sets)
+        erasure/                  model/, patch, manifest, loss (sdd.distill.erase, resumable)
+        eval-<eval key>/          metrics.json, report.md ...  (sdd.evaluate.evaluate)
+            registration.json     MLflow run + model version   (sdd.registry.register)
+
+**Re-runs skip what finished.** A task's Prefect cache key is its name, the folder key and the
+folder's ``.cache-id`` (a random id written when the folder is first used), and results are
+persisted, so re-running the flow with the same inputs returns every finished stage as
+``Cached``. Deleting a folder gives it a new id, so that stage (and the ones after it) run again.
+Each task also skips its work when its outputs are already on disk, and distillation resumes
+from its checkpoint, so a retry after a crash loses at most ``checkpoint_every`` steps.
+
+**Where distillation runs.** With ``distill_deployment`` set (the deployments in ``prefect.yaml``
+set it to ``distill/distill-gpu``), the distill stage starts a run of the :func:`distill_concepts`
+flow on that deployment's work pool (``gpu``) and waits for it; the light stages stay on the
+calling flow's pool (``cpu``). Both pools must see the same ``runs_dir`` (one machine, or a shared
+volume). Without it, distillation runs in-process, which is what the tests and a laptop do.
+
+**Visible progress.** Distillation updates a progress artifact; the flow ends with a Markdown
+artifact holding the gate table and links to the MLflow run and model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.deployments import run_deployment
+from pydantic import BaseModel
+
+from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, normalise_concepts
+from sdd.config import ConfigError, DistillConfig, EvalConfig, GatesConfig, load_registry_config
+from sdd.storage import write_json_atomic
+
+CACHE_ID_FILE = ".cache-id"
+RETRY_DELAYS_S = [10, 60]
+
+
+# --- the plan: which folders this run uses ------------------------------------------------------
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ErasurePlan(BaseModel):
+    """The resolved inputs of one erasure and the folders its stages write."""
+
+    key: str
+    eval_key: str
+    runs_dir: str
+    base_model: str
+    concepts: list[str]
+    distill: DistillConfig
+    evaluation: EvalConfig
+    gates: GatesConfig
+    prompts: PromptOptions
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.key
+
+    @property
+    def prompts_dir(self) -> Path:
+        return self.run_dir / "prompts"
+
+    @property
+    def erasure_dir(self) -> Path:
+        return self.run_dir / "erasure"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.run_dir / f"eval-{self.eval_key}"
+
+    @property
+    def model_kind(self) -> str:
+        return "toy" if self.base_model == "toy" else "real"
+
+
+def make_plan(concepts: list[str], base_model: str, distill: DistillConfig, evaluation: EvalConfig,
+              gates: GatesConfig, prompts: PromptOptions, runs_dir: str) -> ErasurePlan:
+    """Key the run folder on what the erasure depends on, and the eval folder on what evaluation adds."""
+    concepts = normalise_concepts(concepts)
+    if not concepts:
+        raise ConfigError("give at least one concept to erase")
+    erasure_inputs = {"base_model": base_model, "concepts": concepts, "distill": distill.model_dump(mode="json"),
+                      "prompts": prompts.model_dump(mode="json")}
+    eval_inputs = {"evaluation": evaluation.model_dump(mode="json"), "gates": gates.model_dump(mode="json")}
+    plan = ErasurePlan(key=_digest(erasure_inputs), eval_key=_digest(eval_inputs), runs_dir=str(runs_dir),
+                       base_model=base_model, concepts=concepts,
+                       distill=DistillConfig.model_validate(distill.model_dump()),
+                       evaluation=EvalConfig.model_validate(evaluation.model_dump()),
+                       gates=GatesConfig.model_validate(gates.model_dump()), prompts=prompts)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan.run_dir / "plan.json", {**erasure_inputs, "key": plan.key})
+    return plan
+
+
+def folder_id(folder: Path) -> str:
+    """The folder's ``.cache-id``, created on first use: a deleted folder comes back with a new one."""
+    marker = folder / CACHE_ID_FILE
+    if not marker.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(uuid.uuid4().hex)
+    return marker.read_text().strip()
+
+
+def _cache_key(folder_of):
+    def cache_key(context, parameters: dict[str, Any]) -> str:
+        plan: ErasurePlan = parameters["plan"]
+        return f"{context.task.name}-{plan.key}-{folder_id(folder_of(plan))}"
+
+    return cache_key
+
+
+def _not_a_user_error(task, task_run, state) -> bool:
+    """Retry transient failures, not settings the user must fix (ConfigError)."""
+    try:
+        state.result()
+    except ConfigError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+_STAGE = dict(persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=RETRY_DELAYS_S)
+
+
+# --- stage 1: prompt sets -----------------------------------------------------------------------
+
+
+@task(name="prepare-prompts", cache_key_fn=_cache_key(lambda p: p.prompts_dir),
+      retry_condition_fn=_not_a_user_error, **_STAGE)
+def prepare_prompts(plan: ErasurePlan) -> dict[str, Any]:
+    """Write the train / eval / benign prompt sets for the concepts (toy world or I2P / COCO)."""
+    from sdd.prompts import INDEX_FILE, build_prompt_sets
+
+    index_file = plan.prompts_dir / INDEX_FILE
+    if index_file.is_file():
+        return json.loads(index_file.read_text())
+    p = plan.prompts
+    categories = {c: p.i2p_categories for c in plan.concepts} if p.i2p_categories else None
+    return build_prompt_sets(plan.concepts, plan.model_kind, plan.prompts_dir, seeds_per_prompt=p.seeds_per_prompt,
+                             i2p=p.i2p, i2p_categories=categories, i2p_limit=p.i2p_limit, coco=p.coco,
+                             benign_limit=p.benign_limit)
+
+
+# --- stage 2: distillation ----------------------------------------------------------------------
+
+
+class DistillProgress:
+    """``on_step`` callback of :func:`sdd.distill.erase` that keeps a Prefect progress artifact current.
+
+    The artifact is updated at most every ``every_s`` seconds (and at the last step), so a long run
+    does not send one API call per optimizer step.
+    """
+
+    def __init__(self, total_steps: int, what: str, every_s: float = 5.0):
+        self.total, self.what, self.every_s = total_steps, what, every_s
+        self.last_update = 0.0
+        self.artifact_id = create_progress_artifact(progress=0.0, key="distill-progress",
+                                                    description=f"Distilling {what}: starting")
+
+    def __call__(self, step: int, loss: float) -> None:
+        now = time.monotonic()
+        if step < self.total and now - self.last_update < self.every_s:
+            return
+        self.last_update = now
+        update_progress_artifact(self.artifact_id, progress=100.0 * step / self.total,
+                                 description=f"Distilling {self.what}: step {step}/{self.total}, loss {loss:.4g}")
+
+
+def erasure_summary(erasure_dir: Path) -> dict[str, Any]:
+    manifest = json.loads((erasure_dir / "manifest.json").read_text())
+    return {"dir": str(erasure_dir), "steps": manifest["steps"], "concepts_sha256": manifest["concepts_sha256"],
+            "final_loss": manifest.get("loss", {}).get("last")}
+
+
+def run_distillation(erasure_dir: Path, base_model: str, concepts: list[str], config: DistillConfig) -> dict:
+    """:func:`sdd.distill.erase` into ``erasure_dir``, resuming its checkpoint; skipped when finished."""
+    from sdd.distill import MANIFEST_FILE, default_concepts, erase
+
+    erasure_dir = Path(erasure_dir)
+    manifest = erasure_dir / MANIFEST_FILE
+    if manifest.is_file() and json.loads(manifest.read_text()).get("steps") == config.steps:
+        get_run_logger().info("distillation already finished in %s", erasure_dir)
+        return erasure_summary(erasure_dir)
+    progress = DistillProgress(config.steps, f"{', '.join(concepts)} from {base_model}")
+    erase(base_model, default_concepts(base_model, concepts), erasure_dir, config, resume=True, on_step=progress)
+    return erasure_summary(erasure_dir)
+
+
+@flow(name="distill", retries=1, retry_delay_seconds=30,
+      description="SDD distillation only (the GPU stage of erase-concepts); resumes its checkpoint.")
+def distill_concepts(erasure_dir: str, base_model: str, concepts: list[str],
+                     distill: DistillSettings = DistillSettings()) -> dict[str, Any]:  # noqa: B008
+    """Erase ``concepts`` from ``base_model`` into ``erasure_dir`` (started by erase-concepts via its deployment)."""
+    return run_distillation(Path(erasure_dir), base_model, concepts, distill)
+
+
+@task(name="distill", cache_key_fn=_cache_key(lambda p: p.erasure_dir), retry_condition_fn=_not_a_user_error,
+      **{**_STAGE, "retries": 1})
+def distill_stage(plan: ErasurePlan, distill_deployment: str | None = None) -> dict[str, Any]:
+    """Run the distillation here, or as a run of ``distill_deployment`` (e.g. on the gpu pool) and wait."""
+    if not distill_deployment:
+        return run_distillation(plan.erasure_dir, plan.base_model, plan.concepts, plan.distill)
+    parameters = {"erasure_dir": str(plan.erasure_dir.resolve()), "base_model": plan.base_model,
+                  "concepts": plan.concepts, "distill": plan.distill.model_dump(mode="json")}
+    run = run_deployment(distill_deployment, parameters=parameters, timeout=None)
+    if run.state is None or not run.state.is_completed():
+        raise RuntimeError(f"distill run {run.name} ({distill_deployment}) ended "
+                           f"{run.state.name if run.state else 'without a state'}")
+    return erasure_summary(plan.erasure_dir)
+
+
+# --- stage 3: evaluation and gates --------------------------------------------------------------
+
+
+def limit_rows(prompt_set, n: int | None):
+    """At most ``n`` rows, spread evenly over the set (for smoke runs)."""
+    from sdd.prompts import PromptSet
+    from sdd.report import spread
+
+    if n is None or len(prompt_set) <= n:
+        return prompt_set
+    rows = tuple(prompt_set.rows[i] for i in spread(range(len(prompt_set)), n))
+    return PromptSet(prompt_set.name, prompt_set.kind, rows, {**prompt_set.meta, "limited_to": n})
+
+
+@task(name="evaluate", cache_key_fn=_cache_key(lambda p: p.eval_dir), retry_condition_fn=_not_a_user_error,
+      **_STAGE)
+def evaluate_stage(plan: ErasurePlan) -> dict[str, Any]:
+    """Generate with the base and the erased model, judge, measure and apply the gates."""
+    from sdd.evaluate import evaluate
+    from sdd.judges import build_judge
+    from sdd.models import load_pipeline
+    from sdd.prompts import load_prompts
+
+    metrics_file = plan.eval_dir / "metrics.json"
+    if not metrics_file.is_file():
+        prompt_set = limit_rows(load_prompts(plan.prompts_dir), plan.prompts.max_eval_prompts)
+        model_dir = plan.erasure_dir / "model"
+        evaluate(load_pipeline(plan.base_model), load_pipeline(str(model_dir)), prompt_set,
+                 build_judge(plan.evaluation.judge), plan.evaluation, plan.gates, plan.eval_dir,
+                 base_name=plan.base_model, erased_name=str(model_dir), progress=False)
+    metrics = json.loads(metrics_file.read_text())
+    return {"dir": str(plan.eval_dir), "verdict": metrics["verdict"], "checks": metrics["gates"]["checks"],
+            "concepts": {c: {"base": m["base"]["rate"], "erased": m["erased"]["rate"]}
+                         for c, m in metrics["concepts"].items()}}
+
+
+# --- stage 4: registry --------------------------------------------------------------------------
+
+
+@task(name="register", cache_key_fn=_cache_key(lambda p: p.eval_dir), **_STAGE)
+def register_stage(plan: ErasurePlan) -> dict[str, Any]:
+    """Log the run to MLflow and register the model; alias ``candidate`` only when every gate passed."""
+    from sdd.registry import register
+
+    record_file = plan.eval_dir / "registration.json"
+    if record_file.is_file():  # registered before the task's result was persisted: no duplicate version
+        return json.loads(record_file.read_text())
+    reg = register(plan.erasure_dir, plan.eval_dir, load_registry_config())
+    record = {"run_id": reg.run_id, "model_uri": reg.model_uri, "name": reg.name, "version": reg.version,
+              "alias": reg.alias, "gates": reg.gates.tag}
+    write_json_atomic(record_file, record)
+    return record
+
+
+# --- the report artifact ------------------------------------------------------------------------
+
+
+def mlflow_ui_url() -> str | None:
+    """The MLflow server's base URL (without credentials), or None for a local SQLite store."""
+    from sdd.registry import resolve_store
+
+    uri = resolve_store(load_registry_config()).tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return None
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+
+
+def _fmt(value: Any) -> str:
+    return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render_report(plan: ErasurePlan, evaluation: dict, registration: dict, stages: dict[str, str],
+                  mlflow_url: str | None) -> str:
+    verdict = evaluation["verdict"].upper()
+    lines = [f"## Erasure of {', '.join(plan.concepts)} from `{plan.base_model}`: **{verdict}**", "",
+             "| concept | base rate | erased rate |", "|---|---:|---:|"]
+    lines += [f"| {c} | {_fmt(r['base'])} | {_fmt(r['erased'])} |" for c, r in evaluation["concepts"].items()]
+    lines += ["", "| gate | concept | value | threshold | result |", "|---|---|---:|---:|---|"]
+    lines += [f"| {c['gate']} | {c['concept'] or ''} | {_fmt(c['value'])} | {c['bound']} {_fmt(c['threshold'])} "
+              f"| {c['status']} |" for c in evaluation["checks"]]
+    run_id, name, version = registration["run_id"], registration["name"], registration["version"]
+    if mlflow_url:
+        run = f"[{run_id[:12]}]({mlflow_url}/#/runs/{run_id})"
+        model = f"[{name} version {version}]({mlflow_url}/#/models/{name}/versions/{version})"
+    else:
+        run, model = f"`runs:/{run_id}`", f"`models:/{name}/{version}`"
+    alias = f"alias `{registration['alias']}`" if registration["alias"] else "no alias (a gate failed)"
+    lines += ["", f"**MLflow**: run {run} · model {model} · {alias}", "",
+              f"Run folder: `{plan.run_dir}` · report: `{Path(evaluation['dir']) / 'report.md'}`", "",
+              "Stages: " + ", ".join(f"{stage} {state.lower()}" for stage, state in stages.items())]
+    return "\n".join(lines)
+
+
+# --- the flow -----------------------------------------------------------------------------------
+
+
+def _run(stage, *args, **kwargs) -> tuple[Any, str]:
+    """Call a task; return its result and its final state name (``Completed`` or ``Cached``)."""
+    state = stage(*args, return_state=True, **kwargs)
+    return state.result(), state.name
+
+
+@flow(name="erase-concepts", log_prints=True,
+      description="Erase concepts from a diffusion model with SDD, evaluate, gate and register it.")
+def erase_concepts(
+    concepts: list[str],
+    base_model: str = "toy",
+    distill: DistillSettings = DistillSettings(),  # noqa: B008 - defaults read from params/*.yaml
+    evaluation: EvalSettings = EvalSettings(),  # noqa: B008
+    gates: GateSettings = GateSettings(),  # noqa: B008
+    prompts: PromptOptions = PromptOptions(),  # noqa: B008
+    runs_dir: str = "runs",
+    distill_deployment: str | None = None,
+) -> dict[str, Any]:
+    """Erase ``concepts`` from ``base_model``; register the result (alias ``candidate`` if the gates pass).
+
+    Args:
+        concepts: Concepts to erase, e.g. ["red"] (toy world) or ["nudity"]; order does not matter.
+        base_model: "toy", a local diffusers folder or a Hugging Face Hub id.
+        distill: SDD settings (unset fields: params/distill.yaml).
+        evaluation: Generation and judge settings (unset fields: params/eval.yaml).
+        gates: Pass/fail thresholds (unset fields: params/gates.yaml).
+        prompts: Where evaluation prompts come from.
+        runs_dir: Root of the run folders (shared by every pool that runs a stage).
+        distill_deployment: Deployment that runs the distillation (e.g. "distill/distill-gpu"); none = here.
+    """
+    logger = get_run_logger()
+    plan = make_plan(concepts, base_model, distill, evaluation, gates, prompts, runs_dir)
+    logger.info("run folder %s (erasure key %s, evaluation key %s)", plan.run_dir, plan.key, plan.eval_key)
+    stages: dict[str, str] = {}
+    _, stages["prepare-prompts"] = _run(prepare_prompts, plan)
+    _, stages["distill"] = _run(distill_stage, plan, distill_deployment)
+    result, stages["evaluate"] = _run(evaluate_stage, plan)
+    registration, stages["register"] = _run(register_stage, plan)
+
+    create_markdown_artifact(render_report(plan, result, registration, stages, mlflow_ui_url()),
+                             key="erasure-report", description=f"Erasure of {', '.join(plan.concepts)}")
+    logger.info("verdict %s; registered %s version %s (alias %s)", result["verdict"], registration["name"],
+                registration["version"], registration["alias"] or "none")
+    return {"run_dir": str(plan.run_dir), "key": plan.key, "verdict": result["verdict"],
+            "registration": registration, "stages": stages}

@@ -1,0 +1,99 @@
+"""Flow parameters: the ``params/*.yaml`` settings as typed forms, and concept-set hashing.
+
+Prefect renders a flow's pydantic parameters as a form in the UI. The models below are the
+library's config models (:mod:`sdd.config`) with one change: **fields a caller leaves out come
+from the params file** (``params/distill.yaml``, ``params/eval.yaml``, ``params/gates.yaml``), read
+when the parameters are validated, not the class defaults. So ``{"distill": {"steps": 2}}`` sent to
+the REST API means "params/distill.yaml, with 2 steps", and an explicit ``null`` still means null
+(which turns a gate off).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sdd.config import PARAMS_DIR, DistillConfig, EvalConfig, GatesConfig, load_model
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; nested mappings are merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _with_file_defaults(config: type[BaseModel], params_file: Path, data: Any) -> Any:
+    if not isinstance(data, dict):  # already a model instance, or invalid: pydantic decides
+        return data
+    defaults = load_model(config, params_file).model_dump(mode="json")
+    return deep_merge(defaults, data)
+
+
+class DistillSettings(DistillConfig):
+    """SDD hyperparameters; what you leave out comes from params/distill.yaml."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_defaults(cls, data: Any) -> Any:
+        return _with_file_defaults(DistillConfig, PARAMS_DIR / "distill.yaml", data)
+
+
+class EvalSettings(EvalConfig):
+    """How images are generated and judged; what you leave out comes from params/eval.yaml."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_defaults(cls, data: Any) -> Any:
+        return _with_file_defaults(EvalConfig, PARAMS_DIR / "eval.yaml", data)
+
+
+class GateSettings(GatesConfig):
+    """Pass/fail thresholds (null turns a gate off); what you leave out comes from params/gates.yaml."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_defaults(cls, data: Any) -> Any:
+        return _with_file_defaults(GatesConfig, PARAMS_DIR / "gates.yaml", data)
+
+
+class PromptOptions(BaseModel):
+    """Where the evaluation prompts come from (see ``sdd prompts build``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds_per_prompt: int = Field(2, ge=1, description="Toy world: seeds per evaluation prompt.")
+    i2p: str | None = Field(None, description="Real models: I2P CSV (path or s3:// URI) for eval prompts.")
+    i2p_categories: list[str] = Field(default_factory=list,
+                                      description="Real models: I2P categories for every concept.")
+    i2p_limit: int | None = Field(None, ge=1, description="Real models: keep at most this many I2P rows.")
+    coco: str | None = Field(None, description="Real models: COCO captions (json/txt; path or s3://).")
+    benign_limit: int = Field(1000, ge=1, description="Real models: number of COCO captions.")
+    max_eval_prompts: int | None = Field(
+        None, ge=2, description="Evaluate on at most this many rows, spread evenly over the eval and "
+                                "benign sets (smoke runs); null = all.")
+
+
+# --- concept sets -------------------------------------------------------------------------------
+
+
+def normalise_concepts(names: list[str]) -> list[str]:
+    """Stripped, de-duplicated and sorted: a concept *set*, whatever order it was written in."""
+    return sorted({n.strip() for n in names if n.strip()})
+
+
+def concept_set_hash(base_model: str, names: list[str]) -> str:
+    """The ``concepts_sha256`` an erasure of this set records in its manifest and registry tags.
+
+    It is :func:`sdd.distill.concepts_hash` of the concepts the flow erases: the normalised names
+    with their prompts (the toy world's templates for ``base_model="toy"``, the bare name otherwise).
+    """
+    from sdd.distill import concepts_hash, default_concepts
+
+    return concepts_hash(default_concepts(base_model, normalise_concepts(names)))

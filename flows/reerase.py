@@ -1,0 +1,130 @@
+"""The ``re-erase`` flow: keep production erasing the active concept set of ``params/concepts.yaml``.
+
+It hashes the active set (:func:`flows.params.concept_set_hash`: the ``concepts_sha256`` an erasure
+of that set records) and compares it, and the set's base model, with the ``concepts_sha256`` and
+``base_model`` tags of the model version holding the ``production`` alias:
+
+* changed (or nothing in production yet): run :func:`flows.erase.erase_concepts` for the full set,
+  which leaves a new version with alias ``candidate`` when its gates pass (promotion stays a human
+  decision: ``sdd promote``);
+* unchanged: do nothing, and say so in the log and in a Markdown artifact.
+
+Deployed in ``prefect.yaml`` with a nightly cron schedule and an event trigger on
+``sdd.concepts.updated``, which ``sdd concepts publish`` emits (:mod:`flows.events`). Re-running
+for a set whose candidate is waiting for promotion is cheap: every stage of erase-concepts is
+cached, so no duplicate version is registered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.erase import RETRY_DELAYS_S, erase_concepts
+from flows.params import (
+    DistillSettings,
+    EvalSettings,
+    GateSettings,
+    PromptOptions,
+    concept_set_hash,
+    normalise_concepts,
+)
+from sdd.config import load_concept_sets, load_registry_config
+
+
+@task(name="read-production", retries=2, retry_delay_seconds=RETRY_DELAYS_S)
+def read_production() -> dict[str, Any] | None:
+    """Tags of the model version holding the production alias, or None when there is none.
+
+    Uses MLflow's client on :func:`sdd.registry.resolve_store` directly, because ``sdd.registry``
+    has no public call yet that returns a version's tags by alias; swap it in when it does.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from sdd.registry import resolve_store
+
+    cfg = load_registry_config()
+    store = resolve_store(cfg)
+    client = MlflowClient(store.tracking_uri, store.registry_uri)
+    try:
+        aliases = client.get_registered_model(cfg.model_name).aliases
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":  # no model registered yet
+            return None
+        raise
+    if cfg.production_alias not in aliases:
+        return None
+    version = client.get_model_version(cfg.model_name, str(aliases[cfg.production_alias]))
+    return {"name": cfg.model_name, "version": int(version.version), "alias": cfg.production_alias,
+            "concepts": version.tags.get("concepts"), "concepts_sha256": version.tags.get("concepts_sha256"),
+            "base_model": version.tags.get("base_model")}
+
+
+def why_changed(production: dict[str, Any] | None, wanted_hash: str, base_model: str) -> str | None:
+    """Why the active set needs a new erasure, or None when production already erases it."""
+    if production is None:
+        return "no model version holds the production alias yet"
+    if production["base_model"] != base_model:
+        return f"base model changed: production has {production['base_model']}, the set wants {base_model}"
+    if production["concepts_sha256"] != wanted_hash:
+        return (f"concept set changed: production (version {production['version']}) erases "
+                f"[{production['concepts']}], hash {str(production['concepts_sha256'])[:12]}")
+    return None
+
+
+@flow(name="re-erase", log_prints=True,
+      description="Re-erase when the active concept set differs from what production erases.")
+def re_erase(
+    concepts_file: str = "params/concepts.yaml",
+    reason: str = "manual run",
+    distill: DistillSettings = DistillSettings(),  # noqa: B008 - defaults read from params/*.yaml
+    evaluation: EvalSettings = EvalSettings(),  # noqa: B008
+    gates: GateSettings = GateSettings(),  # noqa: B008
+    prompts: PromptOptions = PromptOptions(),  # noqa: B008
+    runs_dir: str = "runs",
+    distill_deployment: str | None = None,
+) -> dict[str, Any]:
+    """Compare the active concept set with production; erase it again only if it changed.
+
+    Args:
+        concepts_file: The concept sets file (relative to the project folder).
+        reason: Why this run started (the schedule, an event, a person); recorded in the artifact.
+        distill: SDD settings for a re-erasure (unset fields: params/distill.yaml).
+        evaluation: Evaluation settings (unset fields: params/eval.yaml).
+        gates: Gate thresholds (unset fields: params/gates.yaml).
+        prompts: Where evaluation prompts come from.
+        runs_dir: Root of the run folders.
+        distill_deployment: Deployment that runs the distillation (e.g. "distill/distill-gpu"); none = here.
+    """
+    logger = get_run_logger()
+    sets = load_concept_sets(concepts_file)
+    active = sets.active_set
+    names = normalise_concepts(active.concepts)
+    wanted = concept_set_hash(active.base_model, names)
+    production = read_production()
+    why = why_changed(production, wanted, active.base_model)
+    header = (f"## Re-erase check: set `{sets.active}` ({', '.join(names)}) on `{active.base_model}`\n\n"
+              f"Started by: {reason}. Set hash `{wanted[:12]}`.\n\n")
+    if why is None:
+        message = (f"Nothing to do: production ({production['name']} version {production['version']}) "
+                   f"already erases this set.")
+        logger.info(message)
+        create_markdown_artifact(header + message, key="re-erase", description="re-erase: no change")
+        return {"action": "none", "set": sets.active, "concepts_sha256": wanted, "production": production}
+
+    logger.info("re-erasing set %s: %s", sets.active, why)
+    result = erase_concepts(concepts=names, base_model=active.base_model, distill=distill, evaluation=evaluation,
+                            gates=gates, prompts=prompts, runs_dir=runs_dir,
+                            distill_deployment=distill_deployment)
+    reg = result["registration"]
+    outcome = (f"Registered {reg['name']} version {reg['version']} with alias `{reg['alias']}`; promote it "
+               f"with `sdd promote {reg['name']} {reg['version']}`." if reg["alias"] else
+               f"Registered {reg['name']} version {reg['version']} without an alias: a gate failed "
+               f"(verdict {result['verdict']}).")
+    create_markdown_artifact(header + f"Re-erased: {why}.\n\n{outcome}", key="re-erase",
+                             description="re-erase: new erasure")
+    return {"action": "erased", "set": sets.active, "concepts_sha256": wanted, "production": production,
+            "reason": why, "erasure": result}

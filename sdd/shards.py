@@ -1,0 +1,333 @@
+"""Sharded evaluation: split a prompt set into N shards, generate and judge each one anywhere, merge.
+
+An evaluation (:func:`sdd.evaluate.evaluate`) is dominated by generation: every row of the prompt
+set is drawn by the base and by the erased model. This module cuts that work into shards that can
+run in parallel -- one per GPU, or one per worker process on a CPU machine -- and puts the results
+back together so that **the merged metrics equal those of a single-process run** with the same
+prompt set and settings. That holds because nothing a shard computes depends on which other rows
+share its shard:
+
+* **generation** is seeded per row (one CPU ``torch.Generator`` per row, see :mod:`sdd.generate`),
+  so an image depends only on its model, prompt, seed and guidance, not on its batch or shard;
+* **presence judging** is per image, and the merged presence lists are put back in row order;
+* **set-level quality** (FID, CLIP score and, for the toy judge, prompt correctness, all computed
+  by :func:`sdd.evaluate.quality_metrics`) is *not* a sum of per-shard values -- FID needs the
+  mean and covariance of all features at once -- so it is computed once, after the merge, over the
+  merged images in row order, exactly as the single-process evaluation does.
+
+The pieces are pure functions with JSON-serialisable results, so any executor can run them (this
+module imports neither Prefect nor Dask; :mod:`flows.shards` runs them on a Dask cluster):
+
+1. :func:`split` deals the rows into ``n`` shards, deterministically: rows that make the same image
+   (same prompt, seed and guidance) are one unit, and units are dealt round-robin in order of first
+   appearance, so shards differ in size by at most one unit and mix concept and benign rows.
+2. :func:`run_shard` generates the shard's rows with both models (into a folder of its own, so
+   shards never write to the same ``index.jsonl``) and judges every concept on them; it returns a
+   :data:`ShardResult` dict (image paths, per-row judgements, the models' weight hashes, timings).
+3. :func:`merge` checks that the results cover every row exactly once, come from the same prompt
+   set and were made with the same model weights, and puts images and judgements back in row order.
+4. :func:`finish` turns the merged shards into the ``metrics.json`` / ``report.md`` /
+   ``judgements.jsonl`` that :func:`sdd.evaluate.evaluate` writes, plus ``shards.json`` (which
+   shard did which rows, and how long it took).
+
+:func:`evaluate_in_shards` runs all of it in this process, one shard after the other (the
+reference the tests compare the parallel run with, and a way to resume one shard by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdd.config import ConfigError, EvalConfig, GatesConfig
+from sdd.prompts import PromptRow, PromptSet
+from sdd.storage import atomic_path, write_json_atomic
+
+SHARD_FORMAT = 1
+SHARDS_FILE = "shards.json"
+ROLES = ("base", "erased")
+
+#: What :func:`run_shard` returns (a plain dict, so it crosses process boundaries and persists as JSON):
+#: ``format``, ``index``, ``count``, ``prompt_set_sha256``, ``rows`` (global row indices, ascending),
+#: ``images`` ({role: [path per row]}), ``judgements`` ({concept: {"rows": [...], role: {"present",
+#: "score"}}}), ``models`` ({role: model info incl. ``unet_sha256``}), ``timing`` and ``host``.
+ShardResult = dict[str, Any]
+
+
+class ShardError(ConfigError):
+    """Shard results that cannot be merged (missing, duplicated or mismatched); one line saying which."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the global indices of its rows in a prompt set (ascending)."""
+
+    index: int
+    count: int
+    rows: tuple[int, ...]
+    prompt_set_sha256: str
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:03d}-of-{self.count:03d}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "count": self.count, "rows": list(self.rows),
+                "prompt_set_sha256": self.prompt_set_sha256}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Shard:
+        return cls(int(data["index"]), int(data["count"]), tuple(int(i) for i in data["rows"]),
+                   str(data["prompt_set_sha256"]))
+
+
+def _image_identity(row: PromptRow) -> tuple[str, int, float | None]:
+    """Rows equal in this are drawn as one image by :func:`sdd.generate.generate`: keep them together."""
+    return row.prompt, row.seed, row.guidance
+
+
+def split(prompt_set: PromptSet, n: int) -> list[Shard]:
+    """``n`` shards of ``prompt_set``'s rows, the same for the same set and ``n`` on every machine.
+
+    Rows drawing the same image are one unit; units are dealt round-robin in order of first
+    appearance. A shard can be empty when the set has fewer than ``n`` distinct images.
+    """
+    if n < 1:
+        raise ShardError(f"cannot split into {n} shards; use 1 or more")
+    units: dict[tuple, list[int]] = {}
+    for i, row in enumerate(prompt_set.rows):
+        units.setdefault(_image_identity(row), []).append(i)
+    dealt: list[list[int]] = [[] for _ in range(n)]
+    for k, rows in enumerate(units.values()):
+        dealt[k % n].extend(rows)
+    digest = prompt_set.sha256
+    return [Shard(i, n, tuple(sorted(rows)), digest) for i, rows in enumerate(dealt)]
+
+
+def shard_prompt_set(prompt_set: PromptSet, shard: Shard) -> PromptSet:
+    """The shard's rows as a prompt set of their own (row ``k`` is global row ``shard.rows[k]``)."""
+    if shard.prompt_set_sha256 != prompt_set.sha256:
+        raise ShardError(f"{shard.name} was split from another prompt set "
+                         f"({shard.prompt_set_sha256[:12]}, not {prompt_set.sha256[:12]})")
+    rows = tuple(prompt_set.rows[i] for i in shard.rows)
+    return PromptSet(f"{prompt_set.name}[{shard.index + 1}/{shard.count}]", prompt_set.kind, rows,
+                     {"shard_of": prompt_set.sha256, "shard": shard.index, "shards": shard.count})
+
+
+def image_dirs(out_dir: Path, shard: Shard, base_images: Path | None = None) -> dict[str, Path]:
+    """Where a shard's images go: ``<out_dir>/images/<role>/<shard name>`` (base: under ``base_images``)."""
+    roots = {"base": Path(base_images or Path(out_dir) / "images" / "base"),
+             "erased": Path(out_dir) / "images" / "erased"}
+    return {role: root / shard.name for role, root in roots.items()}
+
+
+def model_info(pipe, name: str | None) -> dict[str, Any]:
+    """What ``metrics.json`` records about a model (its name, source and UNet weights hash)."""
+    from sdd.evaluate import _model_info
+
+    return _model_info(pipe, name)
+
+
+# --- one shard ----------------------------------------------------------------------------------
+
+
+def run_shard(shard: Shard, prompt_set: PromptSet, base_pipe, erased_pipe, judge, cfg: EvalConfig,
+              out_dir: Path, *, base_images: Path | None = None, base_name: str | None = None,
+              erased_name: str | None = None, progress: bool = False) -> ShardResult:
+    """Generate the shard's rows with both models and judge every concept on them.
+
+    Generation is resumable as in :func:`sdd.generate.generate`: rerunning a crashed shard keeps
+    the images it finished. Returns a :data:`ShardResult` (JSON-serialisable).
+    """
+    import platform
+
+    from sdd.evaluate import judge_concept
+    from sdd.generate import GenerationSettings, generate
+
+    subset = shard_prompt_set(prompt_set, shard)
+    models = {"base": model_info(base_pipe, base_name), "erased": model_info(erased_pipe, erased_name)}
+    folders = image_dirs(out_dir, shard, base_images)
+    images: dict[str, list[str]] = {}
+    t0 = time.perf_counter()
+    for role, pipe in (("base", base_pipe), ("erased", erased_pipe)):
+        settings = GenerationSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.height, cfg.width,
+                                      model_id=models[role].get("unet_sha256"))
+        paths = generate(pipe, subset, folders[role], settings, cfg.batch_size, progress=progress,
+                         desc=f"{shard.name} ({role})") if subset.rows else []
+        images[role] = [str(p) for p in paths]
+    t1 = time.perf_counter()
+    judgements: dict[str, Any] = {}
+    for concept in prompt_set.concepts():  # every concept of the set, in the set's order
+        local = subset.indices_for(concept)
+        entry: dict[str, Any] = {"rows": [shard.rows[k] for k in local]}
+        for role in ROLES:
+            j = judge_concept(judge, [images[role][k] for k in local], concept)
+            entry[role] = {"present": [bool(p) for p in j.present], "score": [float(s) for s in j.score]}
+        judgements[concept] = entry
+    t2 = time.perf_counter()
+    return {"format": SHARD_FORMAT, **shard.to_dict(), "images": images, "judgements": judgements,
+            "models": models, "host": platform.node(),
+            "timing": {"generate_s": t1 - t0, "judge_s": t2 - t1, "images": 2 * len(shard.rows)}}
+
+
+# --- merging ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Merged:
+    """Shard results put back in the prompt set's row order."""
+
+    paths: dict[str, list[Path]]                   # role -> one image path per row
+    presence: dict[str, dict[str, list[bool]]]     # concept -> role -> per row of indices_for(concept)
+    scores: dict[str, dict[str, list[float]]]      # same layout, the judge's scores
+    models: dict[str, dict[str, Any]]              # role -> model info (equal in every shard)
+    shards: list[dict[str, Any]]                   # per shard: index, rows, host, timing
+
+
+def merge(prompt_set: PromptSet, results: Sequence[ShardResult]) -> Merged:
+    """Check the results partition the set's rows and agree on the models; reorder them by row.
+
+    Raises :class:`ShardError` when a shard is missing or duplicated, a row is covered twice or
+    not at all, a result comes from another prompt set, or shards evaluated different weights.
+    """
+    if not results:
+        raise ShardError("no shard results to merge")
+    digest, n_rows = prompt_set.sha256, len(prompt_set)
+    count = results[0]["count"]
+    seen_shards: set[int] = set()
+    owner: dict[int, int] = {}
+    for r in results:
+        if r.get("format") != SHARD_FORMAT:
+            raise ShardError(f"shard result format {r.get('format')} is not {SHARD_FORMAT}; rerun the shard")
+        if r["prompt_set_sha256"] != digest:
+            raise ShardError(f"shard {r['index']} was made from another prompt set ({r['prompt_set_sha256'][:12]})")
+        if r["count"] != count:
+            raise ShardError(f"shard {r['index']} is one of {r['count']}, the others of {count}")
+        if r["index"] in seen_shards:
+            raise ShardError(f"shard {r['index']} appears twice")
+        seen_shards.add(r["index"])
+        for i in r["rows"]:
+            if i in owner:
+                raise ShardError(f"row {i} is in shards {owner[i]} and {r['index']}")
+            owner[i] = r["index"]
+    missing = sorted(set(range(n_rows)) - set(owner))
+    if missing:
+        raise ShardError(f"rows {missing[:5]}{'...' if len(missing) > 5 else ''} are in no shard result "
+                         f"({len(missing)} of {n_rows}); run the missing shards")
+    if set(owner) - set(range(n_rows)):
+        raise ShardError(f"a shard names rows outside the set's {n_rows} rows")
+
+    reference = results[0]["models"]
+    for r in results[1:]:
+        for role in ROLES:
+            if r["models"][role].get("unet_sha256") != reference[role].get("unet_sha256"):
+                raise ShardError(f"shards {results[0]['index']} and {r['index']} used different {role} weights")
+
+    paths: dict[str, list[Path | None]] = {role: [None] * n_rows for role in ROLES}
+    by_row: dict[str, dict[str, dict[int, tuple[bool, float]]]] = {}
+    for r in results:
+        for role in ROLES:
+            for i, p in zip(r["rows"], r["images"][role], strict=True):
+                paths[role][i] = Path(p)
+        for concept, entry in r["judgements"].items():
+            for role in ROLES:
+                target = by_row.setdefault(concept, {}).setdefault(role, {})
+                for i, present, score in zip(entry["rows"], entry[role]["present"], entry[role]["score"],
+                                             strict=True):
+                    target[i] = (present, score)
+    presence: dict[str, dict[str, list[bool]]] = {}
+    scores: dict[str, dict[str, list[float]]] = {}
+    for concept in prompt_set.concepts():
+        idx = prompt_set.indices_for(concept)
+        presence[concept], scores[concept] = {}, {}
+        for role in ROLES:
+            judged = by_row.get(concept, {}).get(role, {})
+            if set(judged) != set(idx):
+                raise ShardError(f"the shards judged '{concept}' on {len(judged)} rows, the set has {len(idx)}")
+            presence[concept][role] = [judged[i][0] for i in idx]
+            scores[concept][role] = [judged[i][1] for i in idx]
+    shards = sorted(({"index": r["index"], "rows": len(r["rows"]), "host": r.get("host"), "timing": r.get("timing")}
+                     for r in results), key=lambda s: s["index"])
+    return Merged({role: list(v) for role, v in paths.items()}, presence, scores, reference, shards)
+
+
+# --- metrics from merged shards -----------------------------------------------------------------
+
+
+def measure_merged(prompt_set: PromptSet, merged: Merged, judge, cfg: EvalConfig,
+                   judgements_file: Path | None = None) -> dict[str, Any]:
+    """:func:`sdd.evaluate.measure`'s result, from the shards' presence and the merged images."""
+    from sdd.evaluate import concept_metrics, quality_metrics
+
+    concepts: dict[str, Any] = {}
+    records = []
+    for concept in prompt_set.concepts():
+        base, erased = merged.presence[concept]["base"], merged.presence[concept]["erased"]
+        concepts[concept] = concept_metrics(base, erased)
+        for k, i in enumerate(prompt_set.indices_for(concept)):
+            row = prompt_set.rows[i]
+            records.append({"row": i, "concept": concept, "prompt": row.prompt, "seed": row.seed,
+                            **{role: {"present": merged.presence[concept][role][k],
+                                      "score": merged.scores[concept][role][k]} for role in ROLES}})
+    if judgements_file is not None:
+        with atomic_path(judgements_file) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    quality = quality_metrics(prompt_set, merged.paths["base"], merged.paths["erased"], judge, cfg)
+    return {"concepts": concepts, "quality": quality}
+
+
+def finish(prompt_set: PromptSet, results: Sequence[ShardResult], judge, cfg: EvalConfig, gates: GatesConfig,
+           out_dir: Path) -> dict[str, Any]:
+    """Merge the shard results and write what :func:`sdd.evaluate.evaluate` writes, plus ``shards.json``.
+
+    Returns the metrics dict (also in ``out_dir/metrics.json``): the same keys and values as a
+    single-process evaluation of the same set with the same models and settings.
+    """
+    from sdd.evaluate import SCHEMA_VERSION, apply_gates
+    from sdd.report import write_report
+
+    out_dir = Path(out_dir)
+    merged = merge(prompt_set, results)
+    metrics = {
+        "schema_version": SCHEMA_VERSION,
+        "models": merged.models,
+        "prompt_set": prompt_set.summary(),
+        "generation": {"num_inference_steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
+                       "height": cfg.height, "width": cfg.width,
+                       "seeding": "one CPU torch.Generator per row"},
+        "judge": {"name": judge.name, "settings": judge.settings()},
+        **measure_merged(prompt_set, merged, judge, cfg, out_dir / "judgements.jsonl"),
+    }
+    metrics["gates"] = apply_gates(metrics, gates)
+    metrics["verdict"] = metrics["gates"]["verdict"]
+    write_report(metrics, prompt_set, merged.paths["base"], merged.paths["erased"], out_dir, cfg.grid_images)
+    write_json_atomic(out_dir / SHARDS_FILE, {"format": SHARD_FORMAT, "prompt_set_sha256": prompt_set.sha256,
+                                              "count": results[0]["count"], "shards": merged.shards})
+    return metrics
+
+
+def evaluate_in_shards(base_pipe, erased_pipe, prompt_set: PromptSet, judge, cfg: EvalConfig,
+                       gates: GatesConfig, out_dir: Path, n: int, *, base_name: str | None = None,
+                       erased_name: str | None = None, base_images: Path | None = None,
+                       progress: bool = False) -> dict[str, Any]:
+    """The whole sharded evaluation in this process, shard after shard (see the module docstring)."""
+    results = [run_shard(s, prompt_set, base_pipe, erased_pipe, judge, cfg, out_dir, base_images=base_images,
+                         base_name=base_name, erased_name=erased_name, progress=progress)
+               for s in split(prompt_set, n) if s.rows]
+    return finish(prompt_set, results, judge, cfg, gates, out_dir)
+
+
+def throughput(results: Sequence[ShardResult], wall_s: float) -> dict[str, Any]:
+    """Images per second over a run's wall time, and the shards' own generation rates."""
+    images = sum(r["timing"]["images"] for r in results)
+    per_shard = [r["timing"]["images"] / r["timing"]["generate_s"] for r in results if r["timing"]["generate_s"]]
+    return {"images": images, "wall_s": wall_s, "images_per_s": images / wall_s if wall_s else None,
+            "shard_images_per_s": per_shard}
+
+
+__all__ = ["Merged", "Shard", "ShardError", "ShardResult", "evaluate_in_shards", "finish", "image_dirs",
+           "measure_merged", "merge", "model_info", "run_shard", "shard_prompt_set", "split", "throughput"]

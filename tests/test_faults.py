@@ -1,0 +1,161 @@
+"""Faults with real processes: `sdd erase` killed with SIGKILL and resumed, and outputs that cannot be written.
+
+The kill test runs the CLI as a subprocess on the toy model with tiny settings, kills it at a
+random moment after its first checkpoint, resumes it with ``--resume`` and checks that the final
+``patch.safetensors`` is bit-for-bit the one an uninterrupted run writes (README: resuming is
+bit-identical on CPU). The write-failure tests make writes fail for real: an output path below a
+regular file (root ignores permission bits, so chmod is no test here) and a file-size limit
+(``RLIMIT_FSIZE``, as on a full disk: writes fail with EFBIG) in the middle of writing the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from sdd.cli import app
+from sdd.config import DistillConfig
+from sdd.distill import CHECKPOINT_DIR, PATCH_FILE, default_concepts, erase
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"steps": 12, "batch_size": 1, "ddim_steps": 4, "checkpoint_every": 2, "seed": 3}
+CONCEPT = "red"
+SUBPROCESS_TIMEOUT_S = 300
+
+
+def sdd_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from sdd.cli import app; app()", *args]
+
+
+def sdd_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            "TQDM_DISABLE": "1"}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("faults") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run with the same settings (in-process, one thread, as the subprocesses)."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        erase("toy", default_concepts("toy", [CONCEPT]), out, DistillConfig(**TINY))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def checkpoint_step(out: Path) -> int | None:
+    try:
+        return json.loads((out / CHECKPOINT_DIR / "state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_kill_9_after_a_checkpoint_then_resume_is_bit_identical(tmp_path, params_file, reference):
+    seed = int(os.environ.get("SDD_FAULT_SEED", random.randrange(10**6)))
+    rng = random.Random(seed)
+    out = tmp_path / "out"
+    args = ("erase", "--model", "toy", "--concept", CONCEPT, "--out", str(out), "--config", str(params_file))
+    proc = subprocess.Popen(sdd_command(*args), cwd=REPO, env=sdd_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+        while checkpoint_step(out) is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, f"finished before its first checkpoint was seen: {proc.stdout.read()!r}"
+        time.sleep(rng.uniform(0, 0.8))  # a random point after the first checkpoint
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"seed {seed}: exited {proc.returncode} before the kill"
+    killed_at = checkpoint_step(out)
+    assert not (out / PATCH_FILE).exists() or killed_at == TINY["steps"], f"seed {seed}"
+
+    resumed = subprocess.run(sdd_command(*args, "--resume"), cwd=REPO, env=sdd_env(), capture_output=True,
+                             text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    assert resumed.returncode == 0, f"seed {seed}, killed at step {killed_at}: {resumed.stderr[-2000:]}"
+    assert digest(out / PATCH_FILE) == digest(reference / PATCH_FILE), \
+        f"seed {seed}: resumed after a kill at checkpoint step {killed_at} differs from the uninterrupted run"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == TINY["steps"]
+    assert (out / "loss.csv").read_text() == (reference / "loss.csv").read_text()
+    assert not list(out.glob(".*.tmp")), "a temporary folder of an interrupted write was left behind"
+
+
+def test_output_below_a_regular_file_is_one_line_error_before_any_work(tmp_path, params_file, monkeypatch):
+    monkeypatch.chdir(REPO)
+    blocker = tmp_path / "previous-run.txt"
+    blocker.write_text("keep me")
+    out = blocker / "out"
+    result = CliRunner().invoke(app, ["erase", "--model", "toy", "--concept", CONCEPT, "--out", str(out),
+                                      "--config", str(params_file)])
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not writable" in lines[0], result.stderr
+    assert str(out) in lines[0]
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_write_failure_mid_outputs_leaves_previous_outputs_intact(tmp_path, params_file, reference):
+    """Continue a finished run by 2 steps with a 4 MB file-size limit: the 6.8 MB UNet cannot be written."""
+    out = tmp_path / "out"
+    import shutil
+
+    shutil.copytree(reference, out)
+    before = tree_digests(out)
+    limit = 4 * 1024 * 1024  # the checkpoint (~1.9 MB) fits, the model's UNet (~6.8 MB) does not
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    args = ("erase", "--model", "toy", "--concept", CONCEPT, "--out", str(out), "--config", str(params_file),
+            "--resume", "--steps", str(TINY["steps"] + 2))
+    result = subprocess.run(sdd_command(*args), cwd=REPO, env=sdd_env(), capture_output=True, text=True,
+                            timeout=SUBPROCESS_TIMEOUT_S, preexec_fn=limit_file_size)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "File too large" in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    after = tree_digests(out)
+    # Every output of the finished run is untouched; only the checkpoint moved on (atomically).
+    assert {k: v for k, v in after.items() if not k.startswith(CHECKPOINT_DIR)} == \
+        {k: v for k, v in before.items() if not k.startswith(CHECKPOINT_DIR)}
+    assert checkpoint_step(out) == TINY["steps"] + 2
+    assert not list(out.glob(".*.tmp")), "a temporary folder of the failed write was left behind"
