@@ -43,6 +43,8 @@ def erase(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint if there is one."),
 ) -> None:
     """Erase concepts from a model with SDD (safe self-distillation)."""
+    from safetensors import SafetensorError
+
     from sdd.config import PARAMS_DIR, ConfigError, DistillConfig, load_model
     from sdd.distill import CHECKPOINT_DIR, NonFiniteLossError
     from sdd.distill import erase as run_erase
@@ -59,12 +61,13 @@ def erase(
     except NonFiniteLossError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    except OSError as e:  # disk full, folder gone or read-only mid-run: earlier outputs are left as they were
+    except (OSError, SafetensorError) as e:  # disk full, folder gone or read-only mid-run
         from sdd.config import one_line
 
-        where = f" {e.filename}" if e.filename else ""
-        typer.echo(one_line(f"error: cannot write{where} ({e.strerror or type(e).__name__}); no file in "
-                            f"{out} was left half-written"), err=True)
+        what = (f"{e.filename} ({e.strerror or type(e).__name__})" if isinstance(e, OSError) and e.filename
+                else f"({e.strerror or type(e).__name__})" if isinstance(e, OSError) else f"({e})")
+        typer.echo(one_line(f"error: cannot write outputs {what}; no file in {out} was left half-written"),
+                   err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         saved = out / CHECKPOINT_DIR
@@ -337,7 +340,8 @@ def stack_up(
     typer.echo(f"Prefect UI  {info['prefect_ui']}")
     typer.echo(f"MLflow UI   {info['mlflow_ui']}")
     typer.echo(f"workers     {', '.join(info['pools'])} (logs in {info['logs']})")
-    typer.echo(f"use it:     export PREFECT_API_URL={info['prefect_api']} MLFLOW_TRACKING_URI={info['mlflow_ui']}")
+    typer.echo(f"use it:     export PREFECT_API_URL={info['prefect_api']} "
+               f"MLFLOW_TRACKING_URI={info['mlflow_ui']}")
 
 
 @stack_app.command("down")
@@ -362,7 +366,8 @@ def stack_status() -> None:
         if key in info:
             typer.echo(f"{key:10s}  {info[key]}")
     for name, proc in info["processes"].items():
-        typer.echo(f"{name:16s} pid {proc['pid']:<8d} {'running' if proc['alive'] else 'STOPPED'}  {proc['log']}")
+        state = "running" if proc["alive"] else "STOPPED"
+        typer.echo(f"{name:16s} pid {proc['pid']:<8d} {state}  {proc['log']}")
     if not all(p["alive"] for p in info["processes"].values()):
         raise typer.Exit(1)
 
@@ -379,7 +384,8 @@ def concepts_publish(
 
     url = api_url or stack_api_url()
     if not url:
-        typer.echo("error: no Prefect API: set PREFECT_API_URL, pass --api-url or run `sdd stack up`", err=True)
+        typer.echo("error: no Prefect API: set PREFECT_API_URL, pass --api-url or run `sdd stack up`",
+                   err=True)
         raise typer.Exit(2)
     from flows.events import publish_concepts_updated
 

@@ -33,6 +33,7 @@ import logging
 import math
 import platform
 import random
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -441,7 +442,26 @@ def save_patch(distiller: Distiller, path: Path) -> None:
     tensors = {name: t.detach().cpu().contiguous()
                for name, t in zip(distiller.trained, distiller.teacher_params, strict=True)}
     with atomic_path(Path(path)) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+        raw = tmp.with_name(tmp.name + ".raw")  # in atomic_path's private folder, removed with it
+        save_file(tensors, raw, metadata=meta)
+        _write_sorted_metadata(raw, tmp)
+
+
+def _write_sorted_metadata(src: Path, dst: Path) -> None:
+    """Copy the safetensors file ``src`` to ``dst`` with ``__metadata__`` in sorted key order.
+
+    safetensors writes the metadata in Rust hash-map order, which differs between processes, so the
+    same patch got different bytes (and hashes) on every run. Offsets are relative to the data
+    section, so re-writing the header (padded to 8 bytes, as safetensors does) is safe.
+    """
+    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
+        n = int.from_bytes(f_in.read(8), "little")
+        header = json.loads(f_in.read(n))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        f_out.write(len(text).to_bytes(8, "little") + text)
+        shutil.copyfileobj(f_in, f_out, 16 << 20)
 
 
 def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sdd.config import ConfigError, check_concept_names, format_validation_error
+from sdd.config import ConfigError, check_concept_name, check_concept_names, format_validation_error
 from sdd.storage import write_json_atomic, write_text_atomic
 from sdd.toy import world
 
@@ -68,6 +68,11 @@ class PromptRow(BaseModel):
         if isinstance(v, list | tuple) and all(isinstance(c, str) for c in v):
             return tuple(c.strip().lower() for c in v if c.strip())
         return v
+
+    @field_validator("concepts")
+    @classmethod
+    def _valid_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_concept_name(c) for c in v)  # names reach reports, tags and file names
 
     def canonical(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True,
@@ -174,15 +179,18 @@ def _parse_jsonl(text: str, path: str) -> PromptSet:
 
 
 def _parse_csv(text: str, path: str) -> PromptSet:
-    reader = csv.DictReader(io.StringIO(text))
-    missing = {"prompt", "seed"} - set(reader.fieldnames or [])
-    if missing:
-        raise PromptSetError(f"{path}: CSV needs columns prompt and seed "
-                             f"(missing: {', '.join(sorted(missing))})")
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # newline="": csv handles \r, \r\n itself
     rows = []
-    for n, record in enumerate(reader, start=1):
-        data = {k: v for k, v in record.items() if k in PromptRow.model_fields and v not in (None, "")}
-        rows.append(_row(data, f"{path}: row {n}"))
+    try:
+        missing = {"prompt", "seed"} - set(reader.fieldnames or [])
+        if missing:
+            raise PromptSetError(f"{path}: CSV needs columns prompt and seed "
+                                 f"(missing: {', '.join(sorted(missing))})")
+        for n, record in enumerate(reader, start=1):
+            data = {k: v for k, v in record.items() if k in PromptRow.model_fields and v not in (None, "")}
+            rows.append(_row(data, f"{path}: row {n}"))
+    except csv.Error as e:
+        raise PromptSetError(f"{path}: invalid CSV at line {reader.line_num} ({e})") from None
     return PromptSet(Path(path).stem, "custom", tuple(rows))
 
 

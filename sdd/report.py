@@ -6,6 +6,7 @@ the bottom row, column by column from the same prompt and seed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -43,7 +44,11 @@ def image_grid(rows: dict[str, Sequence[Image.Image]], cell: int | None = None) 
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "concept"
+    """A file-name-safe stem for ``text``: [a-z0-9-], at most 80 characters (long ones end in a hash)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "concept"
+    if len(slug) <= 80:
+        return slug
+    return f"{slug[:71]}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def write_grids(prompt_set: PromptSet, base_paths: Sequence[Path], erased_paths: Sequence[Path],

@@ -54,7 +54,7 @@ ROLES = ("base", "erased")
 #: What :func:`run_shard` returns (a plain dict, so it crosses process boundaries and persists as JSON):
 #: ``format``, ``index``, ``count``, ``prompt_set_sha256``, ``rows`` (global row indices, ascending),
 #: ``images`` ({role: [path per row]}), ``judgements`` ({concept: {"rows": [...], role: {"present",
-#: "score"}}}), ``models`` ({role: model info incl. ``unet_sha256``}), ``timing`` and ``host``.
+#: "score"}}}), ``models`` ({role: model info incl. ``unet_sha256``}), ``timing``, ``host`` and ``pid``.
 ShardResult = dict[str, Any]
 
 
@@ -143,6 +143,7 @@ def run_shard(shard: Shard, prompt_set: PromptSet, base_pipe, erased_pipe, judge
     Generation is resumable as in :func:`sdd.generate.generate`: rerunning a crashed shard keeps
     the images it finished. Returns a :data:`ShardResult` (JSON-serialisable).
     """
+    import os
     import platform
 
     from sdd.evaluate import judge_concept
@@ -170,7 +171,7 @@ def run_shard(shard: Shard, prompt_set: PromptSet, base_pipe, erased_pipe, judge
         judgements[concept] = entry
     t2 = time.perf_counter()
     return {"format": SHARD_FORMAT, **shard.to_dict(), "images": images, "judgements": judgements,
-            "models": models, "host": platform.node(),
+            "models": models, "host": platform.node(), "pid": os.getpid(),
             "timing": {"generate_s": t1 - t0, "judge_s": t2 - t1, "images": 2 * len(shard.rows)}}
 
 
@@ -250,8 +251,8 @@ def merge(prompt_set: PromptSet, results: Sequence[ShardResult]) -> Merged:
                 raise ShardError(f"the shards judged '{concept}' on {len(judged)} rows, the set has {len(idx)}")
             presence[concept][role] = [judged[i][0] for i in idx]
             scores[concept][role] = [judged[i][1] for i in idx]
-    shards = sorted(({"index": r["index"], "rows": len(r["rows"]), "host": r.get("host"), "timing": r.get("timing")}
-                     for r in results), key=lambda s: s["index"])
+    shards = sorted(({"index": r["index"], "rows": len(r["rows"]), "host": r.get("host"), "pid": r.get("pid"),
+                      "timing": r.get("timing")} for r in results), key=lambda s: s["index"])
     return Merged({role: list(v) for role, v in paths.items()}, presence, scores, reference, shards)
 
 

@@ -70,7 +70,8 @@ class StackConfig:
         self.project = Path(self.project).resolve()
         self.state_dir = Path(self.state_dir or self.project / STATE_DIR).resolve()
         self.mlflow_db = Path(self.mlflow_db or self.project / LOCAL_STORE_DIR / "mlflow.db").resolve()
-        self.mlflow_artifacts = Path(self.mlflow_artifacts or self.project / LOCAL_STORE_DIR / "artifacts").resolve()
+        self.mlflow_artifacts = Path(self.mlflow_artifacts
+                                     or self.project / LOCAL_STORE_DIR / "artifacts").resolve()
 
     @property
     def prefect_url(self) -> str:
@@ -131,27 +132,57 @@ def spawn(name: str, cmd: list[str], env: dict[str, str], state_dir: Path, cwd: 
     return record
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; empty elsewhere), e.g. a worker's flow runs."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_groups(groups: set[int], sig: int) -> set[int]:
+    """Send ``sig`` to each process group; return the groups that still exist."""
+    alive = set()
+    for group in groups:
+        try:
+            os.killpg(group, sig)
+            alive.add(group)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return alive
+
+
 def stop(record: dict[str, Any], timeout_s: float = 20.0) -> None:
-    """SIGTERM the process group, wait, then SIGKILL what is left."""
+    """SIGTERM the process's group and those of its descendants, wait, then SIGKILL what is left.
+
+    A worker starts each flow run in a process group of its own, so the run would outlive a
+    signal to the worker's group alone; it is stopped too (it shows as Crashed, and a re-run
+    resumes it: see flows/erase.py).
+    """
     if not is_alive(record):
         return
-    pgid = record["pid"]  # start_new_session: the group id is the leader's pid
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    groups = {record["pid"]}  # start_new_session: the group id is the leader's pid
+    for pid in descendants(record["pid"]):
         try:
-            os.killpg(pgid, 0)
+            groups.add(os.getpgid(pid))
         except ProcessLookupError:
-            return
+            pass
+    groups = _signal_groups(groups, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while groups and time.monotonic() < deadline:
         _reap(record["pid"])
         time.sleep(0.2)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        groups = _signal_groups(groups, 0)
+    _signal_groups(groups, signal.SIGKILL)
     _reap(record["pid"])
 
 
@@ -178,7 +209,8 @@ def read_records(state_dir: Path) -> list[dict[str, Any]]:
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         text = response.read().decode()
     return json.loads(text) if text else None
@@ -221,7 +253,8 @@ def wait_for_worker(cfg: StackConfig, pool: str, record: dict[str, Any]) -> None
         except (OSError, ValueError):
             pass
         time.sleep(1.0)
-    raise StackError(f"worker for pool {pool} did not register within {cfg.timeout_s:.0f} s; log {record['log']}")
+    raise StackError(f"worker for pool {pool} did not register within {cfg.timeout_s:.0f} s; "
+                     f"log {record['log']}")
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -279,13 +312,12 @@ def deploy(cfg: StackConfig, env: dict[str, str]) -> None:
 def _start_servers(cfg: StackConfig, env: dict[str, str]) -> None:
     cfg.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
     cfg.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-    prefect_server = spawn("prefect-server", [_tool("prefect"), "server", "start", "--host", cfg.host,
-                                              "--port", str(cfg.prefect_port)], env, cfg.state_dir, cfg.project)
-    mlflow_server = spawn("mlflow-server", [_tool("mlflow"), "server", "--backend-store-uri",
-                                            f"sqlite:///{cfg.mlflow_db}", "--artifacts-destination",
-                                            str(cfg.mlflow_artifacts), "--host", cfg.host, "--port",
-                                            str(cfg.mlflow_port), "--workers", "1"], env, cfg.state_dir,
-                          cfg.project)
+    prefect_cmd = [_tool("prefect"), "server", "start", "--host", cfg.host, "--port", str(cfg.prefect_port)]
+    mlflow_cmd = [_tool("mlflow"), "server", "--backend-store-uri", f"sqlite:///{cfg.mlflow_db}",
+                  "--artifacts-destination", str(cfg.mlflow_artifacts), "--host", cfg.host,
+                  "--port", str(cfg.mlflow_port), "--workers", "1"]
+    prefect_server = spawn("prefect-server", prefect_cmd, env, cfg.state_dir, cfg.project)
+    mlflow_server = spawn("mlflow-server", mlflow_cmd, env, cfg.state_dir, cfg.project)
     wait_for(f"{cfg.prefect_url}/api/health", prefect_server, cfg.timeout_s)
     wait_for(f"{cfg.mlflow_url}/health", mlflow_server, cfg.timeout_s)
 
@@ -310,7 +342,8 @@ def up(cfg: StackConfig) -> dict[str, Any]:
         pid_file.unlink()
     for what, port in (("Prefect", cfg.prefect_port), ("MLflow", cfg.mlflow_port)):
         if not port_is_free(cfg.host, port):
-            raise StackError(f"port {port} for the {what} server is in use; pick another with --{what.lower()}-port")
+            raise StackError(f"port {port} for the {what} server is in use; "
+                             f"pick another with --{what.lower()}-port")
     env = stack_env(cfg)
     try:
         _start_servers(cfg, env)
@@ -321,9 +354,9 @@ def up(cfg: StackConfig) -> dict[str, Any]:
     except BaseException:
         down(cfg.state_dir)
         raise
-    info = {"prefect_ui": cfg.prefect_url, "prefect_api": f"{cfg.prefect_url}/api", "mlflow_ui": cfg.mlflow_url,
-            "pools": list(cfg.pools), "project": str(cfg.project), "prefect_home": env["PREFECT_HOME"],
-            "logs": str(cfg.state_dir / "logs")}
+    info = {"prefect_ui": cfg.prefect_url, "prefect_api": f"{cfg.prefect_url}/api",
+            "mlflow_ui": cfg.mlflow_url, "pools": list(cfg.pools), "project": str(cfg.project),
+            "prefect_home": env["PREFECT_HOME"], "logs": str(cfg.state_dir / "logs")}
     (cfg.state_dir / STATE_FILE).write_text(json.dumps(info, indent=1))
     return info
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -324,6 +324,9 @@ prompt_files = st.one_of(
 
 @FUZZ
 @given(content=prompt_files, suffix=st.sampled_from([".jsonl", ".csv"]))
+@example(content=b"\r0", suffix=".csv")  # found by this test: csv.Error escaped as a traceback
+@example(content=b"prompt,seed\n\x00,1\n", suffix=".csv")
+@example(content=b'prompt,seed\n"unterminated,1\n', suffix=".csv")
 def test_read_prompt_set_returns_a_set_or_one_line_error(scratch, content, suffix):
     path = scratch / f"prompts{suffix}"
     path.write_bytes(content)

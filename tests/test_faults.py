@@ -87,13 +87,15 @@ def test_kill_9_after_a_checkpoint_then_resume_is_bit_identical(tmp_path, params
     rng = random.Random(seed)
     out = tmp_path / "out"
     args = ("erase", "--model", "toy", "--concept", CONCEPT, "--out", str(out), "--config", str(params_file))
-    proc = subprocess.Popen(sdd_command(*args), cwd=REPO, env=sdd_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would stall the child
+        proc = subprocess.Popen(sdd_command(*args), cwd=REPO, env=sdd_env(), stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         while checkpoint_step(out) is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert proc.poll() is None, f"finished before its first checkpoint was seen: {proc.stdout.read()!r}"
+        assert proc.poll() is None, f"seed {seed}: ended before the kill: {log.read_text()[-2000:]}"
         time.sleep(rng.uniform(0, 0.8))  # a random point after the first checkpoint
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -101,7 +103,7 @@ def test_kill_9_after_a_checkpoint_then_resume_is_bit_identical(tmp_path, params
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"seed {seed}: exited {proc.returncode} before the kill"
+    assert proc.returncode == -signal.SIGKILL, f"seed {seed}: exited {proc.returncode}: {log.read_text()[-2000:]}"
     killed_at = checkpoint_step(out)
     assert not (out / PATCH_FILE).exists() or killed_at == TINY["steps"], f"seed {seed}"
 
@@ -159,3 +161,25 @@ def test_write_failure_mid_outputs_leaves_previous_outputs_intact(tmp_path, para
         {k: v for k, v in before.items() if not k.startswith(CHECKPOINT_DIR)}
     assert checkpoint_step(out) == TINY["steps"] + 2
     assert not list(out.glob(".*.tmp")), "a temporary folder of the failed write was left behind"
+
+
+def test_patch_bytes_do_not_depend_on_the_process(tmp_path):
+    """safetensors orders metadata by a randomly seeded hash map; the patch must not (same patch, same bytes)."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from sdd.distill import Concept, save_patch
+
+    teacher = [torch.arange(6.0).reshape(2, 3), torch.ones(4)]
+    fake = SimpleNamespace(config=SimpleNamespace(train_method="xattn"), base_hash="ab" * 32,
+                           concepts=[Concept("red", ["a red shape"]), Concept("Van Gogh")],
+                           trained=["up.attn2.to_k.weight", "down.attn2.to_q.bias"], teacher_params=teacher)
+    digests = set()
+    for i in range(12):
+        save_patch(fake, tmp_path / f"patch{i}.safetensors")
+        digests.add(digest(tmp_path / f"patch{i}.safetensors"))
+    assert len(digests) == 1
+    loaded = load_file(tmp_path / "patch0.safetensors")
+    assert torch.equal(loaded["up.attn2.to_k.weight"], teacher[0]) and torch.equal(loaded["down.attn2.to_q.bias"],
+                                                                                   teacher[1])
