@@ -41,7 +41,14 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.deployments import run_deployment
 from pydantic import BaseModel
 
-from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, normalise_concepts
+from flows.params import (
+    DistillSettings,
+    EvalSettings,
+    GateSettings,
+    PromptOptions,
+    concept_set_hash,
+    normalise_concepts,
+)
 from sdd.config import ConfigError, DistillConfig, EvalConfig, GatesConfig, load_registry_config
 from sdd.storage import write_json_atomic
 
@@ -96,8 +103,9 @@ def make_plan(concepts: list[str], base_model: str, distill: DistillConfig, eval
     concepts = normalise_concepts(concepts)
     if not concepts:
         raise ConfigError("give at least one concept to erase")
-    erasure_inputs = {"base_model": base_model, "concepts": concepts, "distill": distill.model_dump(mode="json"),
-                      "prompts": prompts.model_dump(mode="json")}
+    erasure_inputs = {"base_model": base_model, "concepts": concepts,
+                      "concepts_sha256": concept_set_hash(base_model, concepts),  # names and their prompts
+                      "distill": distill.model_dump(mode="json"), "prompts": prompts.model_dump(mode="json")}
     eval_inputs = {"evaluation": evaluation.model_dump(mode="json"), "gates": gates.model_dump(mode="json")}
     plan = ErasurePlan(key=_digest(erasure_inputs), eval_key=_digest(eval_inputs), runs_dir=str(runs_dir),
                        base_model=base_model, concepts=concepts,
@@ -154,9 +162,9 @@ def prepare_prompts(plan: ErasurePlan) -> dict[str, Any]:
         return json.loads(index_file.read_text())
     p = plan.prompts
     categories = {c: p.i2p_categories for c in plan.concepts} if p.i2p_categories else None
-    return build_prompt_sets(plan.concepts, plan.model_kind, plan.prompts_dir, seeds_per_prompt=p.seeds_per_prompt,
-                             i2p=p.i2p, i2p_categories=categories, i2p_limit=p.i2p_limit, coco=p.coco,
-                             benign_limit=p.benign_limit)
+    return build_prompt_sets(plan.concepts, plan.model_kind, plan.prompts_dir,
+                             seeds_per_prompt=p.seeds_per_prompt, i2p=p.i2p, i2p_categories=categories,
+                             i2p_limit=p.i2p_limit, coco=p.coco, benign_limit=p.benign_limit)
 
 
 # --- stage 2: distillation ----------------------------------------------------------------------
@@ -180,14 +188,14 @@ class DistillProgress:
         if step < self.total and now - self.last_update < self.every_s:
             return
         self.last_update = now
-        update_progress_artifact(self.artifact_id, progress=100.0 * step / self.total,
-                                 description=f"Distilling {self.what}: step {step}/{self.total}, loss {loss:.4g}")
+        description = f"Distilling {self.what}: step {step}/{self.total}, loss {loss:.4g}"
+        update_progress_artifact(self.artifact_id, progress=100.0 * step / self.total, description=description)
 
 
 def erasure_summary(erasure_dir: Path) -> dict[str, Any]:
     manifest = json.loads((erasure_dir / "manifest.json").read_text())
-    return {"dir": str(erasure_dir), "steps": manifest["steps"], "concepts_sha256": manifest["concepts_sha256"],
-            "final_loss": manifest.get("loss", {}).get("last")}
+    return {"dir": str(erasure_dir), "steps": manifest["steps"],
+            "concepts_sha256": manifest["concepts_sha256"], "final_loss": manifest.get("loss", {}).get("last")}
 
 
 def run_distillation(erasure_dir: Path, base_model: str, concepts: list[str], config: DistillConfig) -> dict:
@@ -200,7 +208,8 @@ def run_distillation(erasure_dir: Path, base_model: str, concepts: list[str], co
         get_run_logger().info("distillation already finished in %s", erasure_dir)
         return erasure_summary(erasure_dir)
     progress = DistillProgress(config.steps, f"{', '.join(concepts)} from {base_model}")
-    erase(base_model, default_concepts(base_model, concepts), erasure_dir, config, resume=True, on_step=progress)
+    erase(base_model, default_concepts(base_model, concepts), erasure_dir, config, resume=True,
+          on_step=progress)
     return erasure_summary(erasure_dir)
 
 
@@ -208,7 +217,7 @@ def run_distillation(erasure_dir: Path, base_model: str, concepts: list[str], co
       description="SDD distillation only (the GPU stage of erase-concepts); resumes its checkpoint.")
 def distill_concepts(erasure_dir: str, base_model: str, concepts: list[str],
                      distill: DistillSettings = DistillSettings()) -> dict[str, Any]:  # noqa: B008
-    """Erase ``concepts`` from ``base_model`` into ``erasure_dir`` (started by erase-concepts via its deployment)."""
+    """Erase ``concepts`` from ``base_model`` into ``erasure_dir`` (erase-concepts starts it on the gpu pool)."""
     return run_distillation(Path(erasure_dir), base_model, concepts, distill)
 
 
@@ -292,7 +301,8 @@ def mlflow_ui_url() -> str | None:
     if not uri.startswith(("http://", "https://")):
         return None
     parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}"
 
 
 def _fmt(value: Any) -> str:
@@ -306,8 +316,8 @@ def render_report(plan: ErasurePlan, evaluation: dict, registration: dict, stage
              "| concept | base rate | erased rate |", "|---|---:|---:|"]
     lines += [f"| {c} | {_fmt(r['base'])} | {_fmt(r['erased'])} |" for c, r in evaluation["concepts"].items()]
     lines += ["", "| gate | concept | value | threshold | result |", "|---|---|---:|---:|---|"]
-    lines += [f"| {c['gate']} | {c['concept'] or ''} | {_fmt(c['value'])} | {c['bound']} {_fmt(c['threshold'])} "
-              f"| {c['status']} |" for c in evaluation["checks"]]
+    lines += [f"| {c['gate']} | {c['concept'] or ''} | {_fmt(c['value'])} | "
+              f"{c['bound']} {_fmt(c['threshold'])} | {c['status']} |" for c in evaluation["checks"]]
     run_id, name, version = registration["run_id"], registration["name"], registration["version"]
     if mlflow_url:
         run = f"[{run_id[:12]}]({mlflow_url}/#/runs/{run_id})"

@@ -116,8 +116,8 @@ def re_erase(
         return {"action": "none", "set": sets.active, "concepts_sha256": wanted, "production": production}
 
     logger.info("re-erasing set %s: %s", sets.active, why)
-    result = erase_concepts(concepts=names, base_model=active.base_model, distill=distill, evaluation=evaluation,
-                            gates=gates, prompts=prompts, runs_dir=runs_dir,
+    result = erase_concepts(concepts=names, base_model=active.base_model, distill=distill,
+                            evaluation=evaluation, gates=gates, prompts=prompts, runs_dir=runs_dir,
                             distill_deployment=distill_deployment)
     reg = result["registration"]
     outcome = (f"Registered {reg['name']} version {reg['version']} with alias `{reg['alias']}`; promote it "

@@ -183,3 +183,54 @@ def test_re_erase_does_nothing_until_the_active_set_changes(world, tmp_path):
     new = changed["erasure"]["registration"]
     assert new["alias"] == "candidate" and new["version"] > version and len(versions()) == count + 1
     assert model_version_tags(new["version"])["concepts"] == "triangle"
+
+
+# --- the local stack's process handling (no servers) ---------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")  # exited; a zombie waits only for its reaper
+
+
+def test_stack_down_stops_a_worker_and_the_runs_it_started_in_their_own_session(tmp_path):
+    import os
+    import sys
+    import time
+
+    from sdd.stack import descendants, down, is_alive, read_records, spawn, status
+
+    # Like a Prefect process worker: the flow run it starts gets a session (process group) of its own.
+    code = ("import subprocess, time; subprocess.Popen(['sleep', '600'], start_new_session=True); "
+            "time.sleep(600)")
+    record = spawn("worker-test", [sys.executable, "-c", code], dict(os.environ), tmp_path, tmp_path)
+    deadline = time.monotonic() + 60
+    while not descendants(record["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [run] = descendants(record["pid"])
+    assert os.getpgid(run) != record["pid"] and status(tmp_path)["processes"]["worker-test"]["alive"]
+
+    assert down(tmp_path) == ["worker-test"]
+    assert _gone(record["pid"]) and _gone(run) and read_records(tmp_path) == []
+    assert down(tmp_path) == []
+    # a pid file whose pid now belongs to another program is not ours to stop
+    assert not is_alive({"pid": os.getpid(), "marker": "not-this-program"})
+
+
+def test_cli_stack_status_and_publish_say_what_is_missing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sdd.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["stack", "status"])
+    assert result.exit_code == 1 and "not running" in result.output
+    result = runner.invoke(app, ["concepts", "publish"])
+    assert result.exit_code == 2 and "no Prefect API" in result.output
+    result = runner.invoke(app, ["concepts", "publish", "--api-url", "http://127.0.0.1:9/api"])
+    assert result.exit_code == 2 and "file not found" in result.output and "Traceback" not in result.output
