@@ -279,6 +279,24 @@ def _model_info(pipe, name: str | None) -> dict[str, Any]:
     return info
 
 
+def metrics_document(models: dict, prompt_set: PromptSet, judge: Judge, cfg: EvalConfig, gates: GatesConfig,
+                     measured: dict[str, Any]) -> dict[str, Any]:
+    """The metrics.json content: what was compared and how, the measurements, and the gate verdicts."""
+    metrics = {
+        "schema_version": SCHEMA_VERSION,
+        "models": models,
+        "prompt_set": prompt_set.summary(),
+        "generation": {"num_inference_steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
+                       "height": cfg.height, "width": cfg.width,
+                       "seeding": "one CPU torch.Generator per row"},
+        "judge": {"name": judge.name, "settings": judge.settings()},
+        **measured,
+    }
+    metrics["gates"] = apply_gates(metrics, gates)
+    metrics["verdict"] = metrics["gates"]["verdict"]
+    return metrics
+
+
 def evaluate(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg: EvalConfig,
              gates: GatesConfig, out_dir: Path, *, base_name: str | None = None,
              erased_name: str | None = None, base_images: Path | None = None,
@@ -301,17 +319,7 @@ def evaluate(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg: E
                                       model_id=models[role].get("unet_sha256"))
         paths[role] = generate(pipe, prompt_set, folders[role], settings, cfg.batch_size,
                                progress=progress, desc=f"generate ({role})")
-    metrics = {
-        "schema_version": SCHEMA_VERSION,
-        "models": models,
-        "prompt_set": prompt_set.summary(),
-        "generation": {"num_inference_steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
-                       "height": cfg.height, "width": cfg.width,
-                       "seeding": "one CPU torch.Generator per row"},
-        "judge": {"name": judge.name, "settings": judge.settings()},
-        **measure(prompt_set, paths["base"], paths["erased"], judge, cfg, out_dir / "judgements.jsonl"),
-    }
-    metrics["gates"] = apply_gates(metrics, gates)
-    metrics["verdict"] = metrics["gates"]["verdict"]
+    measured = measure(prompt_set, paths["base"], paths["erased"], judge, cfg, out_dir / "judgements.jsonl")
+    metrics = metrics_document(models, prompt_set, judge, cfg, gates, measured)
     write_report(metrics, prompt_set, paths["base"], paths["erased"], out_dir, cfg.grid_images)
     return metrics

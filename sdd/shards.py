@@ -288,23 +288,13 @@ def finish(prompt_set: PromptSet, results: Sequence[ShardResult], judge, cfg: Ev
     Returns the metrics dict (also in ``out_dir/metrics.json``): the same keys and values as a
     single-process evaluation of the same set with the same models and settings.
     """
-    from sdd.evaluate import SCHEMA_VERSION, apply_gates
+    from sdd.evaluate import metrics_document
     from sdd.report import write_report
 
     out_dir = Path(out_dir)
     merged = merge(prompt_set, results)
-    metrics = {
-        "schema_version": SCHEMA_VERSION,
-        "models": merged.models,
-        "prompt_set": prompt_set.summary(),
-        "generation": {"num_inference_steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
-                       "height": cfg.height, "width": cfg.width,
-                       "seeding": "one CPU torch.Generator per row"},
-        "judge": {"name": judge.name, "settings": judge.settings()},
-        **measure_merged(prompt_set, merged, judge, cfg, out_dir / "judgements.jsonl"),
-    }
-    metrics["gates"] = apply_gates(metrics, gates)
-    metrics["verdict"] = metrics["gates"]["verdict"]
+    metrics = metrics_document(merged.models, prompt_set, judge, cfg, gates,
+                               measure_merged(prompt_set, merged, judge, cfg, out_dir / "judgements.jsonl"))
     write_report(metrics, prompt_set, merged.paths["base"], merged.paths["erased"], out_dir, cfg.grid_images)
     write_json_atomic(out_dir / SHARDS_FILE, {"format": SHARD_FORMAT, "prompt_set_sha256": prompt_set.sha256,
                                               "count": results[0]["count"], "shards": merged.shards})
