@@ -132,3 +132,13 @@ def write_report(metrics: dict[str, Any], prompt_set: PromptSet, base_paths: Seq
     metrics["grids"] = write_grids(prompt_set, base_paths, erased_paths, out_dir, grid_images)
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_markdown(metrics))
+    write_text_atomic(out_dir / "rates.csv", rates_csv(metrics))
+
+
+def rates_csv(metrics: dict[str, Any]) -> str:
+    """Per-concept presence rates of both models, one row each (the DVC ``evaluate`` plot)."""
+    lines = ["concept,model,rate"]
+    for concept, m in metrics["concepts"].items():
+        lines += [f"{concept},{role},{m[role]['rate']:.6f}" for role in ("base", "erased")
+                  if m[role]["rate"] is not None]
+    return "\n".join(lines) + "\n"

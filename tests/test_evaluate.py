@@ -197,6 +197,8 @@ def test_metrics_equal_a_hand_count(tmp_path, toy):
     assert len((tmp_path / "judgements.jsonl").read_text().splitlines()) == 12
     report = (tmp_path / "report.md").read_text()
     assert "FAIL" in report and "grids/red.png" in report and ps.sha256 in report
+    rates = (tmp_path / "rates.csv").read_text().splitlines()
+    assert rates[0] == "concept,model,rate" and rates[2] == "red,erased,0.250000"
     grid = Image.open(tmp_path / on_disk["grids"]["red"]["file"])
     assert grid.size[1] == 2 * 96 and (tmp_path / "grids" / "benign.png").is_file()
 
