@@ -142,10 +142,15 @@ def test_flow_run_folders_are_keyed_by_a_digest_not_by_concept_names(tmp_path):
     pytest.importorskip("prefect")
     from flows.erase import make_plan
     from flows.params import PromptOptions
-    from sdd.config import DistillConfig, EvalConfig, GatesConfig
+    from sdd.config import ConfigError, DistillConfig, EvalConfig, GatesConfig
 
-    plan = make_plan(["../../escape", "/etc", "a\\b"], "toy", DistillConfig(), EvalConfig(), GatesConfig(),
-                     PromptOptions(), str(tmp_path / "runs"))
+    for unsafe in (["../../escape"], ["/etc"], ["a\\b"]):  # refused outright, before any folder exists
+        with pytest.raises(ConfigError, match="path separators"):
+            make_plan(unsafe, "toy", DistillConfig(), EvalConfig(), GatesConfig(), PromptOptions(),
+                      str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+    plan = make_plan(["bodily fluids", "Ünïcode; rm -rf ~", "C:red"], "org/sd-model", DistillConfig(), EvalConfig(),
+                     GatesConfig(), PromptOptions(), str(tmp_path / "runs"))
     runs = (tmp_path / "runs").resolve()
     for folder in (plan.run_dir, plan.prompts_dir, plan.erasure_dir, plan.eval_dir):
         assert folder.resolve().is_relative_to(runs)
