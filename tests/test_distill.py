@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from safetensors.torch import load_file
-from tiny_models import one_thread, save_tiny_pipelines
+from tiny_models import one_thread
 from typer.testing import CliRunner
 
 import sdd.distill as distill
@@ -37,11 +37,6 @@ FAST = dict(ddim_steps=4, checkpoint_every=100, seed=1)
 
 def fast_config(**overrides) -> DistillConfig:
     return DistillConfig(**{**FAST, **overrides})
-
-
-@pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory):
-    return save_tiny_pipelines(tmp_path_factory.mktemp("tiny_pipelines"))
 
 
 @pytest.fixture(autouse=True)

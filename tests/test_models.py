@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from tiny_models import SAMPLE_SIZE, one_thread, save_tiny_pipelines
+from tiny_models import SAMPLE_SIZE, one_thread
 
 import sdd.toy
 from sdd.config import ConfigError
@@ -24,11 +24,6 @@ from sdd.models import (
 EXPECTED_CLASS = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline,
                   "sdxl": StableDiffusionXLPipeline}
 
-
-
-@pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory):
-    return save_tiny_pipelines(tmp_path_factory.mktemp("tiny_pipelines"))
 
 
 @pytest.fixture(autouse=True)
