@@ -207,13 +207,27 @@ def read_records(state_dir: Path) -> list[dict[str, Any]]:
 # --- waiting for things -------------------------------------------------------------------------
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
+RETRYABLE_STATUS = {429, 503}  # Prefect answers 503 when SQLite is locked: "retry", not "failed"
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0, retries: int = 6) -> Any:
+    """One JSON call, retried with backoff while the server says it is busy (429/503).
+
+    A POST that creates something should carry an idempotency key so that a retry cannot create
+    it twice.
+    """
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        text = response.read().decode()
-    return json.loads(text) if text else None
+    for attempt in range(retries + 1):
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                text = response.read().decode()
+            return json.loads(text) if text else None
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRYABLE_STATUS or attempt == retries:
+                raise
+            time.sleep(min(2 ** attempt, 15))
 
 
 def _tail(path: str | Path, chars: int = 2000) -> str:

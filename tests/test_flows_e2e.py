@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import uuid
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,12 @@ def stack(tmp_path_factory):
 
 
 def api(stack, method: str, path: str, body=None):
-    """One REST call; reads are retried, since a server sharing 2 busy cores can answer slowly."""
-    retries = 0 if path.endswith("/create_flow_run") else 4
+    """One REST call, retried on timeouts, since a server sharing 2 busy cores can answer slowly.
+
+    ``http_json`` itself retries the server's "busy" answers (503 while SQLite is locked); run
+    creation carries an idempotency key, so neither retry can start a second run.
+    """
+    retries = 4
     for attempt in range(retries + 1):
         try:
             return http_json(method, f"{stack['prefect_api']}{path}", body, timeout=60)
@@ -72,7 +77,7 @@ def wait_for_run(stack, run_id: str, timeout_s: float = 900) -> dict:
 def start_run(stack, deployment: str, parameters: dict) -> dict:
     """What the UI's "Run" button does."""
     run = api(stack, "POST", f"/deployments/{deployment_id(stack, deployment)}/create_flow_run",
-              {"parameters": parameters})
+              {"parameters": parameters, "idempotency_key": uuid.uuid4().hex})
     return wait_for_run(stack, run["id"])
 
 
