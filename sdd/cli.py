@@ -215,6 +215,26 @@ def evaluate_cmd(
     if strict and metrics["verdict"] != "pass":
         raise typer.Exit(1)
 
+
+@app.command("plots")
+def plots_cmd(
+    loss: Path = typer.Option(Path("data/erased/loss.csv"), "--loss", help="loss.csv of `sdd erase`."),
+    rates: Path = typer.Option(Path("data/eval/rates.csv"), "--rates", help="rates.csv of `sdd evaluate`."),
+    out: Path = typer.Option(Path("data/plots"), "--out", help="Output folder (loss.png, rates.png)."),
+) -> None:
+    """Render the loss curve and the per-concept base/erased rates as PNGs (viewable offline)."""
+    from sdd.config import ConfigError
+    from sdd.plots import write_plots
+
+    try:
+        written = write_plots(loss, rates, out)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for path in written.values():
+        typer.echo(f"wrote {path}")
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     app()
 

@@ -404,24 +404,62 @@ def _dvc_files(project: Path) -> list[Path]:
     return sorted(found)
 
 
+#: The concept list the ``prepare`` stage reads and the prompt sets it writes (see dvc.yaml).
+DVC_CONCEPTS_FILE, DVC_PROMPTS_OUT = "params/concepts.yaml", "data/prompts"
+
+
+def _lock_outs(stages: dict[str, Any]) -> dict[str, str]:
+    """``{path: hash}`` of every stage output recorded in ``dvc.lock`` (md5, or etag for cloud outputs)."""
+    outs: dict[str, str] = {}
+    for stage in stages.values():
+        for out in (stage.get("outs") or []) if isinstance(stage, dict) else []:
+            if isinstance(out, dict) and out.get("path"):
+                outs[str(out["path"])] = str(out.get("md5") or out.get("etag") or out.get("checksum") or "?")
+    return outs
+
+
 def dvc_info(project: Path | None = None) -> dict[str, str]:
     """DVC provenance: the commit and sha256 of ``dvc.lock``, md5 of the params files it tracks,
-    and the output hashes of ``*.dvc`` files; ``"none"`` for what does not exist."""
+    and the output hashes of ``*.dvc`` files; ``"none"`` for what does not exist.
+
+    Lineage of the concept list and the prompt sets: ``dvc_concepts`` is the md5 of
+    ``params/concepts.yaml`` (the hash DVC gives that file), ``dvc_prompts`` the hash ``dvc.lock``
+    records for ``data/prompts`` (the ``prepare`` stage's output; ``dvc pull`` / ``dvc checkout``
+    with that lock bring the exact sets back), ``dvc_concepts_locked`` whether the concept list
+    ``dvc.lock`` recorded for that output equals the file now (``true`` / ``false``), and
+    ``dvc_outs`` every output hash of ``dvc.lock`` (``path=hash``, comma-separated)."""
     import yaml
 
     project = Path(project or Path.cwd())
-    info = {"dvc_rev": "none", "dvc_lock": "none", "dvc_params": "none", "dvc_data": "none"}
+    info = {"dvc_rev": "none", "dvc_lock": "none", "dvc_params": "none", "dvc_data": "none",
+            "dvc_concepts": "none", "dvc_prompts": "none", "dvc_concepts_locked": "none", "dvc_outs": "none"}
+    concepts_file = project / DVC_CONCEPTS_FILE
+    if concepts_file.is_file():
+        info["dvc_concepts"] = _md5(concepts_file)
     lock = project / "dvc.lock"
     if lock.is_file():
         info["dvc_lock"] = hashlib.sha256(lock.read_bytes()).hexdigest()
         info["dvc_rev"] = _git("log", "-1", "--format=%H", "--", "dvc.lock", cwd=project) or "none"
         try:
             stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-        except yaml.YAMLError:
+        except (yaml.YAMLError, AttributeError):
             stages = {}
-        params_files = sorted({f for s in stages.values() for f in (s.get("params") or {})})
+        stages = stages if isinstance(stages, dict) else {}
+        params_files = sorted({f for s in stages.values() if isinstance(s, dict) for f in (s.get("params") or {})})
         hashes = [f"{f}={_md5(project / f)}" for f in params_files if (project / f).is_file()]
         info["dvc_params"] = ",".join(hashes) or "none"
+        outs = _lock_outs(stages)
+        info["dvc_outs"] = ",".join(f"{p}={h}" for p, h in sorted(outs.items())) or "none"
+        info["dvc_prompts"] = outs.get(DVC_PROMPTS_OUT, "none")
+        locked = [s["params"][DVC_CONCEPTS_FILE] for s in stages.values() if isinstance(s, dict)
+                  and DVC_PROMPTS_OUT in {o.get("path") for o in s.get("outs") or [] if isinstance(o, dict)}
+                  and DVC_CONCEPTS_FILE in (s.get("params") or {})]
+        if locked and concepts_file.is_file():
+            try:
+                current = yaml.safe_load(concepts_file.read_text(encoding="utf-8"))
+            except yaml.YAMLError:
+                current = None
+            info["dvc_concepts_locked"] = str(current == locked[0]).lower()
     data = []
     for path in _dvc_files(project):
         try:

@@ -1,0 +1,129 @@
+"""Static PNG plots of a run, viewable offline (DVC's default HTML loads Vega from a CDN).
+
+* :func:`loss_plot`: the distillation loss per step (``loss.csv`` of ``sdd erase``), raw and smoothed;
+* :func:`rates_plot`: per-concept presence rates of the base and the erased model
+  (``rates.csv`` of ``sdd evaluate``), as grouped horizontal bars.
+
+Only matplotlib (Agg backend) and the standard library: the ``plots`` stage of ``dvc.yaml`` runs
+``sdd plots`` without loading torch. The PNGs carry no timestamp, so equal inputs give equal bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from sdd.config import ConfigError
+from sdd.storage import atomic_path
+
+LOSS_PNG, RATES_PNG = "loss.png", "rates.png"
+_PNG_METADATA = {"Software": None}  # no matplotlib version in the file: bytes depend on the data only
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}")
+        return list(reader)
+
+
+def read_losses(path: Path) -> list[tuple[int, float]]:
+    """(step, loss) rows of a ``loss.csv``."""
+    rows = _read_csv(path, ("step", "loss"))
+    try:
+        return [(int(r["step"]), float(r["loss"])) for r in rows]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: not a number ({e})") from None
+
+
+def read_rates(path: Path) -> dict[str, dict[str, float]]:
+    """``{concept: {model: rate}}`` from a ``rates.csv`` (columns concept, model, rate)."""
+    rows = _read_csv(path, ("concept", "model", "rate"))
+    rates: dict[str, dict[str, float]] = {}
+    try:
+        for r in rows:
+            rates.setdefault(r["concept"], {})[r["model"]] = float(r["rate"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: not a number ({e})") from None
+    return rates
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average over up to ``window`` values."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(width, height), dpi=100)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata=_PNG_METADATA)
+    plt.close(fig)
+    return path
+
+
+def loss_plot(losses: list[tuple[int, float]], path: Path) -> Path:
+    """Loss per optimizer step (thin) and its moving average (thick) as a PNG."""
+    plt, fig, ax = _figure(6.4, 3.6)
+    if losses:
+        steps, values = zip(*losses, strict=True)
+        window = max(1, len(values) // 20)
+        ax.plot(steps, values, color="tab:blue", alpha=0.35 if window > 1 else 1.0, linewidth=1, label="loss")
+        if window > 1:
+            ax.plot(steps, smooth(list(values), window), color="tab:blue", linewidth=2,
+                    label=f"moving average ({window} steps)")
+        ax.legend(loc="upper right")
+    else:
+        ax.text(0.5, 0.5, "no loss recorded", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("step")
+    ax.set_ylabel("SDD loss (MSE)")
+    ax.set_title("distillation loss")
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def rates_plot(rates: dict[str, dict[str, float]], path: Path) -> Path:
+    """Base vs erased presence rate per concept (horizontal bars, rates in %) as a PNG."""
+    concepts = list(rates)
+    plt, fig, ax = _figure(6.4, max(2.4, 1.0 + 0.6 * len(concepts)))
+    height = 0.38
+    for k, (model, color) in enumerate((("base", "tab:gray"), ("erased", "tab:red"))):
+        ys = [i + (k - 0.5) * height for i in range(len(concepts))]
+        xs = [100 * rates[c].get(model, float("nan")) for c in concepts]
+        bars = ax.barh(ys, xs, height=height, color=color, label=model)
+        ax.bar_label(bars, labels=[f"{x:.1f} %" if x == x else "n/a" for x in xs], padding=3, fontsize=8)
+    ax.set_yticks(range(len(concepts)), concepts)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 110)
+    ax.set_xlabel("presence rate on the concept's eval prompts (%)")
+    ax.set_title("erasure: base vs erased model")
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def write_plots(loss_csv: Path, rates_csv: Path, out_dir: Path) -> dict[str, Path]:
+    """``out_dir/loss.png`` from ``loss_csv`` and ``out_dir/rates.png`` from ``rates_csv``."""
+    out_dir = Path(out_dir)
+    losses, rates = read_losses(loss_csv), read_rates(rates_csv)
+    return {"loss": loss_plot(losses, out_dir / LOSS_PNG), "rates": rates_plot(rates, out_dir / RATES_PNG)}
