@@ -267,11 +267,22 @@ def measure(prompt_set: PromptSet, base_paths: Sequence[Path], erased_paths: Seq
     return {"concepts": concepts, "quality": quality}
 
 
+def portable_path(value: Any) -> Any:
+    """A path inside the working directory as a relative one, so metrics.json is the same in any clone."""
+    if not isinstance(value, str) or not Path(value).is_absolute():
+        return value
+    try:
+        return Path(value).relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return value
+
+
 def _model_info(pipe, name: str | None) -> dict[str, Any]:
     source = getattr(pipe, "sdd_source", None)
     info: dict[str, Any] = {"name": name or (source.model if source else type(pipe).__name__)}
     if source is not None:
         info.update(asdict(source))
+        info["path"] = portable_path(info["path"])
     if isinstance(getattr(pipe, "unet", None), torch.nn.Module):
         from sdd.models import unet_weights_hash
 
@@ -289,7 +300,7 @@ def metrics_document(models: dict, prompt_set: PromptSet, judge: Judge, cfg: Eva
         "generation": {"num_inference_steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
                        "height": cfg.height, "width": cfg.width,
                        "seeding": "one CPU torch.Generator per row"},
-        "judge": {"name": judge.name, "settings": judge.settings()},
+        "judge": {"name": judge.name, "settings": {k: portable_path(v) for k, v in judge.settings().items()}},
         **measured,
     }
     metrics["gates"] = apply_gates(metrics, gates)

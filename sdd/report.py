@@ -6,7 +6,9 @@ the bottom row, column by column from the same prompt and seed.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import re
 from collections.abc import Sequence
@@ -137,8 +139,10 @@ def write_report(metrics: dict[str, Any], prompt_set: PromptSet, base_paths: Seq
 
 def rates_csv(metrics: dict[str, Any]) -> str:
     """Per-concept presence rates of both models, one row each (the DVC ``evaluate`` plot)."""
-    lines = ["concept,model,rate"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")  # quotes a concept name such as "blood, gore"
+    writer.writerow(["concept", "model", "rate"])
     for concept, m in metrics["concepts"].items():
-        lines += [f"{concept},{role},{m[role]['rate']:.6f}" for role in ("base", "erased")
-                  if m[role]["rate"] is not None]
-    return "\n".join(lines) + "\n"
+        writer.writerows([concept, role, f"{m[role]['rate']:.6f}"] for role in ("base", "erased")
+                         if m[role]["rate"] is not None)
+    return out.getvalue()

@@ -263,3 +263,16 @@ def test_cli_evaluate_end_to_end(tmp_path, toy):
     bad = runner.invoke(app, ["evaluate", "--model", str(model), "--prompts", str(tmp_path / "none.jsonl"),
                               "--out", str(tmp_path / "o2"), "--base", str(model)])
     assert bad.exit_code == 2 and "none.jsonl: file not found" in bad.output
+
+
+def test_rates_csv_quotes_concept_names_with_commas():
+    import csv
+    import io
+
+    from sdd.report import rates_csv
+
+    metrics = {"concepts": {"blood, gore": {"base": {"rate": 0.5}, "erased": {"rate": 0.0}},
+                            "red": {"base": {"rate": 1.0}, "erased": {"rate": None}}}}
+    rows = list(csv.reader(io.StringIO(rates_csv(metrics))))
+    assert rows == [["concept", "model", "rate"], ["blood, gore", "base", "0.500000"],
+                    ["blood, gore", "erased", "0.000000"], ["red", "base", "1.000000"]]
