@@ -347,13 +347,21 @@ def stack_up(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface the servers listen on."),
     reerase_cron: str = typer.Option("0 2 * * *", "--reerase-cron", help="Cron (UTC) of the re-erase check."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Do not (re)apply prefect.yaml."),
+    prefect_db_url: str | None = typer.Option(
+        None, "--prefect-db-url", envvar="SDD_PREFECT_DB_URL", show_envvar=True,
+        help="Prefect server database, e.g. postgresql+asyncpg://user:pw@host:5432/prefect "
+             "(default: SQLite in PREFECT_HOME)"),
+    mlflow_backend_uri: str | None = typer.Option(
+        None, "--mlflow-backend-uri", envvar="SDD_MLFLOW_BACKEND_URI", show_envvar=True,
+        help="MLflow backend store, e.g. postgresql://user:pw@host:5432/mlflow (default: .sdd/mlflow.db)"),
 ) -> None:
     """Start Prefect and MLflow servers, create the cpu/gpu pools, deploy, start a worker per pool."""
     from sdd.stack import StackConfig, StackError, up
 
     try:
         info = up(StackConfig(host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
-                              reerase_cron=reerase_cron, deploy=not no_deploy))
+                              reerase_cron=reerase_cron, deploy=not no_deploy,
+                              prefect_db_url=prefect_db_url, mlflow_backend_uri=mlflow_backend_uri))
     except StackError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

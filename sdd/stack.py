@@ -3,10 +3,14 @@
 ``sdd stack up`` starts, in order:
 
 1. the **Prefect server** (``prefect server start``) -- SQLite in ``PREFECT_HOME`` by default, or
-   whatever ``PREFECT_API_DATABASE_CONNECTION_URL`` / ``PREFECT_SERVER_DATABASE_CONNECTION_URL``
-   in the environment points at (e.g. PostgreSQL);
+   the database of ``StackConfig.prefect_db_url`` (``sdd stack up --prefect-db-url``, e.g.
+   ``postgresql+asyncpg://user:pw@host:5432/prefect``), else whatever
+   ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` / ``PREFECT_API_DATABASE_CONNECTION_URL`` in the
+   environment points at;
 2. the **MLflow server** (``mlflow server``) on the same SQLite store and artifact folder that
-   ``sdd register`` uses without a server (``.sdd/mlflow.db``, ``.sdd/artifacts``);
+   ``sdd register`` uses without a server (``.sdd/mlflow.db``, ``.sdd/artifacts``), or on the
+   backend store of ``StackConfig.mlflow_backend_uri`` (``--mlflow-backend-uri``, e.g.
+   ``postgresql://user:pw@host:5432/mlflow``); artifacts stay in the artifact folder;
 3. the **work pools** ``cpu`` and ``gpu`` (process pools; ``gpu`` runs one flow at a time), the
    **deployments** of ``prefect.yaml`` (``prefect deploy --all``), and one **process worker** per
    pool, started from the project folder with ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` set.
@@ -16,8 +20,11 @@ leaves the worker's runs crashed). ``sdd stack status`` says what is running.
 
 Everything lives in ``.sdd/stack/``: ``<service>.pid``, ``logs/<service>.log``, ``stack.json`` (the
 URLs, for ``sdd concepts publish`` and ``status``) and ``prefect-home/`` (``PREFECT_HOME``: the
-Prefect database and task results), unless ``PREFECT_HOME`` is set. This module does not import
-Prefect or MLflow; it runs their command-line tools, found next to the running Python first.
+Prefect SQLite database and task results), unless ``PREFECT_HOME`` is set. ``prefect_db_url`` and
+``mlflow_backend_uri`` go to their server only, through its environment (not its command line,
+which ``ps`` and the pid files show): workers and flow runs talk to the servers' APIs and need no
+database credentials. This module does not import Prefect or MLflow; it runs their command-line
+tools, found next to the running Python first.
 """
 
 from __future__ import annotations
@@ -59,6 +66,10 @@ class StackConfig:
     mlflow_port: int = 5000
     mlflow_db: Path | None = None
     mlflow_artifacts: Path | None = None
+    # None: SQLite (PREFECT_HOME / mlflow_db). Otherwise a SQLAlchemy URL: postgresql+asyncpg://... for
+    # Prefect (its engine is async), postgresql://... (psycopg2) for MLflow.
+    prefect_db_url: str | None = None
+    mlflow_backend_uri: str | None = None
     pools: tuple[str, ...] = POOLS
     gpu_concurrency: int = 1
     reerase_cron: str = DEFAULT_CRON
@@ -80,6 +91,11 @@ class StackConfig:
     @property
     def mlflow_url(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def mlflow_store_uri(self) -> str:
+        """The MLflow server's backend store: ``mlflow_backend_uri``, else SQLite at ``mlflow_db``."""
+        return self.mlflow_backend_uri or f"sqlite:///{self.mlflow_db}"
 
 
 # --- processes and their pid files --------------------------------------------------------------
@@ -327,11 +343,15 @@ def _start_servers(cfg: StackConfig, env: dict[str, str]) -> None:
     cfg.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
     cfg.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     prefect_cmd = [_tool("prefect"), "server", "start", "--host", cfg.host, "--port", str(cfg.prefect_port)]
-    mlflow_cmd = [_tool("mlflow"), "server", "--backend-store-uri", f"sqlite:///{cfg.mlflow_db}",
-                  "--artifacts-destination", str(cfg.mlflow_artifacts), "--host", cfg.host,
-                  "--port", str(cfg.mlflow_port), "--workers", "1"]
-    prefect_server = spawn("prefect-server", prefect_cmd, env, cfg.state_dir, cfg.project)
-    mlflow_server = spawn("mlflow-server", mlflow_cmd, env, cfg.state_dir, cfg.project)
+    prefect_env = dict(env)
+    if cfg.prefect_db_url:  # the SERVER_ name takes precedence over the legacy API_ one
+        prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = cfg.prefect_db_url
+    # the store goes in by environment (``--backend-store-uri``'s variable), so no password shows in ps
+    mlflow_cmd = [_tool("mlflow"), "server", "--artifacts-destination", str(cfg.mlflow_artifacts),
+                  "--host", cfg.host, "--port", str(cfg.mlflow_port), "--workers", "1"]
+    mlflow_env = {**env, "MLFLOW_BACKEND_STORE_URI": cfg.mlflow_store_uri}
+    prefect_server = spawn("prefect-server", prefect_cmd, prefect_env, cfg.state_dir, cfg.project)
+    mlflow_server = spawn("mlflow-server", mlflow_cmd, mlflow_env, cfg.state_dir, cfg.project)
     wait_for(f"{cfg.prefect_url}/api/health", prefect_server, cfg.timeout_s)
     wait_for(f"{cfg.mlflow_url}/health", mlflow_server, cfg.timeout_s)
 
