@@ -22,16 +22,29 @@ flow on that deployment's work pool (``gpu``) and waits for it; the light stages
 calling flow's pool (``cpu``). Both pools must see the same ``runs_dir`` (one machine, or a shared
 volume). Without it, distillation runs in-process, which is what the tests and a laptop do.
 
+**One run per folder at a time.** Two runs for the same inputs (the same folder key) would train
+into the same checkpoint and race to register. The flow holds an exclusive file lock on
+``<key>/.lock`` (``fcntl.flock``) from its first stage to its last: a second run waits for the
+first, then finds every stage ``Cached`` and returns the same registration. The lock is released
+by the kernel when the process dies (a killed worker leaves no stale lock), and it works across
+processes and pools that share ``runs_dir`` on one machine or on a file system with POSIX locks.
+Behind it, :func:`sdd.registry.register` is idempotent (one version per erasure + evaluation).
+
 **Visible progress.** Distillation updates a progress artifact; the flow ends with a Markdown
 artifact holding the gate table and links to the MLflow run and model version.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +52,7 @@ from urllib.parse import urlsplit
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run as current_run
 from pydantic import BaseModel
 
 from flows.params import (
@@ -53,6 +67,7 @@ from sdd.config import ConfigError, DistillConfig, EvalConfig, GatesConfig, load
 from sdd.storage import write_json_atomic
 
 CACHE_ID_FILE = ".cache-id"
+LOCK_FILE = ".lock"
 RETRY_DELAYS_S = [10, 60]
 
 
@@ -118,12 +133,50 @@ def make_plan(concepts: list[str], base_model: str, distill: DistillConfig, eval
 
 
 def folder_id(folder: Path) -> str:
-    """The folder's ``.cache-id``, created on first use: a deleted folder comes back with a new one."""
+    """The folder's ``.cache-id``, created on first use: a deleted folder comes back with a new one.
+
+    Created with a hard link of a complete temporary file, so two processes asking at once agree on
+    one id (the second link fails) and nobody reads a half-written one.
+    """
     marker = folder / CACHE_ID_FILE
     if not marker.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        marker.write_text(uuid.uuid4().hex)
+        tmp = folder / f".{CACHE_ID_FILE}.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(uuid.uuid4().hex)
+        try:
+            os.link(tmp, marker)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
     return marker.read_text().strip()
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path, logger=None, holder: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir/.lock``; wait (and say so) while another run holds it.
+
+    The lock file names its holder (``holder``, pid, host, time) for the log of a run that waits.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            other = f.read().strip() or "unknown"
+            if logger is not None:
+                logger.info("another run of this erasure holds %s (%s); waiting for it to finish",
+                            run_dir / LOCK_FILE, other)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.truncate(0)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            f.write(f"{holder} pid {os.getpid()} on {socket.gethostname()} since {stamp}".strip() + "\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _cache_key(folder_of):
@@ -368,10 +421,13 @@ def erase_concepts(
     plan = make_plan(concepts, base_model, distill, evaluation, gates, prompts, runs_dir)
     logger.info("run folder %s (erasure key %s, evaluation key %s)", plan.run_dir, plan.key, plan.eval_key)
     stages: dict[str, str] = {}
-    _, stages["prepare-prompts"] = _run(prepare_prompts, plan)
-    _, stages["distill"] = _run(distill_stage, plan, distill_deployment)
-    result, stages["evaluate"] = _run(evaluate_stage, plan)
-    registration, stages["register"] = _run(register_stage, plan)
+    # One run per folder at a time: a concurrent twin waits here, then gets every stage from the cache.
+    holder = f"flow run {current_run.get_name()} ({current_run.get_id()})"
+    with run_folder_lock(plan.run_dir, logger, holder):
+        _, stages["prepare-prompts"] = _run(prepare_prompts, plan)
+        _, stages["distill"] = _run(distill_stage, plan, distill_deployment)
+        result, stages["evaluate"] = _run(evaluate_stage, plan)
+        registration, stages["register"] = _run(register_stage, plan)
 
     create_markdown_artifact(render_report(plan, result, registration, stages, mlflow_ui_url()),
                              key="erasure-report", description=f"Erasure of {', '.join(plan.concepts)}")

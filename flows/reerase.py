@@ -36,31 +36,17 @@ from sdd.config import load_concept_sets, load_registry_config
 
 @task(name="read-production", retries=2, retry_delay_seconds=RETRY_DELAYS_S)
 def read_production() -> dict[str, Any] | None:
-    """Tags of the model version holding the production alias, or None when there is none.
-
-    Uses MLflow's client on :func:`sdd.registry.resolve_store` directly, because ``sdd.registry``
-    has no public call yet that returns a version's tags by alias; swap it in when it does.
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from sdd.registry import resolve_store
+    """Tags of the model version holding the production alias, or None when there is none
+    (:func:`sdd.registry.alias_version`)."""
+    from sdd.registry import alias_version
 
     cfg = load_registry_config()
-    store = resolve_store(cfg)
-    client = MlflowClient(store.tracking_uri, store.registry_uri)
-    try:
-        aliases = client.get_registered_model(cfg.model_name).aliases
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":  # no model registered yet
-            return None
-        raise
-    if cfg.production_alias not in aliases:
+    row = alias_version(cfg.model_name, cfg.production_alias, cfg)
+    if row is None:
         return None
-    version = client.get_model_version(cfg.model_name, str(aliases[cfg.production_alias]))
-    return {"name": cfg.model_name, "version": int(version.version), "alias": cfg.production_alias,
-            "concepts": version.tags.get("concepts"), "concepts_sha256": version.tags.get("concepts_sha256"),
-            "base_model": version.tags.get("base_model")}
+    return {"name": row.name, "version": row.version, "alias": cfg.production_alias,
+            "concepts": row.tags.get("concepts"), "concepts_sha256": row.tags.get("concepts_sha256"),
+            "base_model": row.tags.get("base_model")}
 
 
 def why_changed(production: dict[str, Any] | None, wanted_hash: str, base_model: str) -> str | None:

@@ -261,15 +261,22 @@ def register_cmd(
 ) -> None:
     """Log an erasure and its evaluation to MLflow and register the model (alias candidate if gates pass)."""
     from sdd.config import ConfigError
-    from sdd.registry import register
+    from sdd.registry import ArtifactUploadError, register
 
     try:
         reg = register(run, eval_dir, _registry_config(params), name=name, tracking_uri=tracking_uri)
+    except ArtifactUploadError as e:  # the store, not the input: rerun later
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"run {reg.run_id}")
-    typer.echo(f"registered {reg.name} version {reg.version} (gates {reg.gates.tag})")
+    if reg.reused:
+        typer.echo(f"already registered: {reg.name} version {reg.version} holds this erasure and evaluation "
+                   f"(gates {reg.gates.tag})")
+    else:
+        typer.echo(f"registered {reg.name} version {reg.version} (gates {reg.gates.tag})")
     typer.echo(f"alias: {reg.alias or 'none'}")
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sdd.config import ConfigError, check_concept_name, check_concept_names, format_validation_error
-from sdd.storage import write_json_atomic, write_text_atomic
+from sdd.storage import check_writable_dir, write_json_atomic, write_text_atomic
 from sdd.toy import world
 
 FORMAT = "sdd-prompts"
@@ -442,6 +442,7 @@ def build_prompt_sets(concepts: Sequence[str], model_kind: str = "toy", out_dir:
     else:
         raise PromptSetError(f"model kind '{model_kind}' is unknown; use toy or real")
     out_dir = Path(out_dir)
+    check_writable_dir(out_dir)  # a one-line ConfigError, not an OSError traceback at the first write
     index: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "model_kind": model_kind,
                              "concepts": [c.strip().lower() for c in concepts], "sets": {}}
     for ps in sets:

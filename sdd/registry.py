@@ -24,6 +24,16 @@ This is the only module of ``sdd`` that imports MLflow. Three steps, each a smal
    version -- a failed gate, or no evaluation at all -- is still registered, for the record and
    for comparison, but with ``gates=failed`` and no alias, so nothing can pick it up by alias
    unless someone promotes it explicitly with ``force`` and a reason.
+   **Idempotent**: :func:`register` tags the version with a :func:`registration_key` (concept-set
+   hash, base model, distill config, the patch's and ``metrics.json``'s bytes) and returns the
+   existing version when the same erasure and evaluation are registered again. **Races**: on a
+   local SQLite store concurrent registrations queue on a file lock next to the database; against
+   a tracking server, racing duplicates each create a version, see the lowest-numbered version with
+   their key and all but its creator delete theirs -- one version per key either way.
+   **Artifact store down** (S3 gone mid-upload): boto3 (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``)
+   and MLflow's HTTP client (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``..._BACKOFF_FACTOR``) retry;
+   when they give up, the run ends ``FAILED``, its logged model ``FAILED``, no version is created,
+   and :class:`ArtifactUploadError` says so in one line.
 
 3. **Promote** (:func:`promote`): move an alias (default ``production``) to a version. A version
    whose gates failed is refused unless ``force=True`` with a non-empty ``reason``; the override is
@@ -64,6 +74,7 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
+import fcntl
 import getpass
 import hashlib
 import importlib.metadata
@@ -124,6 +135,14 @@ class PromotionRefused(RegistryError):
 
 class ConcurrentPromotionError(RegistryError):
     """Another promotion moved the alias between ours and its verification."""
+
+
+class ArtifactUploadError(RegistryError):
+    """The artifact store (S3, the server's proxied store) failed after the transport's retries.
+
+    Not the user's input: ``sdd register`` exits with status 1 and the flow's register stage retries.
+    The MLflow run is marked ``FAILED`` and no model version exists for it.
+    """
 
 
 # --- where MLflow lives -------------------------------------------------------------------------
@@ -191,6 +210,28 @@ def _mlflow_at(store: Store) -> Iterator[MlflowClient]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+@contextmanager
+def _store_lock(store: Store) -> Iterator[None]:
+    """For a local SQLite store, an exclusive file lock next to the database (``<db>.register.lock``).
+
+    It serialises :func:`register` across threads and processes of this machine, so a concurrent
+    registration of the same erasure waits and then finds the first one's version instead of logging a
+    second run. A tracking server has no such lock; there the version-key check in
+    :func:`register_erasure` keeps the registry to one version (see :func:`register`).
+    """
+    if not store.tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(store.tracking_uri.removeprefix("sqlite:///") + ".register.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:  # each open is its own lock owner, so threads exclude each other too
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -665,9 +706,21 @@ def log_erasure(run_dir: Path | str, eval_dir: Path | str | None = None, cfg: Re
             _log_batched(client, run_id, metrics=metrics,
                          params=[Param(k, v) for k, v in erasure_params(erasure, evaluation).items()],
                          tags=[RunTag(k, scrub(v)) for k, v in tags.items()])
-            _log_artifacts(erasure, evaluation)
-            model_info = _log_pyfunc(erasure, evaluation)
+            try:
+                _log_artifacts(erasure, evaluation)
+                model_info = _log_pyfunc(erasure, evaluation)
+            except Exception as e:  # raised after boto3's / MLflow's HTTP retries gave up
+                # Leaving the ``with`` ends the run as FAILED; a logged model is marked FAILED by MLflow.
+                raise ArtifactUploadError(_upload_failure(run.info, e)) from e
     return ErasureRun(run_id, model_info.model_uri, model_info.model_id, erasure, evaluation)
+
+
+def _upload_failure(info, error: Exception) -> str:
+    cause = " ".join((str(error).strip().splitlines() or [""])[0].split()) or "no message"
+    cause = cause if len(cause) <= 400 else f"{cause[:200]} ... {cause[-190:]}"  # the tail holds the reason
+    return scrub(f"cannot upload the run's artifacts to {info.artifact_uri} ({type(error).__name__}: {cause}); "
+                 f"MLflow run {info.run_id} is marked FAILED and nothing was registered; rerun when the "
+                 f"artifact store is reachable", limit=1000)
 
 
 # --- 2. registration ----------------------------------------------------------------------------
@@ -681,6 +734,55 @@ class Registration:
     version: int
     alias: str | None  # the candidate alias, or None when a gate failed
     gates: GateSummary
+    reused: bool = False  # the same erasure and evaluation were already registered as this version
+
+
+#: Model-version tag holding :func:`registration_key`; one version per key and model name.
+REGISTRATION_KEY_TAG = "registration_key"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def registration_key(erasure: Erasure, evaluation: Evaluation | None) -> str:
+    """What makes two registrations the same: concept set, base model, settings, weights, evaluation.
+
+    sha256 over the erasure's ``concepts_sha256``, base model (id, revision, UNet hash), distill config
+    and step count, the bytes of ``patch.safetensors`` (the trained weights) and of the evaluation's
+    ``metrics.json`` (``none`` without one). The same erasure folder with the same evaluation folder
+    always gives the same key; another evaluation, more steps or other weights give another.
+    """
+    m = erasure.manifest
+    parts = {"concepts_sha256": m.get("concepts_sha256"), "base_model": m.get("base_model"),
+             "config": m.get("config"), "steps": m.get("steps"),
+             "patch_sha256": _file_sha256(erasure.out_dir / PATCH_FILE),
+             "metrics_sha256": _file_sha256(evaluation.eval_dir / METRICS_FILE) if evaluation else "none"}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _versions_with_key(client: MlflowClient, name: str, key: str) -> list:
+    escaped = name.replace("'", "\\'")
+    try:
+        found = client.search_model_versions(f"name = '{escaped}' and tags.{REGISTRATION_KEY_TAG} = '{key}'",
+                                             max_results=1000)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def _reused(mv, name: str, cfg: RegistryConfig) -> Registration:
+    gates = GateSummary(mv.tags.get("gate_verdict", "none"),
+                        [] if mv.tags.get("gates_failed", "none") == "none" else mv.tags["gates_failed"].split("; "))
+    passed = mv.tags.get("gates") == GATES_PASSED
+    return Registration(mv.run_id, mv.source, name, int(mv.version), cfg.candidate_alias if passed else None,
+                        gates, reused=True)
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -703,18 +805,33 @@ def _link_logged_model(client: MlflowClient, model_id: str, name: str, version: 
 
 
 def register_erasure(run: ErasureRun, cfg: RegistryConfig | None = None, *, name: str | None = None,
-                     tracking_uri: str | None = None) -> Registration:
-    """Register the run's model as a new version; alias ``candidate`` only if every gate passed."""
+                     tracking_uri: str | None = None, key: str | None = None) -> Registration:
+    """Register the run's model as a new version; alias ``candidate`` only if every gate passed.
+
+    With ``key`` (see :func:`registration_key`) the version is tagged with it, and if another version
+    of ``name`` carries the same key, the lowest-numbered one is the registration: a racing duplicate
+    deletes the version it just created (before any alias is set) and returns the first one. Every
+    racer sees the lowest version once its own exists, so exactly one version per key survives.
+    """
     cfg = cfg or RegistryConfig()
     name = name or cfg.model_name
     gates = run.gates
     tags = {**provenance_tags(run.erasure, gates), "run_id": run.run_id}
+    if key:
+        tags[REGISTRATION_KEY_TAG] = key
     # The registry resolves ``models:/m-...`` through the global tracking URI: hence _mlflow_at.
     with _mlflow_at(resolve_store(cfg, tracking_uri)) as client:
         _ensure_registered_model(client, name)
         mv = client.create_model_version(name, source=run.model_uri, run_id=run.run_id, tags=tags,
                                          model_id=run.model_id)
         version = int(mv.version)
+        same = _versions_with_key(client, name, key) if key else []
+        first = same[0] if same else mv
+        if int(first.version) != version:  # lost a race with an identical registration
+            client.delete_model_version(name, str(version))
+            client.set_tag(run.run_id, "registered_model", f"{name}/{first.version}")
+            client.set_tag(run.run_id, "duplicate_of", f"{name}/{first.version}")
+            return _reused(first, name, cfg)
         _link_logged_model(client, run.model_id, name, version)
         alias = None
         if gates.passed:
@@ -724,11 +841,36 @@ def register_erasure(run: ErasureRun, cfg: RegistryConfig | None = None, *, name
     return Registration(run.run_id, run.model_uri, name, version, alias, gates)
 
 
+def find_registration(name: str, key: str, cfg: RegistryConfig | None = None, *,
+                      tracking_uri: str | None = None) -> Registration | None:
+    """The version of ``name`` registered with :func:`registration_key` ``key``, or None."""
+    cfg = cfg or RegistryConfig()
+    with _client(resolve_store(cfg, tracking_uri)) as client:
+        found = _versions_with_key(client, name, key)
+    return _reused(found[0], name, cfg) if found else None
+
+
 def register(run_dir: Path | str, eval_dir: Path | str | None, cfg: RegistryConfig | None = None, *,
              name: str | None = None, tracking_uri: str | None = None) -> Registration:
-    """:func:`log_erasure` then :func:`register_erasure` (what ``sdd register`` does)."""
-    run = log_erasure(run_dir, eval_dir, cfg, tracking_uri=tracking_uri)
-    return register_erasure(run, cfg, name=name, tracking_uri=tracking_uri)
+    """:func:`log_erasure` then :func:`register_erasure` (what ``sdd register`` does); idempotent.
+
+    If this erasure with this evaluation (:func:`registration_key`) is already a version of ``name``,
+    that version is returned (``reused=True``) and nothing is logged. Concurrent calls for the same
+    folders leave one version: on a local SQLite store they queue on a file lock (:func:`_store_lock`)
+    and the later ones find the first one's version; against a tracking server, each may log a run,
+    but :func:`register_erasure` keeps only the lowest-numbered version of the key.
+    """
+    cfg = cfg or RegistryConfig()
+    name = name or cfg.model_name
+    store = resolve_store(cfg, tracking_uri)
+    erasure = read_erasure(run_dir)
+    key = registration_key(erasure, read_evaluation(eval_dir) if eval_dir is not None else None)
+    with _store_lock(store):
+        existing = find_registration(name, key, cfg, tracking_uri=tracking_uri)
+        if existing is not None:
+            return existing
+        run = log_erasure(run_dir, eval_dir, cfg, tracking_uri=tracking_uri)
+        return register_erasure(run, cfg, name=name, tracking_uri=tracking_uri, key=key)
 
 
 # --- 3. promotion and listing -------------------------------------------------------------------
@@ -754,6 +896,7 @@ class VersionRow:
     run_id: str | None
     created: str
     forced: bool
+    tags: dict[str, str] = field(default_factory=dict)  # every model-version tag (concepts_sha256, ...)
 
 
 def _get_version(client: MlflowClient, name: str, version: int | str):
@@ -843,12 +986,34 @@ def list_versions(name: str, cfg: RegistryConfig | None = None, *,
     """All versions of ``name``, newest first: concepts, gate verdict, aliases, run."""
     with _client(resolve_store(cfg, tracking_uri)) as client:
         versions, aliases = _versions(client, name), _aliases_by_version(client, name)
-    rows = [VersionRow(name, int(v.version), v.tags.get("concepts", ""), v.tags.get("gates", "unknown"),
-                       v.tags.get("gate_verdict", "none"), aliases.get(int(v.version), []), v.run_id,
-                       _iso(v.creation_timestamp),
-                       "forced_by" in v.tags)
-            for v in versions]
+    rows = [_row(name, v, aliases.get(int(v.version), [])) for v in versions]
     return sorted(rows, key=lambda r: r.version, reverse=True)
+
+
+def _row(name: str, v, aliases: list[str]) -> VersionRow:
+    return VersionRow(name, int(v.version), v.tags.get("concepts", ""), v.tags.get("gates", "unknown"),
+                      v.tags.get("gate_verdict", "none"), aliases, v.run_id, _iso(v.creation_timestamp),
+                      "forced_by" in v.tags, dict(v.tags))
+
+
+def alias_version(name: str, alias: str, cfg: RegistryConfig | None = None, *,
+                  tracking_uri: str | None = None) -> VersionRow | None:
+    """The version of ``name`` that ``alias`` points at (with all its tags), or None.
+
+    None when the model is not registered yet or has no such alias; any other registry failure
+    (server unreachable, bad name) is a one-line :class:`RegistryError`.
+    """
+    with _client(resolve_store(cfg, tracking_uri)) as client:
+        try:
+            aliases = client.get_registered_model(name).aliases
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        if alias not in aliases:
+            return None
+        version = client.get_model_version(name, str(aliases[alias]))
+        return _row(name, version, sorted(a for a, v in aliases.items() if int(v) == int(version.version)))
 
 
 def load_model(name: str, alias: str | None = None, cfg: RegistryConfig | None = None, *,

@@ -23,6 +23,7 @@ import pytest
 
 PLANTED_SECRET = "sdd-planted-secret-9f3b2c7e"
 BUCKET = "sdd-artifacts"
+ARTIFACTS_DESTINATION = f"s3://{BUCKET}/mlartifacts"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": PLANTED_SECRET,
           "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
@@ -79,19 +80,46 @@ class MlflowServer:
     s3_endpoint: str
 
 
-@pytest.fixture(scope="module")
-def moto_server(tmp_path_factory) -> Iterator[MotoServer]:
-    """A moto S3 server with bucket :data:`BUCKET`."""
+def start_moto(root: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A moto S3 server with bucket :data:`BUCKET`; the process (stop it with :func:`stop`) and endpoint."""
     import boto3
 
-    port, log = free_port(), tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], S3_ENV, log)
+    port, log = free_port(), root / "moto.log"
+    proc = start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], {**S3_ENV, **(env or {})},
+                 log)
     try:
         endpoint = f"http://127.0.0.1:{port}"
         wait_until_up(f"{endpoint}/moto-api/", proc, log, timeout=120)
         s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=PLANTED_SECRET, region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, endpoint
+
+
+def start_mlflow(root: Path, s3_endpoint: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on SQLite, serving artifacts from ``s3://BUCKET/mlartifacts`` at ``s3_endpoint``."""
+    port, log = free_port(), root / "server.log"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", ARTIFACTS_DESTINATION, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    proc = start(cmd, {**S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **(env or {})}, log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/health", proc, log, timeout=240)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory) -> Iterator[MotoServer]:
+    """A moto S3 server with bucket :data:`BUCKET`."""
+    proc, endpoint = start_moto(tmp_path_factory.mktemp("moto"))
+    try:
         yield MotoServer(endpoint)
     finally:
         stop(proc)
@@ -100,16 +128,8 @@ def moto_server(tmp_path_factory) -> Iterator[MotoServer]:
 @pytest.fixture(scope="module")
 def mlflow_server(moto_server, tmp_path_factory) -> Iterator[MlflowServer]:
     """``mlflow server`` on SQLite, serving artifacts from ``s3://BUCKET/mlartifacts`` (moto)."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port, log = free_port(), root / "server.log"
-    destination = f"s3://{BUCKET}/mlartifacts"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", destination, "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    proc = start(cmd, {**S3_ENV, "MLFLOW_S3_ENDPOINT_URL": moto_server.endpoint}, log)
+    proc, url = start_mlflow(tmp_path_factory.mktemp("mlflow_server"), moto_server.endpoint)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/health", proc, log, timeout=240)
-        yield MlflowServer(url, destination, moto_server.endpoint)
+        yield MlflowServer(url, ARTIFACTS_DESTINATION, moto_server.endpoint)
     finally:
         stop(proc)

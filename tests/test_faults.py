@@ -132,6 +132,21 @@ def test_output_below_a_regular_file_is_one_line_error_before_any_work(tmp_path,
     assert blocker.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("model_kind", ["toy", "real"])
+def test_prompts_build_below_a_regular_file_is_one_line_error(tmp_path, monkeypatch, model_kind):
+    monkeypatch.chdir(REPO)
+    blocker = tmp_path / "previous-prompts.txt"
+    blocker.write_text("keep me")
+    out = blocker / "prompts"
+    result = CliRunner().invoke(app, ["prompts", "build", "--concept", CONCEPT, "--model-kind", model_kind,
+                                      "--out", str(out)])
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not writable" in lines[0], result.stderr
+    assert str(out) in lines[0] and "Traceback" not in result.output
+    assert blocker.read_text() == "keep me"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_write_failure_mid_outputs_leaves_previous_outputs_intact(tmp_path, params_file, reference):

@@ -185,6 +185,35 @@ def test_re_erase_does_nothing_until_the_active_set_changes(world, tmp_path):
     assert model_version_tags(new["version"])["concepts"] == "triangle"
 
 
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_two_runs_for_the_same_concepts_at_once_register_one_version(world, tmp_path):
+    """Two processes start erase-concepts for the same set at the same instant (as two UI clicks would)."""
+    from prefect.settings import get_current_settings
+    from racing import run_at_once
+
+    env = {"PREFECT_API_URL": str(get_current_settings().api.url), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_LOCAL_STORAGE_PATH": str(world / "results")}  # the world's server, results and MLflow store
+    setup = """
+import torch
+torch.set_num_threads(1)
+from flows.erase import erase_concepts
+"""
+    body = f"""
+out = erase_concepts(concepts=["square"], base_model="toy", gates={GATES_OFF!r}, runs_dir={str(world / "runs")!r},
+                     **{TINY!r})
+result = {{"registration": out["registration"], "stages": out["stages"]}}
+"""
+    first, second = run_at_once(setup, body, 2, tmp_path, env=env)
+    assert first["registration"] == second["registration"]
+    assert len([v for v in versions() if v.concepts == "square"]) == 1
+    # One ran every stage; the other waited for the run-folder lock, then got every stage from the cache.
+    assert sorted("/".join(sorted(set(r["stages"].values()))) for r in (first, second)) == ["Cached", "Completed"]
+    logs = [(tmp_path / f"child{i}.log").read_text() for i in range(2)]
+    assert sum("another run of this erasure holds" in log for log in logs) == 1  # the later one waited
+
+
 # --- the local stack's process handling (no servers) ---------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -475,3 +476,256 @@ def test_server_with_s3_artifacts_end_to_end(mlflow_server, erased_dir, eval_pas
 
     for run_id in (passed.run_id, failed.run_id):
         assert not [s for s in all_logged_strings(client, run_id, name) if PLANTED_SECRET in s]
+
+
+# --- idempotent registration, races, alias lookup -------------------------------------------------
+
+
+def test_register_is_idempotent_for_the_same_erasure_and_evaluation(erased_dir, eval_pass, eval_fail, cfg, client,
+                                                                     model_name):
+    first = registry.register(erased_dir, eval_pass, cfg, name=model_name)
+    again = registry.register(erased_dir, eval_pass, cfg, name=model_name)
+    assert (first.reused, again.reused) == (False, True)
+    assert (again.version, again.run_id, again.alias, again.gates.passed) == (first.version, first.run_id,
+                                                                             "candidate", True)
+    key = client.get_model_version(model_name, str(first.version)).tags[registry.REGISTRATION_KEY_TAG]
+    assert key == registry.registration_key(registry.read_erasure(erased_dir), registry.read_evaluation(eval_pass))
+    other = registry.register(erased_dir, eval_fail, cfg, name=model_name)  # another evaluation: a new version
+    assert (other.version, other.reused, other.alias) == (first.version + 1, False, None)
+    assert [r.version for r in registry.list_versions(model_name, cfg)] == [2, 1]
+    result = CliRunner().invoke(app, ["register", "--run", str(erased_dir), "--eval", str(eval_pass), "--name",
+                                      model_name], env={"MLFLOW_TRACKING_URI": cfg.tracking_uri})
+    assert result.exit_code == 0 and f"already registered: {model_name} version 1" in result.output, result.output
+
+
+def test_a_racing_duplicate_registration_deletes_its_own_version(run_pass, erased_dir, eval_pass, cfg, client,
+                                                                model_name):
+    """Two registrations of one key that both missed the other's version: the later one steps back."""
+    key = "k" * 64
+    winner = registry.register_erasure(run_pass, cfg, name=model_name, key=key)
+    duplicate = registry.log_erasure(erased_dir, eval_pass, cfg)  # the racer's own run
+    loser = registry.register_erasure(duplicate, cfg, name=model_name, key=key)
+    assert (winner.version, winner.reused, loser.version, loser.reused) == (1, False, 1, True)
+    assert loser.run_id == winner.run_id and loser.alias == "candidate"
+    assert [r.version for r in registry.list_versions(model_name, cfg)] == [1]
+    assert {a: int(v) for a, v in client.get_registered_model(model_name).aliases.items()} == {"candidate": 1}
+    tags = client.get_run(duplicate.run_id).data.tags
+    assert tags["duplicate_of"] == tags["registered_model"] == f"{model_name}/1"
+    assert registry.find_registration(model_name, key, cfg).version == 1
+    assert registry.find_registration(model_name, "other", cfg) is None
+    assert registry.find_registration("no-such-model", key, cfg) is None
+
+
+def test_alias_version(run_pass, run_fail, cfg, model_name, monkeypatch):
+    assert registry.alias_version(model_name, "production", cfg) is None  # no such model yet
+    registry.register_erasure(run_pass, cfg, name=model_name)
+    registry.register_erasure(run_fail, cfg, name=model_name)
+    assert registry.alias_version(model_name, "production", cfg) is None  # no such alias yet
+    registry.promote(model_name, 2, force=True, reason="test", cfg=cfg)
+    row = registry.alias_version(model_name, "production", cfg)
+    assert (row.name, row.version, row.gates, row.aliases, row.forced) == (model_name, 2, "failed", ["production"],
+                                                                          True)
+    manifest = json.loads((run_pass.erasure.out_dir / "manifest.json").read_text())
+    assert row.tags["concepts_sha256"] == manifest["concepts_sha256"] and row.tags["concepts"] == "red,triangle"
+    assert registry.alias_version(model_name, "candidate", cfg).version == 1
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: nothing listens on port 9
+    with pytest.raises(registry.RegistryError, match="MLflow"):
+        registry.alias_version(model_name, "production", tracking_uri="http://127.0.0.1:9")
+
+
+# Children of the racing tests: register or promote at the same instant, in separate processes.
+RACE_SETUP = """
+from sdd import registry
+from sdd.config import RegistryConfig
+name, uri, experiment = {name!r}, {uri!r}, {experiment!r}
+cfg = RegistryConfig(tracking_uri=uri, experiment=experiment)
+registry.list_models(cfg)  # connect (and check the schema) before the start
+"""
+RACE_REGISTER = """
+reg = registry.register({run!r}, {eval!r}, cfg, name=name)
+result = {{"version": reg.version, "reused": reg.reused, "run_id": reg.run_id}}
+"""
+RACE_PROMOTE = """
+version = {versions!r}[int(sys.argv[1])]
+try:
+    result = {{"version": registry.promote(name, version, cfg=cfg).version, "outcome": "ok"}}
+except registry.ConcurrentPromotionError as e:
+    result = {{"version": version, "outcome": "lost", "error": str(e)}}
+"""
+
+
+def race_register_then_promote(uri: str, experiment: str, name: str, erased_dir, eval_dir, folder: Path):
+    """Two processes register the same folders at once; then two promote different versions at once."""
+    from racing import run_at_once
+
+    setup = RACE_SETUP.format(name=name, uri=uri, experiment=experiment)
+    registered = run_at_once(setup, RACE_REGISTER.format(run=str(erased_dir), eval=str(eval_dir)), 2,
+                             folder / "register")
+    rows = registry.list_versions(name, tracking_uri=uri)
+    assert [r.version for r in rows] == [1], rows  # one version, whoever won
+    assert {r["version"] for r in registered} == {1} and sorted(r["reused"] for r in registered) == [False, True]
+
+    run = registry.log_erasure(erased_dir, eval_dir, RegistryConfig(experiment=experiment), tracking_uri=uri)
+    # Gates passed: promotable. (Version 2 or 3: a deleted duplicate's number is not reused.)
+    other = registry.register_erasure(run, name=name, tracking_uri=uri).version
+    promoted = run_at_once(setup, RACE_PROMOTE.format(versions=[1, other]), 2, folder / "promote")
+    holders = [r.version for r in registry.list_versions(name, tracking_uri=uri) if "production" in r.aliases]
+    assert len(holders) == 1, holders
+    outcome = {r["version"]: r["outcome"] for r in promoted}
+    assert outcome[holders[0]] == "ok", promoted  # the final holder's promotion reported success
+    assert registry.alias_version(name, "production", tracking_uri=uri).version == holders[0]
+    return registered, promoted
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_processes_register_and_promote_at_once_on_a_sqlite_store(erased_dir, eval_pass, cfg, client,
+                                                                       model_name, tmp_path):
+    registered, _ = race_register_then_promote(cfg.tracking_uri, cfg.experiment, model_name, erased_dir,
+                                               eval_pass, tmp_path)
+    # The file lock made the second one wait and find the first one's version: one run, not two.
+    assert registered[0]["run_id"] == registered[1]["run_id"]
+    runs = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id],
+                              f"tags.registered_model = '{model_name}/1'")
+    assert len(runs) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_processes_register_and_promote_at_once_on_a_tracking_server(mlflow_server, erased_dir,  # noqa: F811
+                                                                         eval_pass, monkeypatch, tmp_path):
+    """No file lock reaches a server's clients: the version-key check alone keeps one version."""
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    registered, _ = race_register_then_promote(mlflow_server.url, "sdd-race", "sdd-race", erased_dir, eval_pass,
+                                               tmp_path)
+    client = MlflowClient(mlflow_server.url)
+    runs = client.search_runs([client.get_experiment_by_name("sdd-race").experiment_id])
+    duplicates = [r for r in runs if "duplicate_of" in r.data.tags]
+    # Both may have logged a run (the race) or the second may have found the first's version; a run that
+    # lost the race says which version it duplicates.
+    assert all(r.data.tags["duplicate_of"] == "sdd-race/1" for r in duplicates)
+    print(f"runs logged: {len(runs)}, of them duplicates: {len(duplicates)}; results {registered}")
+
+
+# --- the artifact store (S3) lost in the middle of `sdd register` -------------------------------------
+
+
+def stop_s3_at(moment: str, proc, monkeypatch) -> list[float]:
+    """Kill the S3 server at ``moment``: before the second artifact file, or as the model upload starts.
+
+    Returns a list that gets the time (``time.monotonic()``) of the kill.
+    """
+    from servers import stop
+
+    events: list[float] = []
+    calls: list[str] = []
+    if moment == "mid-artifacts":
+        original = mlflow.log_artifact
+
+        def log_artifact(local_path, *args, **kwargs):
+            calls.append(Path(local_path).name)
+            if len(calls) == 2:  # the first file (manifest.json) is already in the bucket
+                stop(proc)
+                events.append(time.monotonic())
+            return original(local_path, *args, **kwargs)
+
+        monkeypatch.setattr(mlflow, "log_artifact", log_artifact)
+    else:
+        original = MlflowClient.log_model_artifacts
+
+        def log_model_artifacts(self, model_id, local_dir):
+            stop(proc)  # the logged model exists (PENDING); its files are next
+            events.append(time.monotonic())
+            return original(self, model_id, local_dir)
+
+        monkeypatch.setattr(MlflowClient, "log_model_artifacts", log_model_artifacts)
+    return events
+
+
+def assert_failed_cleanly(result, tracking_uri: str, experiment: str, name: str, moment: str, where: str) -> str:
+    """Exit 1, one `error:` line; the run FAILED, its logged model (if any) FAILED, no model version."""
+    from mlflow.entities import LoggedModelStatus
+
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert result.exit_code == 1, (result.exit_code, result.stderr[-3000:], result.exception)
+    assert len(errors) == 1 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    line = errors[0]
+    assert "cannot upload the run's artifacts" in line and where in line and "marked FAILED" in line, line
+    assert PLANTED_SECRET not in line
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    [run] = client.search_runs([experiment_id])
+    assert run.info.status == "FAILED" and run.info.run_id in line
+    assert "registered_model" not in run.data.tags
+    assert client.search_registered_models(f"name = '{name}'") == []  # no model, no version, no alias
+    models = client.search_logged_models([experiment_id])
+    assert [m.status for m in models] == ([LoggedModelStatus.FAILED] if moment == "model-upload" else [])
+    return line
+
+
+@pytest.mark.timeout(900)  # ~6 s each on 2 CPUs; minutes when they are shared with heavy jobs
+@pytest.mark.parametrize("moment", ["mid-artifacts", "model-upload"])
+def test_s3_lost_mid_upload_is_retried_then_one_line_and_nothing_registered(moment, erased_dir, eval_pass,
+                                                                             tmp_path, monkeypatch, caplog):
+    """Artifacts straight to S3 (a SQLite store with an s3:// artifact root): boto3 retries, then one line."""
+    import logging
+
+    import yaml
+    from servers import BUCKET, start_moto, stop
+
+    proc, endpoint = start_moto(tmp_path)
+    try:
+        for key, value in {**S3_ENV, "AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "3",
+                           "MLFLOW_S3_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(key, value)
+        uri, root = f"sqlite:///{tmp_path / 'mlflow.db'}", f"s3://{BUCKET}/direct"
+        params = tmp_path / "registry.yaml"
+        params.write_text(yaml.safe_dump({"tracking_uri": uri, "experiment": "s3-down", "artifact_location": root}))
+        events = stop_s3_at(moment, proc, monkeypatch)
+        caplog.set_level(logging.DEBUG, logger="botocore.retries.standard")
+        result = CliRunner().invoke(app, ["register", "--run", str(erased_dir), "--eval", str(eval_pass),
+                                          "--name", "s3-down", "--params", str(params)])
+        failed_after = time.monotonic() - events[0]
+    finally:
+        stop(proc)
+    assert events and proc.poll() is not None  # the server really was killed during the command
+    line = assert_failed_cleanly(result, uri, "s3-down", "s3-down", moment, root)
+    retries = [r for r in caplog.records if r.getMessage().startswith("Retry needed, retrying request")]
+    assert len(retries) >= 2, "boto3 did not retry the lost endpoint"  # AWS_MAX_ATTEMPTS=3: 2 retries a call
+    print(f"S3 killed ({moment}): failed {failed_after:.1f} s later after {len(retries)} boto3 retries: {line}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_s3_behind_the_tracking_server_lost_mid_upload(erased_dir, eval_pass, tmp_path, monkeypatch, caplog):
+    """The team stack's layout: artifacts proxied by `mlflow server` to S3; the server's S3 dies."""
+    import logging
+
+    from servers import start_mlflow, start_moto, stop
+
+    fast_retries = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "2"}
+    moto, endpoint = start_moto(tmp_path)
+    try:
+        server, url = start_mlflow(tmp_path, endpoint, fast_retries)
+    except BaseException:
+        stop(moto)
+        raise
+    try:
+        for key, value in {**S3_ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}.items():
+            monkeypatch.setenv(key, value)
+        events = stop_s3_at("mid-artifacts", moto, monkeypatch)
+        caplog.set_level(logging.DEBUG, logger="urllib3.util.retry")
+        result = CliRunner().invoke(app, ["register", "--run", str(erased_dir), "--eval", str(eval_pass),
+                                          "--name", "s3-down", "--tracking-uri", url])
+        failed_after = time.monotonic() - events[0]
+        assert events and moto.poll() is not None
+        line = assert_failed_cleanly(result, url, "sdd-erasure", "s3-down", "mid-artifacts", "mlflow-artifacts:")
+        retries = [r for r in caplog.records if r.getMessage().startswith("Incremented Retry")]
+        assert len(retries) >= 2, "the MLflow client did not retry the server's failed upload"
+        print(f"S3 behind the server killed: failed {failed_after:.1f} s later after {len(retries)} client "
+              f"retries: {line}")
+    finally:
+        stop(server)
+        stop(moto)
