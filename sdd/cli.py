@@ -192,6 +192,7 @@ def evaluate_cmd(
     from sdd.judges import build_judge
     from sdd.models import load_pipeline
     from sdd.prompts import load_prompts
+    from sdd.storage import check_writable_dir
 
     try:
         for path in (params, gates):
@@ -200,6 +201,9 @@ def evaluate_cmd(
         cfg = load_eval_config(params or PARAMS_DIR / "eval.yaml")
         gate_cfg = load_gates_config(gates or PARAMS_DIR / "gates.yaml")
         prompt_set = load_prompts(prompts)
+        check_writable_dir(out)  # before loading two models, not at the first image
+        if base_images is not None:
+            check_writable_dir(base_images)
         judge = build_judge(cfg.judge)
         metrics = evaluate(load_pipeline(base), load_pipeline(model), prompt_set, judge, cfg, gate_cfg, out,
                            base_name=base, erased_name=model, base_images=base_images)

@@ -132,6 +132,21 @@ def test_output_below_a_regular_file_is_one_line_error_before_any_work(tmp_path,
     assert blocker.read_text() == "keep me"
 
 
+def test_evaluate_out_below_a_regular_file_is_one_line_error_before_loading_models(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    prompts = tmp_path / "prompts"
+    assert CliRunner().invoke(app, ["prompts", "build", "--concept", CONCEPT, "--out", str(prompts)]).exit_code == 0
+    blocker = tmp_path / "previous-eval.txt"
+    blocker.write_text("keep me")
+    out = blocker / "eval"
+    result = CliRunner().invoke(app, ["evaluate", "--base", "toy", "--model", "no-such-model-folder",
+                                      "--prompts", str(prompts), "--out", str(out)])
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and str(out) in lines[0], result.stderr
+    assert blocker.read_text() == "keep me"
+
+
 @pytest.mark.parametrize("model_kind", ["toy", "real"])
 def test_prompts_build_below_a_regular_file_is_one_line_error(tmp_path, monkeypatch, model_kind):
     monkeypatch.chdir(REPO)
