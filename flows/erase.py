@@ -321,6 +321,7 @@ def evaluate_stage(plan: ErasurePlan) -> dict[str, Any]:
                  base_name=plan.base_model, erased_name=str(model_dir), progress=False)
     metrics = json.loads(metrics_file.read_text())
     return {"dir": str(plan.eval_dir), "verdict": metrics["verdict"], "checks": metrics["gates"]["checks"],
+            "prompt_set": {"sha256": metrics["prompt_set"]["sha256"]},
             "concepts": {c: {"base": m["base"]["rate"], "erased": m["erased"]["rate"]}
                          for c, m in metrics["concepts"].items()}}
 
@@ -328,17 +329,23 @@ def evaluate_stage(plan: ErasurePlan) -> dict[str, Any]:
 # --- stage 4: registry --------------------------------------------------------------------------
 
 
+#: Provenance shown in the report: the commit, and DVC's hashes of the concept list and prompt sets.
+LINEAGE_KEYS = ("git_commit", "git_dirty", "dvc_rev", "dvc_concepts", "dvc_prompts")
+
+
 @task(name="register", cache_key_fn=_cache_key(lambda p: p.eval_dir), **_STAGE)
 def register_stage(plan: ErasurePlan) -> dict[str, Any]:
     """Log the run to MLflow and register the model; alias ``candidate`` only when every gate passed."""
-    from sdd.registry import register
+    from sdd.registry import dvc_info, git_info, register
 
     record_file = plan.eval_dir / "registration.json"
     if record_file.is_file():  # registered before the task's result was persisted: no duplicate version
         return json.loads(record_file.read_text())
     reg = register(plan.erasure_dir, plan.eval_dir, load_registry_config())
+    lineage = {**git_info(), **dvc_info()}  # the same values the model version is tagged with
     record = {"run_id": reg.run_id, "model_uri": reg.model_uri, "name": reg.name, "version": reg.version,
-              "alias": reg.alias, "gates": reg.gates.tag}
+              "alias": reg.alias, "gates": reg.gates.tag,
+              "lineage": {k: lineage[k] for k in LINEAGE_KEYS}}
     write_json_atomic(record_file, record)
     return record
 
@@ -378,7 +385,12 @@ def render_report(plan: ErasurePlan, evaluation: dict, registration: dict, stage
     else:
         run, model = f"`runs:/{run_id}`", f"`models:/{name}/{version}`"
     alias = f"alias `{registration['alias']}`" if registration["alias"] else "no alias (a gate failed)"
+    lineage = registration.get("lineage") or {}
+    prompt_sha = (evaluation.get("prompt_set") or {}).get("sha256")
     lines += ["", f"**MLflow**: run {run} · model {model} · {alias}", "",
+              f"**Lineage**: git `{lineage.get('git_commit', 'none')}` (dirty: {lineage.get('git_dirty', 'none')})"
+              f" · params/concepts.yaml md5 `{lineage.get('dvc_concepts', 'none')}`"
+              f" · prompt set sha256 `{prompt_sha or 'none'}` · dvc.lock commit `{lineage.get('dvc_rev', 'none')}`", "",
               f"Run folder: `{plan.run_dir}` · report: `{Path(evaluation['dir']) / 'report.md'}`", "",
               "Stages: " + ", ".join(f"{stage} {state.lower()}" for stage, state in stages.items())]
     return "\n".join(lines)

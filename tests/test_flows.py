@@ -128,6 +128,9 @@ def test_erase_concepts_registers_a_candidate_and_a_rerun_is_all_cached(world):
     assert progress.type == "progress" and float(progress.data) == 100.0
     report = artifact("erasure-report").data
     assert "| gate |" in report and f"runs:/{reg['run_id']}" in report and "alias `candidate`" in report
+    # lineage: the report shows the commit and DVC hashes the model version is tagged with
+    assert reg["lineage"]["git_commit"] == tags["git_commit"] != "none"
+    assert f"git `{tags['git_commit']}`" in report and f"md5 `{tags['dvc_concepts']}`" in report
 
     again = erase(world, ["red"])
     assert again["stages"] == dict.fromkeys(STAGES, "Cached")
