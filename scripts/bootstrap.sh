@@ -14,4 +14,17 @@ if [ -f "$stamp" ]; then exit 0; fi
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "$TORCH_SPEC"
 .venv/bin/python -m pip install -q uv
 .venv/bin/uv pip install -q --python .venv/bin/python -c requirements.lock -e ".[dev]"
+# The browser test (tests/test_ui_browser.py) drives Debian's chromium, never a browser Playwright
+# downloads: install it where we can (root + apt-get), else say why that test will be skipped.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing Debian's chromium for tests/test_ui_browser.py"
+    apt_chromium() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+    apt_chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt_chromium >/dev/null 2>&1; } \
+      || echo "bootstrap: note: apt-get could not install chromium; tests/test_ui_browser.py will be skipped" >&2
+  else
+    echo "bootstrap: note: /usr/bin/chromium is missing, so tests/test_ui_browser.py will be skipped;" \
+         "install Debian's chromium (as root: apt-get install --no-install-recommends chromium)" >&2
+  fi
+fi
 rm -f .venv/.installed-* && touch "$stamp"
