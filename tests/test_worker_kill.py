@@ -1,0 +1,196 @@
+"""Fault: the gpu worker is ``kill -9``ed mid-distillation, restarted, and the erasure re-run.
+
+The real stack (Prefect server, MLflow server, cpu + gpu process workers) on free ports, runs
+started through the REST API the way the UI starts them. While the ``distill-gpu`` run is training
+(after a few checkpoints), the gpu worker and its flow-run process get SIGKILL. Nothing reports
+that run's end, so it stays Running: it holds the gpu pool's only slot, and the erase-concepts run
+that started it waits for it with the run folder's lock held. We mark it Crashed the way the UI's
+"Change state" (or a zombie-run automation) does, start a fresh gpu worker, and start
+erase-concepts again with the same parameters, as a user would after the crash.
+
+The new run completes; its prompt stage comes from the cache; the distillation resumed from the
+checkpoint the kill left (no checkpoint below it is ever written again, and the erasure has all its
+steps); and MLflow holds exactly one version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from servers import free_port
+from test_flows import GATES_OFF, TINY
+from test_flows_e2e import FINAL, api, artifact_text, deployment_id, runs_of, wait_for_run
+
+from sdd.stack import StackConfig, _reap, _start_workers, descendants, down, read_records, stack_env, up
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+PROJECT = Path(__file__).resolve().parents[1]
+STEPS, CHECKPOINT_EVERY = 150, 5  # ~3 toy steps/s on a quiet core: ~50 s of training to interrupt
+KILL_AFTER_STEP = 10  # kill once at least two checkpoints exist
+
+
+def create_run(stack, deployment: str, parameters: dict) -> str:
+    run = api(stack, "POST", f"/deployments/{deployment_id(stack, deployment)}/create_flow_run",
+              {"parameters": parameters, "idempotency_key": uuid.uuid4().hex})
+    return run["id"]
+
+
+def checkpoint_step(runs_dir: Path) -> int | None:
+    """The step of the (only) erasure checkpoint under ``runs_dir``; None while there is none."""
+    for state in runs_dir.glob("*/erasure/checkpoint/state.json"):
+        try:
+            return json.loads(state.read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            return None  # mid-swap: the checkpoint folder is being replaced
+    return None
+
+
+def is_running(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def kill_9(pid: int) -> list[int]:
+    """SIGKILL ``pid`` and everything below it (each in its process group); wait until they are gone."""
+    pids = [pid, *descendants(pid)]
+    groups = set()
+    for p in pids:
+        try:
+            groups.add(os.getpgid(p))
+        except ProcessLookupError:
+            pass
+    for target in pids:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + 30
+    while any(is_running(p) for p in pids) and time.monotonic() < deadline:
+        _reap(pid)  # the worker is our child (spawned by sdd.stack.up in this process)
+        time.sleep(0.1)
+    _reap(pid)
+    assert not any(is_running(p) for p in pids), f"still alive after SIGKILL: {pids}"
+    return pids
+
+
+class StepWatcher(threading.Thread):
+    """Records every checkpoint step seen under ``runs_dir`` (polled every 0.1 s) until stopped."""
+
+    def __init__(self, runs_dir: Path):
+        super().__init__(daemon=True)
+        self.runs_dir, self.seen, self.done = runs_dir, [], threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            step = checkpoint_step(self.runs_dir)
+            if step is not None and (not self.seen or self.seen[-1] != step):
+                self.seen.append(step)
+            time.sleep(0.1)
+
+
+def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_once(tmp_path):
+    root = tmp_path
+    cfg = StackConfig(project=PROJECT, state_dir=root / "state", prefect_port=free_port(),
+                      mlflow_port=free_port(), mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
+                      env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
+                      timeout_s=300)
+    runs_dir = root / "runs"
+    params = {"concepts": ["red"], **TINY,
+              "distill": {**TINY["distill"], "steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY},
+              "gates": GATES_OFF, "runs_dir": str(runs_dir)}
+    first_id = None
+    watcher = StepWatcher(runs_dir)
+    try:
+        stack = {**up(cfg), "root": root, "cfg": cfg}
+
+        # 1. erase-concepts from the UI; wait until its distill run on the gpu pool has checkpointed a few times
+        first_id = create_run(stack, "erase-concepts/erase-concepts", params)
+        deadline, orphan = time.monotonic() + 600, None
+        while orphan is None and time.monotonic() < deadline:
+            running = [r for r in runs_of(stack, "distill/distill-gpu") if r["state_type"] == "RUNNING"]
+            orphan = running[0] if running else None
+            first = api(stack, "GET", f"/flow_runs/{first_id}")
+            assert first["state_type"] not in FINAL, f"first run ended before the kill: {first['state']}"
+            time.sleep(0.5)
+        assert orphan is not None, "the distill run never started"
+        last = checkpoint_step(runs_dir)
+        while time.monotonic() < deadline:  # kill just after a checkpoint swap, the next is steps away
+            step = checkpoint_step(runs_dir)
+            if step is not None and step >= KILL_AFTER_STEP and step != last:
+                break
+            last = step if step is not None else last
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"distillation did not reach step {KILL_AFTER_STEP} (checkpoint at {last})")
+
+        # 2. kill -9 the gpu worker and its flow-run process
+        [worker] = [r for r in read_records(cfg.state_dir) if r["name"] == "worker-gpu"]
+        killed = kill_9(worker["pid"])
+        assert len(killed) >= 2, f"no flow-run process below the gpu worker (pids {killed})"
+        killed_at = checkpoint_step(runs_dir)
+        assert killed_at is not None, "the kill left no checkpoint (it landed in the checkpoint swap)"
+        assert KILL_AFTER_STEP <= killed_at < STEPS
+        watcher.start()
+
+        # 3. nothing ends the orphaned run: it stays Running (and holds the gpu pool's slot)
+        time.sleep(3)
+        assert api(stack, "GET", f"/flow_runs/{orphan['id']}")["state_type"] == "RUNNING"
+        # a fresh gpu worker; then mark the orphan Crashed, as the UI's "Change state" does
+        _start_workers(dataclasses.replace(cfg, pools=("gpu",)), stack_env(cfg))
+        api(stack, "POST", f"/flow_runs/{orphan['id']}/set_state",
+            {"state": {"type": "CRASHED", "name": "Crashed", "message": "gpu worker killed (test)"}, "force": True})
+
+        # 4. the user runs erase-concepts again with the same parameters
+        second = wait_for_run(stack, create_run(stack, "erase-concepts/erase-concepts", params), timeout_s=900)
+        assert second["state_type"] == "COMPLETED", second["state"]
+        stages = [line for line in artifact_text(stack, second["id"], "erasure-report").splitlines()
+                  if line.startswith("Stages:")]
+        assert stages and "prepare-prompts cached" in stages[0], stages
+
+        # the distillation resumed: no checkpoint below the one the kill left was written again,
+        # training went on to the end, and the erasure holds every step
+        watcher.done.set()
+        watcher.join(5)
+        assert watcher.seen and min(watcher.seen) >= killed_at and watcher.seen[-1] == STEPS, \
+            f"checkpoint steps after the kill at step {killed_at}: {watcher.seen}"
+        [erasure] = list(runs_dir.glob("*/erasure"))
+        assert json.loads((erasure / "manifest.json").read_text())["steps"] == STEPS
+        assert len((erasure / "loss.csv").read_text().splitlines()) == STEPS + 1
+        finished = [r for r in runs_of(stack, "distill/distill-gpu") if r["state_type"] == "COMPLETED"]
+        assert len(finished) == 1, [(r["name"], r["state_type"]) for r in runs_of(stack, "distill/distill-gpu")]
+
+        # exactly one registered version for the concept set
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(stack["mlflow_ui"], stack["mlflow_ui"])
+        versions = client.search_model_versions("name = 'sdd-erased'")
+        assert [v.version for v in versions] == ["1"], [(v.version, v.tags.get("concepts")) for v in versions]
+        assert versions[0].tags["concepts"] == "red"
+    finally:
+        watcher.done.set()
+        if first_id is not None:  # the killed run may still wait (or have finished): leave nothing running
+            try:
+                first = api({"prefect_api": cfg.prefect_url + "/api"}, "GET", f"/flow_runs/{first_id}")
+                if first["state_type"] not in FINAL:
+                    api({"prefect_api": cfg.prefect_url + "/api"}, "POST", f"/flow_runs/{first_id}/set_state",
+                        {"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True})
+            except OSError:
+                pass
+        down(cfg.state_dir)
