@@ -309,8 +309,57 @@ def stack_env(cfg: StackConfig) -> dict[str, str]:
         "SDD_PROJECT_DIR": str(cfg.project),  # the pull step of prefect.yaml starts runs here
         "SDD_REERASE_CRON": cfg.reerase_cron,
     })
+    # flow runs report they are alive; see create_zombie_automation
+    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
     env.update(cfg.env)
     return env
+
+
+#: Seconds between flow-run heartbeats (Prefect's minimum is 30); a run silent for 3 beats is Crashed.
+HEARTBEAT_S = 30
+ZOMBIE_AUTOMATION = "sdd: crash flow runs whose heartbeats stopped"
+
+
+def zombie_automation(heartbeat_s: int = HEARTBEAT_S) -> dict[str, Any]:
+    """Prefect's "detect zombie flows" automation, as a REST body.
+
+    A worker killed with its flow-run process leaves the run Running for ever: nothing else ends it,
+    and the erase-concepts run waiting on it keeps the run folder's lock. When a Running flow run
+    misses three heartbeats, this marks it Crashed; the waiting distill task then retries, and the
+    new distill run resumes from the checkpoint.
+    """
+    return {
+        "name": ZOMBIE_AUTOMATION,
+        "description": "Mark flow runs Crashed when their heartbeats stop (worker or machine lost).",
+        "enabled": True,
+        "trigger": {
+            "type": "event", "posture": "Proactive", "threshold": 1, "within": 3 * heartbeat_s,
+            "after": ["prefect.flow-run.heartbeat"],
+            "expect": ["prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                       "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"],
+            "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+            "for_each": ["prefect.resource.id"],
+        },
+        "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
+                     "message": f"no heartbeat for {3 * heartbeat_s} s: its worker or machine was lost"}],
+    }
+
+
+def ensure_zombie_automation(api_url: str) -> bool:
+    """Create the zombie automation on the Prefect API at ``api_url`` unless it exists; True if created.
+
+    The team stack's init script runs ``python -m sdd.stack zombie-automation`` to do the same.
+    """
+    api_url = api_url.rstrip("/")
+    existing = http_json("POST", f"{api_url}/automations/filter", {}, timeout=30) or []
+    if any(a.get("name") == ZOMBIE_AUTOMATION for a in existing):
+        return False
+    http_json("POST", f"{api_url}/automations/", zombie_automation(), timeout=30)
+    return True
+
+
+def create_zombie_automation(cfg: StackConfig) -> None:
+    ensure_zombie_automation(f"{cfg.prefect_url}/api")
 
 
 def _run_tool(args: list[str], env: dict[str, str], cwd: Path, what: str, timeout_s: float) -> str:
@@ -384,6 +433,7 @@ def up(cfg: StackConfig) -> dict[str, Any]:
     try:
         _start_servers(cfg, env)
         create_pools(cfg, env)
+        create_zombie_automation(cfg)
         if cfg.deploy:
             deploy(cfg, env)
         _start_workers(cfg, env)
@@ -431,3 +481,10 @@ def api_url(state_dir: Path | None = None) -> str | None:
         return os.environ["PREFECT_API_URL"]
     info_file = Path(state_dir or STATE_DIR) / STATE_FILE
     return json.loads(info_file.read_text()).get("prefect_api") if info_file.is_file() else None
+
+
+if __name__ == "__main__":  # python -m sdd.stack zombie-automation  (uses $PREFECT_API_URL)
+    if sys.argv[1:] != ["zombie-automation"] or not os.environ.get("PREFECT_API_URL"):
+        sys.exit("usage: PREFECT_API_URL=http://host:4200/api python -m sdd.stack zombie-automation")
+    created = ensure_zombie_automation(os.environ["PREFECT_API_URL"])
+    print(f"zombie automation {'created' if created else 'already there'}: {ZOMBIE_AUTOMATION}")

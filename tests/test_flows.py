@@ -266,3 +266,18 @@ def test_cli_stack_status_and_publish_say_what_is_missing(tmp_path, monkeypatch)
     assert result.exit_code == 2 and "no Prefect API" in result.output
     result = runner.invoke(app, ["concepts", "publish", "--api-url", "http://127.0.0.1:9/api"])
     assert result.exit_code == 2 and "file not found" in result.output and "Traceback" not in result.output
+
+
+def test_zombie_automation_is_a_valid_prefect_automation_and_flow_runs_send_heartbeats(tmp_path):
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    from sdd.stack import HEARTBEAT_S, StackConfig, stack_env, zombie_automation
+
+    automation = AutomationCore.model_validate(zombie_automation())
+    trigger, [action] = automation.trigger, automation.actions
+    assert isinstance(trigger, EventTrigger) and trigger.posture == Posture.Proactive
+    assert trigger.within.total_seconds() == 3 * HEARTBEAT_S and trigger.for_each == {"prefect.resource.id"}
+    assert isinstance(action, ChangeFlowRunState) and action.state.value == "CRASHED"
+    env = stack_env(StackConfig(project=tmp_path, state_dir=tmp_path / "state"))
+    assert int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) == HEARTBEAT_S >= 30  # Prefect's minimum

@@ -4,9 +4,9 @@ The real stack (Prefect server, MLflow server, cpu + gpu process workers) on fre
 started through the REST API the way the UI starts them. While the ``distill-gpu`` run is training
 (after a few checkpoints), the gpu worker and its flow-run process get SIGKILL. Nothing reports
 that run's end, so it stays Running: it holds the gpu pool's only slot, and the erase-concepts run
-that started it waits for it with the run folder's lock held. We mark it Crashed the way the UI's
-"Change state" (or a zombie-run automation) does, start a fresh gpu worker, and start
-erase-concepts again with the same parameters, as a user would after the crash.
+that started it waits for it with the run folder's lock held -- until the zombie automation that
+``sdd stack up`` creates marks it Crashed (three missed heartbeats). A fresh gpu worker is started,
+and erase-concepts is started again with the same parameters, as a user would after the crash.
 
 The new run completes; its prompt stage comes from the cache; the distillation resumed from the
 checkpoint the kill left (no checkpoint below it is ever written again, and the erasure has all its
@@ -29,7 +29,7 @@ from servers import free_port
 from test_flows import GATES_OFF, TINY
 from test_flows_e2e import FINAL, api, artifact_text, deployment_id, runs_of, wait_for_run
 
-from sdd.stack import StackConfig, _reap, _start_workers, descendants, down, read_records, stack_env, up
+from sdd.stack import HEARTBEAT_S, StackConfig, _reap, _start_workers, descendants, down, read_records, stack_env, up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -149,13 +149,15 @@ def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_onc
         assert KILL_AFTER_STEP <= killed_at < STEPS
         watcher.start()
 
-        # 3. nothing ends the orphaned run: it stays Running (and holds the gpu pool's slot)
-        time.sleep(3)
-        assert api(stack, "GET", f"/flow_runs/{orphan['id']}")["state_type"] == "RUNNING"
-        # a fresh gpu worker; then mark the orphan Crashed, as the UI's "Change state" does
+        # 3. a fresh gpu worker comes up; the orphaned run is still Running until the stack's zombie
+        #    automation notices its heartbeats stopped and marks it Crashed (nobody does it by hand)
         _start_workers(dataclasses.replace(cfg, pools=("gpu",)), stack_env(cfg))
-        api(stack, "POST", f"/flow_runs/{orphan['id']}/set_state",
-            {"state": {"type": "CRASHED", "name": "Crashed", "message": "gpu worker killed (test)"}, "force": True})
+        crashed_by = time.monotonic() + 3 * HEARTBEAT_S + 240
+        while (orphan_now := api(stack, "GET", f"/flow_runs/{orphan['id']}"))["state_type"] == "RUNNING":
+            assert time.monotonic() < crashed_by, "the zombie automation did not crash the orphaned run"
+            time.sleep(3)
+        assert orphan_now["state_type"] == "CRASHED", orphan_now["state"]
+        assert "no heartbeat" in (orphan_now["state"].get("message") or ""), orphan_now["state"]
 
         # 4. the user runs erase-concepts again with the same parameters
         second = wait_for_run(stack, create_run(stack, "erase-concepts/erase-concepts", params), timeout_s=900)

@@ -3,7 +3,9 @@
 #   1. the work pools: cpu (light stages) and gpu (distillation and sharded evaluation; at most
 #      $SDD_GPU_CONCURRENCY flow runs at once, default 1), both of type process;
 #   2. the deployments of prefect.yaml (erase-concepts, distill-gpu, re-erase), from the project folder;
-#   3. the evaluate-sharded deployment (flows/shards.py) on the gpu pool.
+#   3. the evaluate-sharded deployment (flows/shards.py) on the gpu pool;
+#   4. the automation that marks flow runs Crashed when their heartbeats stop (a worker or GPU node
+#      lost mid-run; the runners send heartbeats every $PREFECT_FLOWS_HEARTBEAT_FREQUENCY s).
 # A pool that exists is left as it is (settings changed in the UI survive a restart).
 set -euo pipefail
 cd "${SDD_PROJECT_DIR:-/opt/sdd}"
@@ -18,4 +20,5 @@ prefect work-pool set-concurrency-limit gpu "${SDD_GPU_CONCURRENCY:-1}"
 prefect --no-prompt deploy --all
 prefect --no-prompt deploy flows/shards.py:evaluate_sharded --name evaluate-sharded --pool gpu \
   --description "Sharded evaluation of an erased model on a Dask cluster (one shard per GPU)."
-echo "prefect-init: pools cpu and gpu, deployments applied"
+python -m sdd.stack zombie-automation
+echo "prefect-init: pools cpu and gpu, deployments and the zombie automation applied"
