@@ -74,11 +74,15 @@ def wait_for_run(stack, run_id: str, timeout_s: float = 900) -> dict:
     raise AssertionError(f"flow run {run_id} not finished after {timeout_s:.0f} s")
 
 
-def start_run(stack, deployment: str, parameters: dict) -> dict:
-    """What the UI's "Run" button does."""
+def create_run(stack, deployment: str, parameters: dict) -> str:
+    """What the UI's "Run" button does; returns the new flow run's id."""
     run = api(stack, "POST", f"/deployments/{deployment_id(stack, deployment)}/create_flow_run",
               {"parameters": parameters, "idempotency_key": uuid.uuid4().hex})
-    return wait_for_run(stack, run["id"])
+    return run["id"]
+
+
+def start_run(stack, deployment: str, parameters: dict) -> dict:
+    return wait_for_run(stack, create_run(stack, deployment, parameters))
 
 
 def runs_of(stack, deployment: str) -> list[dict]:

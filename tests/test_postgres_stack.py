@@ -24,13 +24,12 @@ import os
 import re
 import secrets
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from servers import free_port
 from test_flows import GATES_OFF, TINY
-from test_flows_e2e import api, artifact_text, deployment_id, registry, runs_of, wait_for_run
+from test_flows_e2e import artifact_text, create_run, registry, runs_of, wait_for_run
 
 from flows.params import concept_set_hash
 from sdd.stack import StackConfig, down, up
@@ -173,10 +172,8 @@ def test_erasure_through_a_stack_on_postgres(pg_stack):
             "prompts": {**TINY["prompts"], "max_eval_prompts": 4}}
 
     # what the UI's "Run" button does
-    deployment = deployment_id(pg_stack, "erase-concepts/erase-concepts")
-    created = api(pg_stack, "POST", f"/deployments/{deployment}/create_flow_run",
-                  {"parameters": {"concepts": ["red"], **tiny}, "idempotency_key": uuid.uuid4().hex})
-    run = wait_for_run(pg_stack, created["id"], timeout_s=1200)
+    run = wait_for_run(pg_stack, create_run(pg_stack, "erase-concepts/erase-concepts", {"concepts": ["red"], **tiny}),
+                       timeout_s=1200)
     assert run["state_type"] == "COMPLETED", run["state"]
     assert run["work_pool_name"] == "cpu" and runs_of(pg_stack, "distill/distill-gpu") == []
     assert "alias `candidate`" in artifact_text(pg_stack, run["id"], "erasure-report")

@@ -21,13 +21,12 @@ import os
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from servers import free_port
 from test_flows import GATES_OFF, TINY
-from test_flows_e2e import FINAL, api, artifact_text, deployment_id, runs_of, wait_for_run
+from test_flows_e2e import FINAL, api, artifact_text, create_run, runs_of, wait_for_run
 
 from sdd.stack import HEARTBEAT_S, StackConfig, _reap, _start_workers, descendants, down, read_records, stack_env, up
 
@@ -36,12 +35,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 PROJECT = Path(__file__).resolve().parents[1]
 STEPS, CHECKPOINT_EVERY = 150, 5  # ~3 toy steps/s on a quiet core: ~50 s of training to interrupt
 KILL_AFTER_STEP = 10  # kill once at least two checkpoints exist
-
-
-def create_run(stack, deployment: str, parameters: dict) -> str:
-    run = api(stack, "POST", f"/deployments/{deployment_id(stack, deployment)}/create_flow_run",
-              {"parameters": parameters, "idempotency_key": uuid.uuid4().hex})
-    return run["id"]
 
 
 def checkpoint_step(runs_dir: Path) -> int | None:
