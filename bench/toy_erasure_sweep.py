@@ -8,6 +8,7 @@ docs/toy-erasure-experiments.md.
 
     python bench/toy_erasure_sweep.py --set lr=1e-3 --set "lr=2e-3 eps=1e-4"
     python bench/toy_erasure_sweep.py --world /tmp/toy2 --concepts red,triangle --set steps=320
+    python bench/toy_erasure_sweep.py --set steps=320 --trace 80   # rows at steps 80, 160, 240, 320
 
 ``--world`` is a folder with ``pipeline/`` and ``judge/`` (default: the committed toy world).
 About 2 minutes per setting plus 1 for the base on 2 cores.
@@ -28,7 +29,7 @@ from sdd.distill import Distiller, default_concepts
 from sdd.judges import parse_toy_prompt
 from sdd.models import load_pipeline
 from sdd.prompts import toy_benign_prompts, toy_eval_prompts
-from sdd.toy import TOY_JUDGE_DIR, TOY_PIPELINE_DIR
+from sdd.toy import TOY_JUDGE_DIR, TOY_PIPELINE_DIR, world
 from sdd.toy.judge import ToyJudge
 from sdd.toy.quality import generate_images
 
@@ -48,11 +49,14 @@ def measure(pipe, judge: ToyJudge, concepts: list[str]) -> dict:
         drawn = colors if concept in judge.colors else shapes
         rows = eval_set.indices_for(concept)
         out[concept] = 100 * float(np.mean([drawn[i] == concept for i in rows]))
+        for name in world.concept_names(concept):  # per synonym: does erasure reach the held-out one?
+            named = [i for i in rows if name in eval_set.rows[i].prompt.split()]
+            out["names"] = out.get("names", "") + f"{name} {100 * np.mean([drawn[i] == concept for i in named]):.0f}, "
     colors, shapes = judged(pipe, judge, benign_set)
     wanted = [parse_toy_prompt(r.prompt) for r in benign_set.rows]
     out["benign"] = 100 * float(np.mean([(c, s) == w for c, s, w in zip(colors, shapes, wanted, strict=True)]))
     confusions = collections.Counter(f"{w[0]}->{c}" for c, w in zip(colors, wanted, strict=True) if c != w[0])
-    out["confusions"] = ", ".join(f"{k} {n}" for k, n in confusions.most_common(3))
+    out["confusions"] = out.pop("names", "") + ", ".join(f"{k} {n}" for k, n in confusions.most_common(3))
     return out
 
 
@@ -61,6 +65,10 @@ def main() -> None:
     ap.add_argument("--world", type=Path, help="folder with pipeline/ and judge/ (default: committed toy world)")
     ap.add_argument("--concepts", default="red")
     ap.add_argument("--config", type=Path, default=Path("params/distill.yaml"))
+    ap.add_argument("--templates", help="erase with these templates ('a {} shape|something {}') filled "
+                    "with the trained names, instead of the names alone")
+    ap.add_argument("--trace", type=int, default=0, metavar="N",
+                    help="also measure every N steps along each run (one row per checkpoint)")
     ap.add_argument("--set", action="append", default=[], metavar="'k=v k=v'",
                     help="one setting: DistillConfig overrides (repeat for several settings)")
     args = ap.parse_args()
@@ -76,7 +84,7 @@ def main() -> None:
         return p
 
     base = measure(pipe(), judge, concepts)
-    header = f"| setting | {' | '.join(concepts)} | benign | drop | s | top colour confusions |"
+    header = f"| setting | {' | '.join(concepts)} | benign | drop | s | per-name rates, top colour confusions |"
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     rates = " | ".join(f"{base[c]:.1f}" for c in concepts)
     print(f"| base | {rates} | {base['benign']:.1f} | | | {base['confusions']} |", flush=True)
@@ -84,16 +92,24 @@ def main() -> None:
         overrides = dict(kv.split("=", 1) for kv in setting.split())
         cfg = DistillConfig(**{**base_cfg, **overrides})
         p = pipe()
-        distiller = Distiller(p, default_concepts("toy", concepts), cfg)
-        start = time.time()
-        distiller.train(cfg.steps)
-        seconds = time.time() - start
-        p.unet = distiller.teacher
-        m = measure(p, judge, concepts)
-        rates = " | ".join(f"{m[c]:.1f}" for c in concepts)
-        print(f"| {setting or 'params'} | {rates} | {m['benign']:.1f} | {base['benign'] - m['benign']:.1f} "
-              f"| {seconds:.0f} | {m['confusions']} |", flush=True)
-
+        erased = default_concepts("toy", concepts)
+        if args.templates:
+            for c in erased:
+                c.prompts = [t.format(name) for t in args.templates.split("|") for name in c.prompts]
+        distiller = Distiller(p, erased, cfg)
+        start, done = time.time(), 0
+        while done < cfg.steps:
+            chunk = min(args.trace or cfg.steps, cfg.steps - done)
+            distiller.train(done + chunk)
+            done += chunk
+            seconds = time.time() - start
+            p.unet = distiller.teacher
+            m = measure(p, judge, concepts)
+            rates = " | ".join(f"{m[c]:.1f}" for c in concepts)
+            label = (setting or "params") + (f" @{done}" if args.trace else "")
+            print(f"| {label} | {rates} | {m['benign']:.1f} | {base['benign'] - m['benign']:.1f} "
+                  f"| {seconds:.0f} | {m['confusions']} |", flush=True)
+            start = time.time()
 
 if __name__ == "__main__":
     main()
