@@ -65,11 +65,11 @@ class ToyConfig(_Strict):
 
     seed: int = 0
     vae_steps: int = Field(500, ge=1)
-    unet_steps: int = Field(2000, ge=1)
+    unet_steps: int = Field(3000, ge=1)
     judge_steps: int = Field(800, ge=1)
     batch_size: int = Field(64, ge=1)
-    caption_dropout: float = Field(0.1, ge=0, lt=1, description="Fraction of empty-caption (natural) examples.")
-    partial_captions: float = Field(0.2, ge=0, lt=1, description="Fraction naming only colour or only shape.")
+    caption_dropout: float = Field(0.2, ge=0, lt=1, description="Fraction of empty-caption (natural) examples.")
+    partial_captions: float = Field(0.4, ge=0, lt=1, description="Fraction naming only colour or only shape.")
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -55,6 +55,40 @@ def test_tokenizer_handles_any_text(toy_pipe):
     assert tok.model_max_length == toy_pipe.text_encoder.config.max_position_embeddings
 
 
+def test_text_encoder_gives_each_concept_its_own_direction(toy_pipe):
+    """Frozen word vectors: concepts orthogonal, synonyms close, the empty prompt all zeros."""
+    tok, encoder = toy_pipe.tokenizer, toy_pipe.text_encoder
+
+    def state(word: str) -> torch.Tensor:
+        ids = tok([word], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return torch.nn.functional.normalize(encoder(ids)[0][0, 1], dim=-1)
+
+    red, crimson, green, triangle = (state(w) for w in ("red", "crimson", "green", "triangle"))
+    assert abs(float(red @ green)) < 0.05 and abs(float(red @ triangle)) < 0.05
+    assert float(red @ crimson) == pytest.approx(0.8, abs=0.05)
+    empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.count_nonzero(encoder(empty)[0]) == 0
+
+
+def test_word_vectors_are_orthogonal_except_synonyms(toy_pipe):
+    from sdd.toy.train import TEXT_DIM, word_embeddings
+
+    tok = toy_pipe.tokenizer
+    table = word_embeddings(tok, TEXT_DIM, seed=0)
+    vocab = tok.get_vocab()
+    synonyms = {vocab[f"{n}</w>"]: group for group, names in
+                [*((c, names) for c, (names, _) in world.COLORS.items()), *world.SHAPES.items()] for n in names}
+    special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
+    cosines = table @ table.T
+    for i in range(len(table)):
+        for j in range(i + 1, len(table)):
+            same = i in synonyms and synonyms[i] == synonyms.get(j)
+            assert float(cosines[i, j]) == pytest.approx(0.8 if same else 0.0, abs=1e-5), (i, j)
+    assert all(float(table[i].norm()) == (0.0 if i in special else pytest.approx(1.0)) for i in range(len(table)))
+
+
 def test_pipeline_round_trips_bit_identically(toy_pipe, tmp_path):
     toy_pipe.save_pretrained(tmp_path / "copy")
     again = StableDiffusionPipeline.from_pretrained(tmp_path / "copy")

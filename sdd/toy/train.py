@@ -7,13 +7,15 @@ Everything is trained from scratch here, on 2 CPU cores, in a few minutes:
 1. a word-level BPE tokenizer fitted to the caption vocabulary (plus every printable ASCII
    character, so any prompt tokenizes);
 2. a small ``AutoencoderKL`` (32x32x3 <-> 8x8x4);
-3. a small ``CLIPTextModel`` and ``UNet2DConditionModel`` trained jointly with the standard
-   epsilon objective, with caption dropout so classifier-free guidance (and SDD) work;
+3. a frozen bag-of-words ``CLIPTextModel`` (fixed word vectors, like a pretrained encoder's)
+   and a small ``UNet2DConditionModel`` trained on it with the standard epsilon objective, with
+   caption dropout so classifier-free guidance (and SDD) work;
 4. the judge (``sdd.toy.judge``).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import random
@@ -35,6 +37,7 @@ from sdd.toy.judge import judge_accuracy, train_judge
 
 MAX_TOKENS = 24  # captions are at most ~10 words; the text encoder's context is this long
 LATENT_CHANNELS = 4
+TEXT_DIM = 768  # text-encoder width = the UNet's cross-attention dim, as in SD 1.x
 
 
 def _log_default(msg: str) -> None:
@@ -87,13 +90,52 @@ def build_vae() -> AutoencoderKL:
         mid_block_add_attention=False, sample_size=world.IMAGE_SIZE)
 
 
-def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+def word_embeddings(tokenizer: CLIPTokenizer, dim: int, seed: int) -> torch.Tensor:
+    """Fixed token embeddings standing in for a pretrained text encoder's word vectors.
+
+    Every word gets its own direction, orthogonal to every other word's; the synonyms of a colour
+    or shape share their concept's direction plus their own (cosine 0.8), as a pretrained
+    encoder places "crimson" near "red". Learned jointly with a tiny UNet, a text encoder instead
+    packs five colours into a few directions (purple came out opposite red), so erasing one
+    concept moved its neighbours: see docs/toy-erasure-experiments.md.
+    """
+    groups = [names for names, _ in world.COLORS.values()] + list(world.SHAPES.values())
+    rows = len(tokenizer) + len(groups)
+    if rows > dim:
+        raise ValueError(f"{rows} orthogonal word directions need a text width >= {rows}, not {dim}")
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(dim, rows, generator=gen)).Q.T  # orthonormal rows
+    table, concept_dirs = basis[:len(tokenizer)].clone(), basis[len(tokenizer):]
+    vocab = tokenizer.get_vocab()
+    for names, direction in zip(groups, concept_dirs, strict=True):
+        for name in names:
+            token = vocab[f"{name}</w>"]
+            table[token] = direction + 0.5 * basis[token]
+    table = table / table.norm(dim=-1, keepdim=True)
+    # The start, end and padding tokens carry nothing: the empty prompt (SDD's target) encodes to
+    # all zeros, so no projection weight links it to any concept, and a concept's K/V update
+    # cannot leak into other prompts through the tokens every prompt shares.
+    table[[tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]] = 0
+    return table
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPTextModel:
+    """A frozen bag-of-words text encoder: fixed word vectors, no positions, no layers.
+
+    Stable Diffusion's CLIP text encoder is pretrained elsewhere and frozen; SDD's
+    cross-attention updates rely on distinct concepts having distinct token states. This
+    encoder has that property by construction (the final layer norm only rescales the vectors).
+    """
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=TEXT_DIM, num_hidden_layers=0,
         num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
-    return CLIPTextModel(config)
+    encoder = CLIPTextModel(config)
+    with torch.no_grad():
+        encoder.get_input_embeddings().weight.copy_(word_embeddings(tokenizer, TEXT_DIM, seed))
+        encoder.embeddings.position_embedding.weight.zero_()
+    return encoder.requires_grad_(False).eval()
 
 
 def build_unet(sample_size: int) -> UNet2DConditionModel:
@@ -102,7 +144,7 @@ def build_unet(sample_size: int) -> UNet2DConditionModel:
         block_out_channels=(32, 64, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16)
+        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=16)
 
 
 def build_scheduler() -> DDIMScheduler:
@@ -159,40 +201,62 @@ def encode_pool(vae: AutoencoderKL, n: int, seed: int, natural: bool):
     return torch.cat(latents), colors, shapes
 
 
-def _random_caption(color: str, shape: str, rng: random.Random, partial: float) -> str:
-    if rng.random() < partial:
-        if rng.random() < 0.5:
-            return rng.choice(world.COLOR_ONLY_TEMPLATES).format(c=rng.choice(world.COLORS[color][0]))
-        return rng.choice(world.SHAPE_ONLY_TEMPLATES).format(s=rng.choice(world.SHAPES[shape]))
-    return world.caption(color, shape, rng.choice(world.TRAIN_TEMPLATES), rng)
+def _natural(freq: dict[str, float], rng: random.Random) -> str:
+    return rng.choices(list(freq), weights=list(freq.values()))[0]
+
+
+def _captioned_example(i: int, colors: list[str], shapes: list[str], by_pair: dict[tuple[str, str], list[int]],
+                       rng: random.Random, partial: float) -> tuple[int, str]:
+    """A pool index and its caption: usually both attributes named, sometimes only one.
+
+    A partial caption leaves one attribute unsaid, and the image then has it at its *natural*
+    frequency: "a circle" is rarely red, as red is rare. (With balanced pictures behind partial
+    captions, a perfectly erased "red circle" -- drawn as "a circle" -- would still be red one
+    time in five.)
+    """
+    color, shape = colors[i], shapes[i]
+    if rng.random() >= partial:
+        return i, world.caption(color, shape, rng.choice(world.TRAIN_TEMPLATES), rng)
+    if rng.random() < 0.5:
+        shape = _natural(world.NATURAL_SHAPE_FREQ, rng)
+        text = rng.choice(world.COLOR_ONLY_TEMPLATES).format(c=rng.choice(world.COLORS[color][0]))
+    else:
+        color = _natural(world.NATURAL_COLOR_FREQ, rng)
+        text = rng.choice(world.SHAPE_ONLY_TEMPLATES).format(s=rng.choice(world.SHAPES[shape]))
+    return rng.choice(by_pair[color, shape]), text
 
 
 def train_text_to_image(vae: AutoencoderKL, tokenizer: CLIPTokenizer, cfg: ToyConfig,
                         log: Callable[[str], None]) -> tuple[CLIPTextModel, UNet2DConditionModel, float]:
-    """Train text encoder + UNet jointly; returns them and the latent scaling factor."""
+    """Train the UNet on the frozen text encoder; returns both and the latent scaling factor."""
     pool_size = max(4096, cfg.batch_size * 64)
     balanced, b_colors, b_shapes = encode_pool(vae, pool_size, seed=cfg.seed * 104729 + 1, natural=False)
     natural, *_ = encode_pool(vae, pool_size // 4, seed=cfg.seed * 104729 + 2, natural=True)
+    by_pair = collections.defaultdict(list)
+    for i, pair in enumerate(zip(b_colors, b_shapes, strict=True)):
+        by_pair[pair].append(i)
     scaling = float(1.0 / torch.cat([balanced, natural]).std())
     balanced, natural = balanced * scaling, natural * scaling
     log(f"latents: {tuple(balanced.shape[1:])}, scaling factor {scaling:.4f}")
 
-    text_encoder, unet = build_text_encoder(tokenizer), build_unet(balanced.shape[-1])
+    text_encoder, unet = build_text_encoder(tokenizer, cfg.seed), build_unet(balanced.shape[-1])
     scheduler = build_scheduler()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
     sched = _cosine_lr(opt, cfg.unet_steps, warmup=200)
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     alphas = scheduler.alphas_cumprod
     unet.train()
-    text_encoder.train()
     start = time.time()
     for step in range(cfg.unet_steps):
         n_uncond = int(round(cfg.batch_size * cfg.caption_dropout))
         idx = torch.randint(len(balanced), (cfg.batch_size - n_uncond,), generator=gen)
         uidx = torch.randint(len(natural), (n_uncond,), generator=gen)
+        examples = [_captioned_example(i, b_colors, b_shapes, by_pair, rng, cfg.partial_captions)
+                    for i in idx.tolist()]
+        idx = torch.tensor([i for i, _ in examples], dtype=torch.long)
+        captions = [text for _, text in examples]
         x0 = torch.cat([balanced[idx], natural[uidx]])
-        captions = [_random_caption(b_colors[i], b_shapes[i], rng, cfg.partial_captions) for i in idx.tolist()]
         captions += [""] * n_uncond
         ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                         return_tensors="pt").input_ids
@@ -200,7 +264,9 @@ def train_text_to_image(vae: AutoencoderKL, tokenizer: CLIPTokenizer, cfg: ToyCo
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = unet(zt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        with torch.no_grad():
+            states = text_encoder(ids)[0]
+        pred = unet(zt, t, encoder_hidden_states=states).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()

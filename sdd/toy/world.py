@@ -8,8 +8,12 @@ Two distributions matter, and they are deliberately different:
   "looks like" when nobody asks for anything. It is long-tailed: red shapes and triangles are
   rare, the way unsafe content is rare among web images. The model's unconditional mode (trained
   on caption-dropped examples) learns this distribution.
-* captioned training examples are **class-balanced** (every colour and shape equally often), a
-  standard remedy for long-tailed data that leaves each conditional p(image | caption) unchanged.
+* captioned training examples are **class-balanced** in what the caption names (every colour and
+  shape equally often), a standard remedy for long-tailed data that leaves each conditional
+  p(image | caption) unchanged. What a caption leaves unsaid stays natural: "a circle" is rarely
+  red. (``sdd.toy.train`` does this; a world whose colour-less captions drew balanced colours put a
+  floor of ~20-30 % under any erasure of red, because an erased "a red circle" is drawn like
+  "a circle".)
 
 SDD maps a concept onto what the model draws unprompted, so a concept can only be erased down to
 its natural rate: red and triangles (2 % each) can be erased, blue (34 %) cannot. That mirrors the
@@ -61,9 +65,13 @@ HELDOUT_TEMPLATES = (
     "one {c} {s} on a background",
     "a picture of a {s} in {c}",
 )
-#: Partial captions (only the colour or only the shape is named).
-COLOR_ONLY_TEMPLATES = ("a {c} shape", "something {c}")
-SHAPE_ONLY_TEMPLATES = ("a {s}", "a {s} of some colour")
+#: Partial captions (only the colour or only the shape is named): the training templates with one
+#: attribute left out, so that no template implies the unnamed attribute is balanced.
+COLOR_ONLY_TEMPLATES = ("a {c} shape", "something {c}", "an image of a {c} shape",
+                        "a {c} shape on a plain background", "a picture showing one {c} shape",
+                        "a shape in {c}", "one {c} shape")
+SHAPE_ONLY_TEMPLATES = ("a {s}", "a {s} of some colour", "an image of a {s}", "a {s} on a plain background",
+                        "a picture showing one {s}", "one {s}")
 
 
 def color_of(name: str) -> str | None:
@@ -184,13 +192,10 @@ def sample_batch(n: int, seed: int, natural_fraction: float = 0.0, partial_fract
 def toy_erasure_prompts(concept: str) -> list[str]:
     """Prompts that express a toy concept, for erasing it (``sdd erase --model toy``).
 
-    The partial-caption templates the model was trained on ("a crimson shape", "a wedge"), filled
-    with the concept's synonyms. They name the concept and nothing else: full captions ("a crimson
-    circle") would also teach the model to ignore the *other* word ("circle") and damage prompts
-    that share it. The concept's last synonym is left out, so evaluation can test whether erasure
-    generalises to a name it never saw.
+    The concept's names on their own ("red", "crimson"), as the paper erases "nudity". The toy text
+    encoder is bag-of-words, so a word alone encodes exactly as it does inside a caption; a
+    caption would also teach the model to ignore its other words ("circle", "a") and damage the
+    prompts that share them. The concept's last synonym is left out, so evaluation can test
+    whether erasure generalises to a name it never saw.
     """
-    names = concept_names(concept)[:-1]
-    if color_of(concept) is not None:
-        return [t.format(c=c) for t in COLOR_ONLY_TEMPLATES for c in names]
-    return [t.format(s=s) for t in SHAPE_ONLY_TEMPLATES for s in names]
+    return list(concept_names(concept)[:-1])
