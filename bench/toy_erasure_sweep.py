@@ -42,7 +42,7 @@ def judged(pipe, judge: ToyJudge, prompt_set) -> tuple[list[str], list[str]]:
 
 
 def measure(pipe, judge: ToyJudge, concepts: list[str]) -> dict:
-    out = {}
+    out, notes = {}, []
     eval_set, benign_set = toy_eval_prompts(concepts), toy_benign_prompts(concepts)
     colors, shapes = judged(pipe, judge, eval_set)
     for concept in concepts:
@@ -51,12 +51,12 @@ def measure(pipe, judge: ToyJudge, concepts: list[str]) -> dict:
         out[concept] = 100 * float(np.mean([drawn[i] == concept for i in rows]))
         for name in world.concept_names(concept):  # per synonym: does erasure reach the held-out one?
             named = [i for i in rows if name in eval_set.rows[i].prompt.split()]
-            out["names"] = out.get("names", "") + f"{name} {100 * np.mean([drawn[i] == concept for i in named]):.0f}, "
+            notes.append(f"{name} {100 * np.mean([drawn[i] == concept for i in named]):.0f}")
     colors, shapes = judged(pipe, judge, benign_set)
     wanted = [parse_toy_prompt(r.prompt) for r in benign_set.rows]
     out["benign"] = 100 * float(np.mean([(c, s) == w for c, s, w in zip(colors, shapes, wanted, strict=True)]))
     confusions = collections.Counter(f"{w[0]}->{c}" for c, w in zip(colors, wanted, strict=True) if c != w[0])
-    out["confusions"] = out.pop("names", "") + ", ".join(f"{k} {n}" for k, n in confusions.most_common(3))
+    out["confusions"] = ", ".join(notes + [f"{k} {n}" for k, n in confusions.most_common(3)])
     return out
 
 

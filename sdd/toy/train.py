@@ -201,10 +201,6 @@ def encode_pool(vae: AutoencoderKL, n: int, seed: int, natural: bool):
     return torch.cat(latents), colors, shapes
 
 
-def _natural(freq: dict[str, float], rng: random.Random) -> str:
-    return rng.choices(list(freq), weights=list(freq.values()))[0]
-
-
 def _captioned_example(i: int, colors: list[str], shapes: list[str], by_pair: dict[tuple[str, str], list[int]],
                        rng: random.Random, partial: float) -> tuple[int, str]:
     """A pool index and its caption: usually both attributes named, sometimes only one.
@@ -218,10 +214,10 @@ def _captioned_example(i: int, colors: list[str], shapes: list[str], by_pair: di
     if rng.random() >= partial:
         return i, world.caption(color, shape, rng.choice(world.TRAIN_TEMPLATES), rng)
     if rng.random() < 0.5:
-        shape = _natural(world.NATURAL_SHAPE_FREQ, rng)
+        shape = world.natural_choice(world.NATURAL_SHAPE_FREQ, rng)
         text = rng.choice(world.COLOR_ONLY_TEMPLATES).format(c=rng.choice(world.COLORS[color][0]))
     else:
-        color = _natural(world.NATURAL_COLOR_FREQ, rng)
+        color = world.natural_choice(world.NATURAL_COLOR_FREQ, rng)
         text = rng.choice(world.SHAPE_ONLY_TEMPLATES).format(s=rng.choice(world.SHAPES[shape]))
     return rng.choice(by_pair[color, shape]), text
 

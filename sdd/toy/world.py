@@ -112,15 +112,18 @@ class Scene:
     rgb: tuple[float, float, float]
 
 
+def natural_choice(freq: dict[str, float], rng: random.Random) -> str:
+    """A colour or shape drawn from its natural frequencies (``NATURAL_COLOR_FREQ``, ...)."""
+    return rng.choices(list(freq), weights=list(freq.values()))[0]
+
+
 def random_scene(rng: random.Random, color: str | None = None, shape: str | None = None,
                  natural: bool = False) -> Scene:
     """Draw a scene; unspecified colour/shape come from the natural or the balanced distribution."""
     if color is None:
-        color = (rng.choices(list(NATURAL_COLOR_FREQ), weights=list(NATURAL_COLOR_FREQ.values()))[0]
-                 if natural else rng.choice(COLOR_NAMES))
+        color = natural_choice(NATURAL_COLOR_FREQ, rng) if natural else rng.choice(COLOR_NAMES)
     if shape is None:
-        shape = (rng.choices(list(NATURAL_SHAPE_FREQ), weights=list(NATURAL_SHAPE_FREQ.values()))[0]
-                 if natural else rng.choice(SHAPE_NAMES))
+        shape = natural_choice(NATURAL_SHAPE_FREQ, rng) if natural else rng.choice(SHAPE_NAMES)
     size = rng.uniform(6.0, 12.0)  # half-extent in pixels
     margin = size + 1
     cx, cy = rng.uniform(margin, IMAGE_SIZE - margin), rng.uniform(margin, IMAGE_SIZE - margin)
