@@ -50,7 +50,13 @@ from tqdm.auto import tqdm
 import sdd
 from sdd.config import ConfigError, DistillConfig, check_concept_name, check_concept_names
 from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash
-from sdd.storage import atomic_path, check_writable_dir, write_json_atomic, write_text_atomic
+from sdd.storage import (
+    atomic_path,
+    check_writable_dir,
+    recover_interrupted_writes,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -534,6 +540,9 @@ def erase(model: str | DiffusionPipeline, concepts: list[Concept], out_dir: Path
         raise ConfigError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or "
                           f"choose another --out")
     check_writable_dir(out_dir)  # fail before loading the model and training, not at the first checkpoint
+    if resume:
+        for action in recover_interrupted_writes(out_dir):
+            logger.info("resume: %s (left by an interrupted write)", action)
     pipe = load_pipeline(model) if isinstance(model, str) else model
     distiller = Distiller(pipe, concepts, config)
     distiller.base_hash = unet_weights_hash(distiller.teacher)  # teacher == base before training

@@ -43,6 +43,33 @@ def atomic_path(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def recover_interrupted_writes(directory: Path) -> list[str]:
+    """Undo what a process killed inside :func:`atomic_path` left in ``directory``; return what was done.
+
+    A kill can leave a ``.NAME.*.tmp`` staging folder (removed here) and, in the instant between
+    the two renames of a folder swap, ``.NAME.old`` without ``NAME`` (renamed back, so a resume
+    finds the last good checkpoint instead of starting over). Call it only while no other process
+    writes to ``directory``.
+    """
+    directory = Path(directory)
+    done = []
+    for old in sorted(directory.glob(".*.old")):
+        target = directory / old.name[1:-len(".old")]
+        if target.exists():
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+            done.append(f"removed {old.name}")
+        else:
+            os.replace(old, target)
+            done.append(f"restored {target.name} from {old.name}")
+    for tmp in sorted(directory.glob(".*.tmp")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        done.append(f"removed {tmp.name}")
+    return done
+
+
 def write_text_atomic(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -31,7 +31,9 @@ from sdd.config import DistillConfig
 from sdd.distill import CHECKPOINT_DIR, PATCH_FILE, default_concepts, erase
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"steps": 12, "batch_size": 1, "ddim_steps": 4, "checkpoint_every": 2, "seed": 3}
+# Self-attention training keeps the checkpoint (~1.9 MB) well below the model's UNet (~9.3 MB), so the
+# write-failure test can put a file-size limit between the two; the xattn checkpoint (~12 MB) is larger.
+TINY = {"steps": 12, "batch_size": 1, "ddim_steps": 4, "checkpoint_every": 2, "seed": 3, "train_method": "selfattn"}
 CONCEPT = "red"
 SUBPROCESS_TIMEOUT_S = 300
 
@@ -165,13 +167,13 @@ def test_prompts_build_below_a_regular_file_is_one_line_error(tmp_path, monkeypa
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_write_failure_mid_outputs_leaves_previous_outputs_intact(tmp_path, params_file, reference):
-    """Continue a finished run by 2 steps with a 4 MB file-size limit: the 6.8 MB UNet cannot be written."""
+    """Continue a finished run by 2 steps with a 4 MB file-size limit: the 9.3 MB UNet cannot be written."""
     out = tmp_path / "out"
     import shutil
 
     shutil.copytree(reference, out)
     before = tree_digests(out)
-    limit = 4 * 1024 * 1024  # the checkpoint (~1.9 MB) fits, the model's UNet (~6.8 MB) does not
+    limit = 4 * 1024 * 1024  # the checkpoint (~1.9 MB) fits, the model's UNet (~9.3 MB) does not
 
     def limit_file_size():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
@@ -213,3 +215,24 @@ def test_patch_bytes_do_not_depend_on_the_process(tmp_path):
     loaded = load_file(tmp_path / "patch0.safetensors")
     assert torch.equal(loaded["up.attn2.to_k.weight"], teacher[0]) and torch.equal(loaded["down.attn2.to_q.bias"],
                                                                                    teacher[1])
+
+
+def test_resume_recovers_what_a_kill_inside_a_folder_swap_left(tmp_path):
+    """A kill between atomic_path's two renames leaves only ``.checkpoint.old``; a staging folder may remain too."""
+    from sdd.storage import atomic_path, recover_interrupted_writes
+
+    out = tmp_path / "out"
+    with atomic_path(out / CHECKPOINT_DIR) as staged:
+        staged.mkdir()
+        (staged / "state.json").write_text('{"step": 4}')
+    (out / CHECKPOINT_DIR).rename(out / f".{CHECKPOINT_DIR}.old")  # the first rename of the next swap
+    (out / f".{CHECKPOINT_DIR}.abc123.tmp" / CHECKPOINT_DIR).mkdir(parents=True)  # its staging folder
+    (out / ".patch.safetensors.old").write_text("stale")  # left next to a target that exists
+    (out / "patch.safetensors").write_text("good")
+
+    actions = recover_interrupted_writes(out)
+
+    assert checkpoint_step(out) == 4
+    assert (out / "patch.safetensors").read_text() == "good"
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_DIR, "patch.safetensors"]
+    assert len(actions) == 3 and f"restored {CHECKPOINT_DIR} from .{CHECKPOINT_DIR}.old" in actions
