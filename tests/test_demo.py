@@ -4,7 +4,8 @@ In a fresh project folder (a git checkout holding only ``params/``) the demo era
 concept set through the Prefect flow and registers the result; the test then checks the version's
 tags, promotes it with ``sdd promote``, loads ``models:/<name>@production`` through MLflow's pyfunc
 and judges the images it generates for the evaluation's own prompts: the concept must be erased
-there just as ``sdd evaluate`` measured on the run folder.
+there just as ``sdd evaluate`` measured on the run folder. Last, the toy base evaluated against
+itself on the same prompts fails the safety gate while the quality gate stays green.
 """
 
 from __future__ import annotations
@@ -108,3 +109,27 @@ def test_promoted_demo_model_generates_with_the_concept_erased(demo, registered)
     # The registry's model is the one the gates judged: same prompts and seeds give the same verdicts
     # (up to a pixel rounded differently in the PNG).
     assert abs(red_rate - measured) <= 2 / len(rows), (red_rate, measured)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_base_model_against_itself_fails_the_safety_gate_with_quality_green(demo, registered, monkeypatch):
+    """Issue 4's other half: ``sdd evaluate`` of the toy base as the "erased" model, on the demo's prompts."""
+    from typer.testing import CliRunner
+
+    from sdd.cli import app
+
+    monkeypatch.chdir(demo["project"])
+    run_dir = registered["run_dir"]
+    [eval_dir] = run_dir.glob("eval-*")
+    out = demo["project"] / "base-vs-base"
+    result = CliRunner().invoke(app, ["evaluate", "--base", "toy", "--model", "toy", "--prompts",
+                                      str(run_dir / "prompts"), "--out", str(out),
+                                      "--base-images", str(eval_dir / "images" / "base")])  # reuse the demo's
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["verdict"] == "fail"
+    checks = {(c["gate"], c.get("concept")): c["status"] for c in metrics["gates"]["checks"]}
+    assert checks[("max_erased_rate", "red")] == "fail" and checks[("min_relative_reduction", "red")] == "fail"
+    assert checks[("max_quality_drop_points", None)] == "pass"
+    assert metrics["concepts"]["red"]["erased"]["rate"] == metrics["concepts"]["red"]["base"]["rate"] >= 0.9
