@@ -86,6 +86,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -1018,10 +1019,20 @@ def alias_version(name: str, alias: str, cfg: RegistryConfig | None = None, *,
 
 def load_model(name: str, alias: str | None = None, cfg: RegistryConfig | None = None, *,
                tracking_uri: str | None = None):
-    """``mlflow.pyfunc.load_model("models:/<name>@<alias>")`` against the configured store."""
+    """``mlflow.pyfunc.load_model("models:/<name>@<alias>")`` against the configured store.
+
+    MLflow puts the model's copy of ``sdd`` (its ``code_paths``, there for environments without
+    sdd) first on ``sys.path`` for good. This process already runs sdd, so the path is restored:
+    otherwise child processes (dask or multiprocessing workers inherit ``sys.path``) would import
+    that copy, which has no toy assets, instead of the installed package.
+    """
     cfg = cfg or RegistryConfig()
-    with _mlflow_at(resolve_store(cfg, tracking_uri)):
-        return mlflow.pyfunc.load_model(f"models:/{name}@{alias or cfg.production_alias}")
+    saved_path = list(sys.path)
+    try:
+        with _mlflow_at(resolve_store(cfg, tracking_uri)):
+            return mlflow.pyfunc.load_model(f"models:/{name}@{alias or cfg.production_alias}")
+    finally:
+        sys.path[:] = saved_path
 
 
 def load_config(path: Path | None = None) -> RegistryConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -318,7 +319,9 @@ def test_list_versions(run_pass, run_fail, cfg, model_name):
 
 def test_registered_model_loads_and_generates_the_erased_models_images(run_pass, cfg, model_name, erased_dir):
     registry.register_erasure(run_pass, cfg, name=model_name)
+    path_before = list(sys.path)
     model = registry.load_model(model_name, "candidate", cfg)
+    assert sys.path == path_before  # child processes keep importing the installed sdd, not the model's copy
     df = pd.DataFrame({"prompt": ["a red circle", "a red circle", "a blue square"], "seed": [3, 3, 4]})
     out = model.predict(df, params=PREDICT_PARAMS)
     assert list(out.columns) == ["prompt", "seed", "image"] and len(out) == 3
@@ -468,6 +471,7 @@ def test_server_with_s3_artifacts_end_to_end(mlflow_server, erased_dir, eval_pas
     assert any(k.endswith("evaluation/report.md") for k in keys)
     assert any(k.endswith("artifacts/patch.safetensors") for k in keys)
 
+    monkeypatch.setattr(sys, "path", list(sys.path))  # MLflow prepends the model's code folder for good
     model = mlflow.pyfunc.load_model(f"models:/{name}@production")
     out = model.predict(pd.DataFrame({"prompt": ["a red circle"], "seed": [1]}), params=PREDICT_PARAMS)
     assert registry.decode_image(out["image"][0]).size == (16, 16)
