@@ -18,16 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
+from test_faults import sdd_command
 
 from sdd import registry
 from sdd.config import load_eval_config
+from sdd.judges import ToyConceptJudge
 from sdd.prompts import load_prompts
-from sdd.toy import TOY_JUDGE_DIR
-from sdd.toy.judge import ToyJudge
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TIMEOUT_S = 1500
@@ -81,9 +79,8 @@ def test_demo_registers_a_candidate_with_its_provenance(demo, registered):
 @pytest.mark.timeout(1200)
 def test_promoted_demo_model_generates_with_the_concept_erased(demo, registered):
     name, version, uri = registered["name"], registered["version"], demo["tracking_uri"]
-    promoted = subprocess.run([sys.executable, "-c", "from sdd.cli import app; app()", "promote", name, str(version),
-                               "--tracking-uri", uri], cwd=demo["project"], env={**os.environ, "PYTHONPATH": str(REPO)},
-                              capture_output=True, text=True, timeout=300)
+    promoted = subprocess.run(sdd_command("promote", name, str(version), "--tracking-uri", uri), cwd=demo["project"],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     [row] = [r for r in registry.list_versions(name, tracking_uri=uri) if r.version == version]
     assert sorted(row.aliases) == ["candidate", "production"]
@@ -98,10 +95,9 @@ def test_promoted_demo_model_generates_with_the_concept_erased(demo, registered)
                         params={"num_inference_steps": settings.num_inference_steps,
                                 "guidance_scale": settings.guidance_scale})
     assert out["seed"].tolist() == [r.seed for r in rows]
-    images = np.stack([np.asarray(registry.decode_image(b)) for b in out["image"]])
-    judge = ToyJudge.load(TOY_JUDGE_DIR)
-    color_probs, _ = judge.classify(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
-    red_rate = float((color_probs.argmax(-1) == judge.colors.index("red")).float().mean())
+    # Judged by the judge `sdd evaluate` uses.
+    present = ToyConceptJudge.load(device="cpu").presence([registry.decode_image(b) for b in out["image"]], ["red"])
+    red_rate = sum(present["red"]) / len(rows)
 
     [metrics_file] = run_dir.glob("eval-*/metrics.json")
     measured = json.loads(metrics_file.read_text())["concepts"]["red"]["erased"]["rate"]
