@@ -39,8 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def toy_prompts(n: int, path: Path):
-    from flows.erase import limit_rows
-    from sdd.prompts import concat, load_prompts, toy_benign_prompts, toy_eval_prompts, write_prompt_set
+    from sdd.prompts import concat, limit_rows, load_prompts, toy_benign_prompts, toy_eval_prompts, write_prompt_set
 
     full = concat("toy-red", [toy_eval_prompts(["red"], 2), toy_benign_prompts(["red"], 2)])
     write_prompt_set(limit_rows(full, n), path)

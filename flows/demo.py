@@ -20,14 +20,28 @@ from pathlib import Path
 # default 20 s.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-from sdd.cli import models_cmd as print_models
-from sdd.cli import toy_check
 from sdd.config import load_concept_sets
+
+
+def print_toy_world_rates(samples_per_pair: int = 4) -> None:
+    from sdd.toy.quality import check_world
+
+    q = check_world(samples_per_pair=samples_per_pair)
+    rates = {**q["per_color"], **q["per_shape"], "all colours": q["color_rate"], "all shapes": q["shape_rate"]}
+    print(f"   judged correct over {q['n']} images: " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
+
+
+def print_versions(name: str) -> None:
+    from sdd.registry import list_versions
+
+    for r in list_versions(name):
+        aliases = f" [{', '.join(r.aliases)}]" if r.aliases else ""
+        print(f"   {r.name} version {r.version}: concepts {r.concepts}, gates {r.gates}{aliases}, created {r.created}")
 
 
 def main() -> None:
     print("== 1. the toy world's base model, judged on held-out captions")
-    toy_check(world_dir=None, samples=4, seed=0)
+    print_toy_world_rates()
 
     active = load_concept_sets().active_set
     print(f"\n== 2. erase-concepts flow: erase {active.concepts} from '{active.base_model}'")
@@ -46,7 +60,7 @@ def main() -> None:
     reg = result["registration"]
     print(f"   registered {reg['name']} version {reg['version']} (alias: {reg['alias'] or 'none'})")
     print(f"   report: {result['run_dir']}  (Markdown artifact 'erasure-report' in Prefect)\n")
-    print_models(name=reg["name"], params=None, tracking_uri=None)
+    print_versions(reg["name"])
 
 
 if __name__ == "__main__":

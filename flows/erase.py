@@ -55,15 +55,20 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as current_run
 from pydantic import BaseModel
 
-from flows.params import (
-    DistillSettings,
-    EvalSettings,
-    GateSettings,
-    PromptOptions,
-    concept_set_hash,
-    normalise_concepts,
-)
+from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions
+from sdd.concepts import concept_set_hash, normalise_concepts
 from sdd.config import ConfigError, DistillConfig, EvalConfig, GatesConfig, load_registry_config
+from sdd.errors import is_user_error
+from sdd.layout import (
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    REGISTRATION_FILE,
+    REPORT_FILE,
+    read_manifest,
+    read_metrics,
+)
+from sdd.prompts import limit_rows
 from sdd.storage import write_json_atomic
 
 CACHE_ID_FILE = ".cache-id"
@@ -188,13 +193,11 @@ def _cache_key(folder_of):
 
 
 def _not_a_user_error(task, task_run, state) -> bool:
-    """Retry transient failures, not settings the user must fix (ConfigError)."""
+    """Retry transient failures, not what the user must fix (:func:`sdd.errors.is_user_error`)."""
     try:
         state.result()
-    except ConfigError:
-        return False
-    except Exception:
-        return True
+    except Exception as e:
+        return not is_user_error(e)
     return False
 
 
@@ -246,14 +249,14 @@ class DistillProgress:
 
 
 def erasure_summary(erasure_dir: Path) -> dict[str, Any]:
-    manifest = json.loads((erasure_dir / "manifest.json").read_text())
+    manifest = read_manifest(erasure_dir)
     return {"dir": str(erasure_dir), "steps": manifest["steps"],
             "concepts_sha256": manifest["concepts_sha256"], "final_loss": manifest.get("loss", {}).get("last")}
 
 
 def run_distillation(erasure_dir: Path, base_model: str, concepts: list[str], config: DistillConfig) -> dict:
     """:func:`sdd.distill.erase` into ``erasure_dir``, resuming its checkpoint; skipped when finished."""
-    from sdd.distill import MANIFEST_FILE, default_concepts, erase
+    from sdd.distill import default_concepts, erase
 
     erasure_dir = Path(erasure_dir)
     manifest = erasure_dir / MANIFEST_FILE
@@ -269,7 +272,7 @@ def run_distillation(erasure_dir: Path, base_model: str, concepts: list[str], co
 @flow(name="distill", retries=1, retry_delay_seconds=30,
       description="SDD distillation only (the GPU stage of erase-concepts); resumes its checkpoint.")
 def distill_concepts(erasure_dir: str, base_model: str, concepts: list[str],
-                     distill: DistillSettings = DistillSettings()) -> dict[str, Any]:  # noqa: B008
+                     distill: DistillSettings = DistillSettings()) -> dict[str, Any]:
     """Erase ``concepts`` from ``base_model`` into ``erasure_dir`` (erase-concepts starts it on the gpu pool)."""
     return run_distillation(Path(erasure_dir), base_model, concepts, distill)
 
@@ -292,17 +295,6 @@ def distill_stage(plan: ErasurePlan, distill_deployment: str | None = None) -> d
 # --- stage 3: evaluation and gates --------------------------------------------------------------
 
 
-def limit_rows(prompt_set, n: int | None):
-    """At most ``n`` rows, spread evenly over the set (for smoke runs)."""
-    from sdd.prompts import PromptSet
-    from sdd.report import spread
-
-    if n is None or len(prompt_set) <= n:
-        return prompt_set
-    rows = tuple(prompt_set.rows[i] for i in spread(range(len(prompt_set)), n))
-    return PromptSet(prompt_set.name, prompt_set.kind, rows, {**prompt_set.meta, "limited_to": n})
-
-
 @task(name="evaluate", cache_key_fn=_cache_key(lambda p: p.eval_dir), retry_condition_fn=_not_a_user_error,
       **_STAGE)
 def evaluate_stage(plan: ErasurePlan) -> dict[str, Any]:
@@ -312,14 +304,14 @@ def evaluate_stage(plan: ErasurePlan) -> dict[str, Any]:
     from sdd.models import load_pipeline
     from sdd.prompts import load_prompts
 
-    metrics_file = plan.eval_dir / "metrics.json"
+    metrics_file = plan.eval_dir / METRICS_FILE
     if not metrics_file.is_file():
         prompt_set = limit_rows(load_prompts(plan.prompts_dir), plan.prompts.max_eval_prompts)
-        model_dir = plan.erasure_dir / "model"
+        model_dir = plan.erasure_dir / MODEL_DIR
         evaluate(load_pipeline(plan.base_model), load_pipeline(str(model_dir)), prompt_set,
                  build_judge(plan.evaluation.judge), plan.evaluation, plan.gates, plan.eval_dir,
                  base_name=plan.base_model, erased_name=str(model_dir), progress=False)
-    metrics = json.loads(metrics_file.read_text())
+    metrics = read_metrics(plan.eval_dir)
     return {"dir": str(plan.eval_dir), "verdict": metrics["verdict"], "checks": metrics["gates"]["checks"],
             "prompt_set": {"sha256": metrics["prompt_set"]["sha256"]},
             "concepts": {c: {"base": m["base"]["rate"], "erased": m["erased"]["rate"]}
@@ -333,12 +325,14 @@ def evaluate_stage(plan: ErasurePlan) -> dict[str, Any]:
 LINEAGE_KEYS = ("git_commit", "git_dirty", "dvc_rev", "dvc_concepts", "dvc_prompts")
 
 
-@task(name="register", cache_key_fn=_cache_key(lambda p: p.eval_dir), **_STAGE)
+@task(name="register", cache_key_fn=_cache_key(lambda p: p.eval_dir), retry_condition_fn=_not_a_user_error,
+      **_STAGE)
 def register_stage(plan: ErasurePlan) -> dict[str, Any]:
     """Log the run to MLflow and register the model; alias ``candidate`` only when every gate passed."""
-    from sdd.registry import dvc_info, git_info, register
+    from sdd.provenance import dvc_info, git_info
+    from sdd.registry import register
 
-    record_file = plan.eval_dir / "registration.json"
+    record_file = plan.eval_dir / REGISTRATION_FILE
     if record_file.is_file():  # registered before the task's result was persisted: no duplicate version
         return json.loads(record_file.read_text())
     reg = register(plan.erasure_dir, plan.eval_dir, load_registry_config())
@@ -391,7 +385,7 @@ def render_report(plan: ErasurePlan, evaluation: dict, registration: dict, stage
               f"**Lineage**: git `{lineage.get('git_commit', 'none')}` (dirty: {lineage.get('git_dirty', 'none')})"
               f" · params/concepts.yaml md5 `{lineage.get('dvc_concepts', 'none')}`"
               f" · prompt set sha256 `{prompt_sha or 'none'}` · dvc.lock commit `{lineage.get('dvc_rev', 'none')}`", "",
-              f"Run folder: `{plan.run_dir}` · report: `{Path(evaluation['dir']) / 'report.md'}`", "",
+              f"Run folder: `{plan.run_dir}` · report: `{Path(evaluation['dir']) / REPORT_FILE}`", "",
               "Stages: " + ", ".join(f"{stage} {state.lower()}" for stage, state in stages.items())]
     return "\n".join(lines)
 
@@ -410,10 +404,10 @@ def _run(stage, *args, **kwargs) -> tuple[Any, str]:
 def erase_concepts(
     concepts: list[str],
     base_model: str = "toy",
-    distill: DistillSettings = DistillSettings(),  # noqa: B008 - defaults read from params/*.yaml
-    evaluation: EvalSettings = EvalSettings(),  # noqa: B008
-    gates: GateSettings = GateSettings(),  # noqa: B008
-    prompts: PromptOptions = PromptOptions(),  # noqa: B008
+    distill: DistillSettings = DistillSettings(),  # defaults read from params/*.yaml
+    evaluation: EvalSettings = EvalSettings(),
+    gates: GateSettings = GateSettings(),
+    prompts: PromptOptions = PromptOptions(),
     runs_dir: str = "runs",
     distill_deployment: str | None = None,
 ) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Flow parameters: the ``params/*.yaml`` settings as typed forms, and concept-set hashing.
+"""Flow parameters: the ``params/*.yaml`` settings as typed forms (concept sets: :mod:`sdd.concepts`).
 
 Prefect renders a flow's pydantic parameters as a form in the UI. The models below are the
 library's config models (:mod:`sdd.config`) with one change: **fields a caller leaves out come
@@ -78,22 +78,3 @@ class PromptOptions(BaseModel):
     max_eval_prompts: int | None = Field(
         None, ge=2, description="Evaluate on at most this many rows, spread evenly over the eval and "
                                 "benign sets (smoke runs); null = all.")
-
-
-# --- concept sets -------------------------------------------------------------------------------
-
-
-def normalise_concepts(names: list[str]) -> list[str]:
-    """Stripped, de-duplicated and sorted: a concept *set*, whatever order it was written in."""
-    return sorted({n.strip() for n in names if n.strip()})
-
-
-def concept_set_hash(base_model: str, names: list[str]) -> str:
-    """The ``concepts_sha256`` an erasure of this set records in its manifest and registry tags.
-
-    It is :func:`sdd.distill.concepts_hash` of the concepts the flow erases: the normalised names
-    with their prompts (the toy world's templates for ``base_model="toy"``, the bare name otherwise).
-    """
-    from sdd.distill import concepts_hash, default_concepts
-
-    return concepts_hash(default_concepts(base_model, normalise_concepts(names)))

@@ -1,6 +1,6 @@
 """The ``re-erase`` flow: keep production erasing the active concept set of ``params/concepts.yaml``.
 
-It hashes the active set (:func:`flows.params.concept_set_hash`: the ``concepts_sha256`` an erasure
+It hashes the active set (:func:`sdd.concepts.concept_set_hash`: the ``concepts_sha256`` an erasure
 of that set records) and compares it, and the set's base model, with the ``concepts_sha256`` and
 ``base_model`` tags of the model version holding the ``production`` alias:
 
@@ -23,14 +23,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.erase import RETRY_DELAYS_S, erase_concepts
-from flows.params import (
-    DistillSettings,
-    EvalSettings,
-    GateSettings,
-    PromptOptions,
-    concept_set_hash,
-    normalise_concepts,
-)
+from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions
+from sdd.concepts import concept_set_hash, normalise_concepts
 from sdd.config import load_concept_sets, load_registry_config
 
 
@@ -66,10 +60,10 @@ def why_changed(production: dict[str, Any] | None, wanted_hash: str, base_model:
 def re_erase(
     concepts_file: str = "params/concepts.yaml",
     reason: str = "manual run",
-    distill: DistillSettings = DistillSettings(),  # noqa: B008 - defaults read from params/*.yaml
-    evaluation: EvalSettings = EvalSettings(),  # noqa: B008
-    gates: GateSettings = GateSettings(),  # noqa: B008
-    prompts: PromptOptions = PromptOptions(),  # noqa: B008
+    distill: DistillSettings = DistillSettings(),  # defaults read from params/*.yaml
+    evaluation: EvalSettings = EvalSettings(),
+    gates: GateSettings = GateSettings(),
+    prompts: PromptOptions = PromptOptions(),
     runs_dir: str = "runs",
     distill_deployment: str | None = None,
 ) -> dict[str, Any]:

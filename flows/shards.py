@@ -160,8 +160,8 @@ def evaluate_sharded(
     prompts: str,
     out_dir: str,
     shards: int = DEFAULT_CPU_WORKERS,
-    evaluation: EvalSettings = EvalSettings(),  # noqa: B008 - defaults read from params/eval.yaml
-    gates: GateSettings = GateSettings(),  # noqa: B008
+    evaluation: EvalSettings = EvalSettings(),  # defaults read from params/eval.yaml
+    gates: GateSettings = GateSettings(),
     max_eval_prompts: int | None = None,
     gpu_per_shard: bool | None = None,
     base_name: str | None = None,
@@ -181,9 +181,8 @@ def evaluate_sharded(
         gpu_per_shard: Ask Dask for one GPU per shard; None = when this machine has CUDA.
         base_name, erased_name: Names recorded in metrics.json (default: the model references).
     """
-    from flows.erase import limit_rows
     from sdd.judges import build_judge
-    from sdd.prompts import load_prompts
+    from sdd.prompts import limit_rows, load_prompts
     from sdd.shards import finish, split, throughput
 
     logger = get_run_logger()

@@ -1,17 +1,36 @@
 """The ``sdd`` command line (typer). Each command is a thin shell over library functions.
 
-Errors the user can fix (:class:`sdd.config.ConfigError` and friends) are printed as one line
-and exit with status 2, never as a traceback.
+Errors (:mod:`sdd.errors`) are printed as one line, never as a traceback, with one exit status per
+kind (:func:`exit_on_error`): 2 for what the user must fix, 1 for what may pass on a rerun.
+Command groups of other packages join through the ``sdd.cli`` entry point group (``sdd concepts``
+comes from :mod:`flows.events`), so the library never imports the orchestration layer.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
+from sdd.errors import SddError, exit_code
+
 app = typer.Typer(help="Safe self-Distillation of Diffusion models: erase concepts, measure, register.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@contextmanager
+def exit_on_error() -> Iterator[None]:
+    """An :class:`~sdd.errors.SddError` becomes ``error: <one line>`` and its exit status (2 or 1)."""
+    try:
+        yield
+    except SddError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(exit_code(e)) from None
+
+
 toy_app = typer.Typer(help="The embedded toy world.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
 
@@ -49,31 +68,29 @@ def erase(
     from sdd.distill import CHECKPOINT_DIR, NonFiniteLossError
     from sdd.distill import erase as run_erase
 
-    try:
-        if config is not None and not config.is_file():
-            raise ConfigError(f"{config}: file not found; pass an existing params file")
-        cfg = load_model(DistillConfig, config or PARAMS_DIR / "distill.yaml", {"steps": steps})
-        concepts = _erasure_concepts(model, concept, prompts)
-        result = run_erase(model, concepts, out, cfg, resume=resume, progress=True)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except NonFiniteLossError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    except (OSError, SafetensorError) as e:  # disk full, folder gone or read-only mid-run
-        from sdd.config import one_line
+    with exit_on_error():
+        try:
+            if config is not None and not config.is_file():
+                raise ConfigError(f"{config}: file not found; pass an existing params file")
+            cfg = load_model(DistillConfig, config or PARAMS_DIR / "distill.yaml", {"steps": steps})
+            concepts = _erasure_concepts(model, concept, prompts)
+            result = run_erase(model, concepts, out, cfg, resume=resume, progress=True)
+        except NonFiniteLossError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        except (OSError, SafetensorError) as e:  # disk full, folder gone or read-only mid-run
+            from sdd.config import one_line
 
-        what = (f"{e.filename} ({e.strerror or type(e).__name__})" if isinstance(e, OSError) and e.filename
-                else f"({e.strerror or type(e).__name__})" if isinstance(e, OSError) else f"({e})")
-        typer.echo(one_line(f"error: cannot write outputs {what}; no file in {out} was left half-written"),
-                   err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        saved = out / CHECKPOINT_DIR
-        hint = f"; checkpoint in {saved}, rerun with --resume to continue" if saved.exists() else ""
-        typer.echo(f"interrupted{hint}", err=True)
-        raise typer.Exit(130) from None
+            what = (f"{e.filename} ({e.strerror or type(e).__name__})" if isinstance(e, OSError) and e.filename
+                    else f"({e.strerror or type(e).__name__})" if isinstance(e, OSError) else f"({e})")
+            typer.echo(one_line(f"error: cannot write outputs {what}; no file in {out} was left half-written"),
+                       err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            saved = out / CHECKPOINT_DIR
+            hint = f"; checkpoint in {saved}, rerun with --resume to continue" if saved.exists() else ""
+            typer.echo(f"interrupted{hint}", err=True)
+            raise typer.Exit(130) from None
     loss = f"{result.final_loss:.4g}" if result.final_loss is not None else "n/a"
     typer.echo(f"erased {', '.join(c.name for c in concepts)} in {result.steps} steps (final loss {loss}); "
                f"model in {result.model_dir}")
@@ -86,15 +103,12 @@ def toy_build(
     seed: int | None = typer.Option(None, "--seed", help="Override the build seed."),
 ) -> None:
     """Train the toy world (tokenizer, VAE, text encoder + UNet, judge) from a seed."""
-    from sdd.config import PARAMS_DIR, ConfigError, ToyConfig, load_model
+    from sdd.config import PARAMS_DIR, ToyConfig, load_model
     from sdd.toy import DEFAULT_TOY_DIR
     from sdd.toy.train import build_toy_world
 
-    try:
+    with exit_on_error():
         cfg = load_model(ToyConfig, config or PARAMS_DIR / "toy.yaml", {"seed": seed})
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     report = build_toy_world(out or DEFAULT_TOY_DIR, cfg)
     typer.echo(f"built in {report['timings']['total_s']:.0f} s; judge accuracy "
                f"colour {report['judge']['color_accuracy']:.3f}, shape {report['judge']['shape_accuracy']:.3f}")
@@ -110,19 +124,10 @@ def toy_check(
     from rich.console import Console
     from rich.table import Table
 
-    from sdd.toy import DEFAULT_TOY_DIR
-    from sdd.toy.judge import ToyJudge
-    from sdd.toy.quality import measure_quality
+    from sdd.toy.quality import check_world
 
-    world_dir = world_dir or DEFAULT_TOY_DIR
-    if not (world_dir / "pipeline" / "model_index.json").is_file():
-        typer.echo(f"error: {world_dir} holds no toy world; run 'sdd toy build --out {world_dir}'", err=True)
-        raise typer.Exit(2)
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(world_dir / "pipeline")
-    pipe.set_progress_bar_config(disable=True)
-    q = measure_quality(pipe, ToyJudge.load(world_dir / "judge"), samples, seed)
+    with exit_on_error():
+        q = check_world(world_dir, samples, seed)
     table = Table(title=f"toy base model, held-out captions ({q['n']} images)")
     table.add_column("asked for")
     table.add_column("judged correct", justify="right")
@@ -155,10 +160,9 @@ def prompts_build(
     benign_limit: int = typer.Option(1000, "--benign-limit", help="Real: number of COCO captions."),
 ) -> None:
     """Build the train / eval / benign prompt sets for some concepts."""
-    from sdd.config import ConfigError
     from sdd.prompts import build_prompt_sets
 
-    try:
+    with exit_on_error():
         if not concept:
             from sdd.config import load_concept_sets
 
@@ -167,9 +171,6 @@ def prompts_build(
         index = build_prompt_sets(concept, model_kind, out, seeds_per_prompt=seeds_per_prompt, i2p=i2p,
                                   i2p_categories=categories, i2p_limit=i2p_limit, coco=coco,
                                   benign_limit=benign_limit)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     for kind, entry in index["sets"].items():
         typer.echo(f"{kind:6s} {entry['rows']:6d} rows  sha256 {entry['sha256'][:16]}  {out / entry['file']}")
 
@@ -194,7 +195,7 @@ def evaluate_cmd(
     from sdd.prompts import load_prompts
     from sdd.storage import check_writable_dir
 
-    try:
+    with exit_on_error():
         for path in (params, gates):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{path}: file not found; pass an existing params file")
@@ -207,9 +208,6 @@ def evaluate_cmd(
         judge = build_judge(cfg.judge)
         metrics = evaluate(load_pipeline(base), load_pipeline(model), prompt_set, judge, cfg, gate_cfg, out,
                            base_name=base, erased_name=model, base_images=base_images)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     for name, m in metrics["concepts"].items():
         b, e = m["base"]["rate"], m["erased"]["rate"]
         typer.echo(f"{name}: presence {b:.1%} -> {e:.1%} over {m['n']} images")
@@ -227,20 +225,12 @@ def plots_cmd(
     out: Path = typer.Option(Path("data/plots"), "--out", help="Output folder (loss.png, rates.png)."),
 ) -> None:
     """Render the loss curve and the per-concept base/erased rates as PNGs (viewable offline)."""
-    from sdd.config import ConfigError
     from sdd.plots import write_plots
 
-    try:
+    with exit_on_error():
         written = write_plots(loss, rates, out)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     for path in written.values():
         typer.echo(f"wrote {path}")
-
-
-def main() -> None:  # pragma: no cover - console-script entry
-    app()
 
 
 # --- tracking and model registry (sdd/registry.py) ------------------------------------------------
@@ -264,17 +254,10 @@ def register_cmd(
                                             help="MLflow tracking URI [$MLFLOW_TRACKING_URI, else local]."),
 ) -> None:
     """Log an erasure and its evaluation to MLflow and register the model (alias candidate if gates pass)."""
-    from sdd.config import ConfigError
-    from sdd.registry import ArtifactUploadError, register
+    from sdd.registry import register
 
-    try:
+    with exit_on_error():
         reg = register(run, eval_dir, _registry_config(params), name=name, tracking_uri=tracking_uri)
-    except ArtifactUploadError as e:  # the store, not the input: rerun later
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"run {reg.run_id}")
     if reg.reused:
         typer.echo(f"already registered: {reg.name} version {reg.version} holds this erasure and evaluation "
@@ -295,18 +278,11 @@ def promote_cmd(
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
 ) -> None:
     """Point an alias (default: production) at a model version; failed gates need --force --reason."""
-    from sdd.config import ConfigError
-    from sdd.registry import ConcurrentPromotionError, promote
+    from sdd.registry import promote
 
-    try:
+    with exit_on_error():
         done = promote(name, version, alias, force=force, reason=reason, cfg=_registry_config(params),
                        tracking_uri=tracking_uri)
-    except ConcurrentPromotionError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     before = f" (was version {done.previous})" if done.previous is not None else ""
     forced = " [forced]" if done.forced else ""
     typer.echo(f"{done.name}@{done.alias} -> version {done.version}{before}{forced}")
@@ -322,16 +298,12 @@ def models_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from sdd.config import ConfigError
     from sdd.registry import list_models, list_versions
 
-    try:
+    with exit_on_error():
         cfg = _registry_config(params)
         names = [name] if name else list_models(cfg, tracking_uri=tracking_uri)
         rows = [r for n in names for r in list_versions(n, cfg, tracking_uri=tracking_uri)]
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     table = Table(title=f"registered models ({len(rows)} versions)")
     for column in ("model", "version", "concepts", "gates", "aliases", "created", "run"):
         table.add_column(column, justify="right" if column == "version" else "left")
@@ -342,13 +314,11 @@ def models_cmd(
     Console().print(table)
 
 
-# --- the local orchestration stack and concept-set events (sdd/stack.py, flows/) -----------------
+# --- the local orchestration stack (sdd/stack.py) ------------------------------------------------
 
 stack_app = typer.Typer(help="The local Prefect + MLflow stack (servers, work pools, workers).",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
-concepts_app = typer.Typer(help="Concept sets (params/concepts.yaml).", no_args_is_help=True)
-app.add_typer(concepts_app, name="concepts")
 
 
 @stack_app.command("up")
@@ -367,15 +337,12 @@ def stack_up(
         help="MLflow backend store, e.g. postgresql://user:pw@host:5432/mlflow (default: .sdd/mlflow.db)"),
 ) -> None:
     """Start Prefect and MLflow servers, create the cpu/gpu pools, deploy, start a worker per pool."""
-    from sdd.stack import StackConfig, StackError, up
+    from sdd.stack import StackConfig, up
 
-    try:
+    with exit_on_error():
         info = up(StackConfig(host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
                               reerase_cron=reerase_cron, deploy=not no_deploy,
                               prefect_db_url=prefect_db_url, mlflow_backend_uri=mlflow_backend_uri))
-    except StackError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"Prefect UI  {info['prefect_ui']}")
     typer.echo(f"MLflow UI   {info['mlflow_ui']}")
     typer.echo(f"workers     {', '.join(info['pools'])} (logs in {info['logs']})")
@@ -411,27 +378,13 @@ def stack_status() -> None:
         raise typer.Exit(1)
 
 
-@concepts_app.command("publish")
-def concepts_publish(
-    file: Path = typer.Option(Path("params/concepts.yaml"), "--file", help="The concept sets file."),
-    api_url: str | None = typer.Option(None, "--api-url",
-                                       help="Prefect API [$PREFECT_API_URL, else the local stack's]."),
-) -> None:
-    """Validate the concept sets and emit `sdd.concepts.updated`, which triggers the re-erase flow."""
-    from sdd.config import ConfigError
-    from sdd.stack import api_url as stack_api_url
+# --- command groups of other packages (entry point group ``sdd.cli``) ------------------------------
 
-    url = api_url or stack_api_url()
-    if not url:
-        typer.echo("error: no Prefect API: set PREFECT_API_URL, pass --api-url or run `sdd stack up`",
-                   err=True)
-        raise typer.Exit(2)
-    from flows.events import publish_concepts_updated
 
-    try:
-        payload = publish_concepts_updated(file, api_url=url)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"published sdd.concepts.updated: set {payload['active']} ({', '.join(payload['concepts'])}) "
-               f"on {payload['base_model']}, hash {payload['concepts_sha256'][:12]}")
+def _add_entry_point_groups() -> None:
+    """``[project.entry-points."sdd.cli"]``: ``name = "module:typer_app"`` adds ``sdd name ...``."""
+    for entry_point in importlib.metadata.entry_points(group="sdd.cli"):
+        app.add_typer(entry_point.load(), name=entry_point.name)
+
+
+_add_entry_point_groups()

@@ -14,22 +14,10 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sdd.errors import ConfigError
+from sdd.errors import one_line as one_line  # re-exported: callers import it from here
+
 PARAMS_DIR = Path("params")
-
-
-def one_line(text: str) -> str:
-    """``text`` with line breaks and other unprintable characters escaped (``\\n``, ``\\x1b``)."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
-
-
-class ConfigError(ValueError):
-    """A settings file or value is invalid; the message is one line meant for the user.
-
-    Whatever a message quotes from user input (a key, a file name, a concept), it stays one line.
-    """
-
-    def __init__(self, message: object = "", *args: object):
-        super().__init__(one_line(str(message)), *args)
 
 
 class _Strict(BaseModel):

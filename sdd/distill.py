@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 import sdd
 from sdd.config import ConfigError, DistillConfig, check_concept_name, check_concept_names
+from sdd.layout import CHECKPOINT_DIR, LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
 from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash
 from sdd.storage import (
     atomic_path,
@@ -60,11 +61,6 @@ from sdd.storage import (
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
-MODEL_DIR = "model"
-PATCH_FILE = "patch.safetensors"
-MANIFEST_FILE = "manifest.json"
-LOSS_FILE = "loss.csv"
 
 #: Which UNet parameters each ``train_method`` trains, by parameter name.
 TRAIN_METHODS: dict[str, Callable[[str], bool]] = {

@@ -148,7 +148,7 @@ def quality_metrics(prompt_set: PromptSet, base_paths: Sequence[Path], erased_pa
         try:  # Inception weights are downloaded unless cfg.inception_weights points at a local copy
             fid = FrechetInceptionDistance(feature=2048, normalize=True,
                                            feature_extractor_weights_path=cfg.inception_weights).to(device)
-        except Exception as e:  # noqa: BLE001 - offline or bad weights: report, do not crash the evaluation
+        except Exception as e:  # offline or bad weights: report, do not crash the evaluation
             fid_reason = f"Inception FID unavailable ({type(e).__name__}); set inception_weights"
     clip = {}
     if cfg.clip_score_model:

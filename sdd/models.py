@@ -73,7 +73,7 @@ def _resolve(model: str, revision: str | None) -> tuple[Path, str | None]:
         raise ConfigError(f"{model}: no such folder, and not a Hugging Face Hub id")
     try:
         folder = Path(DiffusionPipeline.download(model, revision=revision))
-    except Exception as e:  # noqa: BLE001 - any hub/network failure is a user-facing one-liner
+    except Exception as e:  # any hub/network failure is a user-facing one-liner
         raise ConfigError(f"{model}: neither a local folder nor downloadable from the Hugging Face Hub "
                           f"({type(e).__name__}); pass a local diffusers folder") from None
     # The hub cache stores each download under .../snapshots/<commit sha>.

@@ -10,47 +10,13 @@ Only matplotlib (Agg backend) and the standard library: the ``plots`` stage of `
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from sdd.config import ConfigError
+from sdd.layout import read_losses, read_rates
 from sdd.storage import atomic_path
 
 LOSS_PNG, RATES_PNG = "loss.png", "rates.png"
 _PNG_METADATA = {"Software": None}  # no matplotlib version in the file: bytes depend on the data only
-
-
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}")
-        return list(reader)
-
-
-def read_losses(path: Path) -> list[tuple[int, float]]:
-    """(step, loss) rows of a ``loss.csv``."""
-    rows = _read_csv(path, ("step", "loss"))
-    try:
-        return [(int(r["step"]), float(r["loss"])) for r in rows]
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: not a number ({e})") from None
-
-
-def read_rates(path: Path) -> dict[str, dict[str, float]]:
-    """``{concept: {model: rate}}`` from a ``rates.csv`` (columns concept, model, rate)."""
-    rows = _read_csv(path, ("concept", "model", "rate"))
-    rates: dict[str, dict[str, float]] = {}
-    try:
-        for r in rows:
-            rates.setdefault(r["concept"], {})[r["model"]] = float(r["rate"])
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: not a number ({e})") from None
-    return rates
 
 
 def smooth(values: list[float], window: int) -> list[float]:

@@ -126,6 +126,20 @@ def concat(name: str, sets: Sequence[PromptSet], kind: str = "mixed") -> PromptS
 # --- reading and writing ------------------------------------------------------------------------
 
 
+def spread(indices: Sequence[int], n: int) -> list[int]:
+    """Up to ``n`` indices evenly spread over ``indices`` (so a grid covers many prompts, not one)."""
+    step = max(1, len(indices) // n)
+    return list(indices[::step][:n])
+
+
+def limit_rows(prompt_set: PromptSet, n: int | None) -> PromptSet:
+    """At most ``n`` rows, spread evenly over the set (for smoke runs); all of them for ``None``."""
+    if n is None or len(prompt_set) <= n:
+        return prompt_set
+    rows = tuple(prompt_set.rows[i] for i in spread(range(len(prompt_set)), n))
+    return PromptSet(prompt_set.name, prompt_set.kind, rows, {**prompt_set.meta, "limited_to": n})
+
+
 def write_prompt_set(ps: PromptSet, path: Path) -> str:
     """Write ``ps`` as JSONL (header + rows) atomically; returns the content hash."""
     digest = ps.sha256
@@ -239,7 +253,7 @@ def read_text(uri: str) -> str:
         raise PromptSetError(f"{uri}: not UTF-8 text") from None
     except PromptSetError:
         raise
-    except Exception as e:  # noqa: BLE001 - S3/OS failures become one line for the user
+    except Exception as e:  # S3/OS failures become one line for the user
         raise PromptSetError(f"{uri}: cannot read ({type(e).__name__}: {e})") from None
 
 

@@ -18,16 +18,11 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from sdd.generate import load_images
-from sdd.prompts import PromptSet
+from sdd.layout import GRIDS_DIR, METRICS_FILE, RATES_FILE, REPORT_FILE
+from sdd.prompts import PromptSet, spread
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
 LABEL_WIDTH = 64
-
-
-def spread(indices: Sequence[int], n: int) -> list[int]:
-    """Up to ``n`` indices evenly spread over ``indices`` (so a grid covers many prompts, not one)."""
-    step = max(1, len(indices) // n)
-    return list(indices[::step][:n])
 
 
 def image_grid(rows: dict[str, Sequence[Image.Image]], cell: int | None = None) -> Image.Image:
@@ -64,7 +59,7 @@ def write_grids(prompt_set: PromptSet, base_paths: Sequence[Path], erased_paths:
         shown = spread(indices, n)
         grid = image_grid({"base": load_images([base_paths[i] for i in shown]),
                            "erased": load_images([erased_paths[i] for i in shown])})
-        file = f"grids/{_slug(name)}.png"
+        file = f"{GRIDS_DIR}/{_slug(name)}.png"
         with atomic_path(out_dir / file) as tmp:
             grid.save(tmp, format="PNG")
         shown_rows = [{"prompt": prompt_set.rows[i].prompt, "seed": prompt_set.rows[i].seed} for i in shown]
@@ -132,9 +127,9 @@ def write_report(metrics: dict[str, Any], prompt_set: PromptSet, base_paths: Seq
     """Write the grids, then ``metrics.json`` and ``report.md`` (metrics gain a ``grids`` entry)."""
     out_dir = Path(out_dir)
     metrics["grids"] = write_grids(prompt_set, base_paths, erased_paths, out_dir, grid_images)
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    write_text_atomic(out_dir / "report.md", render_markdown(metrics))
-    write_text_atomic(out_dir / "rates.csv", rates_csv(metrics))
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    write_text_atomic(out_dir / REPORT_FILE, render_markdown(metrics))
+    write_text_atomic(out_dir / RATES_FILE, rates_csv(metrics))
 
 
 def rates_csv(metrics: dict[str, Any]) -> str:

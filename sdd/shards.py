@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdd.config import ConfigError, EvalConfig, GatesConfig
+from sdd.config import EvalConfig, GatesConfig
+from sdd.errors import ShardCountError, ShardError
 from sdd.prompts import PromptRow, PromptSet
 from sdd.storage import atomic_path, write_json_atomic
 
@@ -56,10 +57,6 @@ ROLES = ("base", "erased")
 #: ``images`` ({role: [path per row]}), ``judgements`` ({concept: {"rows": [...], role: {"present",
 #: "score"}}}), ``models`` ({role: model info incl. ``unet_sha256``}), ``timing``, ``host`` and ``pid``.
 ShardResult = dict[str, Any]
-
-
-class ShardError(ConfigError):
-    """Shard results that cannot be merged (missing, duplicated or mismatched); one line saying which."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,7 @@ def split(prompt_set: PromptSet, n: int) -> list[Shard]:
     appearance. A shard can be empty when the set has fewer than ``n`` distinct images.
     """
     if n < 1:
-        raise ShardError(f"cannot split into {n} shards; use 1 or more")
+        raise ShardCountError(f"cannot split into {n} shards; use 1 or more")
     units: dict[tuple, list[int]] = {}
     for i, row in enumerate(prompt_set.rows):
         units.setdefault(_image_identity(row), []).append(i)

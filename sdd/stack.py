@@ -43,16 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdd.config import LOCAL_STORE_DIR, ConfigError
+from sdd.config import LOCAL_STORE_DIR
+from sdd.errors import StackError
 
 STATE_DIR = LOCAL_STORE_DIR / "stack"
 STATE_FILE = "stack.json"
 POOLS = ("cpu", "gpu")
 DEFAULT_CRON = "0 2 * * *"  # nightly re-erase check, UTC
-
-
-class StackError(ConfigError):
-    """The stack cannot start or stop; the message says why and where the logs are."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from sdd import registry
 from sdd.config import load_eval_config
 from sdd.judges import ToyConceptJudge
 from sdd.prompts import load_prompts
+from sdd.provenance import file_md5
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TIMEOUT_S = 1500
@@ -72,7 +73,7 @@ def test_demo_registers_a_candidate_with_its_provenance(demo, registered):
     assert row.aliases == ["candidate"] and row.gates == "passed" and row.concepts == "red"
     assert row.tags["base_model"] == "toy" and len(row.tags["concepts_sha256"]) == 64
     assert row.tags["git_commit"] == git(demo["project"], "rev-parse", "HEAD")
-    assert row.tags["dvc_concepts"] == registry._md5(demo["project"] / "params" / "concepts.yaml")
+    assert row.tags["dvc_concepts"] == file_md5(demo["project"] / "params" / "concepts.yaml")
 
 
 @pytest.mark.slow

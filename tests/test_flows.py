@@ -14,7 +14,8 @@ import pytest
 import yaml
 from tiny_models import one_thread
 
-from flows.params import DistillSettings, EvalSettings, GateSettings, concept_set_hash, normalise_concepts
+from flows.params import DistillSettings, EvalSettings, GateSettings
+from sdd.concepts import concept_set_hash, normalise_concepts
 from sdd.config import ConfigError, load_concept_sets, load_model
 from sdd.config import DistillConfig as _DistillConfig
 

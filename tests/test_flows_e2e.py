@@ -19,7 +19,7 @@ import yaml
 from servers import free_port
 from test_flows import GATES_OFF, TINY
 
-from flows.params import concept_set_hash
+from sdd.concepts import concept_set_hash
 from sdd.stack import StackConfig, down, http_json, up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]

@@ -413,8 +413,7 @@ def test_k8s_readme_commands_use_the_files_that_exist():
 
 
 def toy_prompt_set(n: int = 16):
-    from flows.erase import limit_rows
-    from sdd.prompts import concat, toy_benign_prompts, toy_eval_prompts
+    from sdd.prompts import concat, limit_rows, toy_benign_prompts, toy_eval_prompts
 
     full = concat("toy-red", [toy_eval_prompts(["red"], 1), toy_benign_prompts(["red"], 1)])
     return limit_rows(full, n)

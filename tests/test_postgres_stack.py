@@ -31,7 +31,7 @@ from servers import free_port
 from test_flows import GATES_OFF, TINY
 from test_flows_e2e import artifact_text, create_run, registry, runs_of, wait_for_run
 
-from flows.params import concept_set_hash
+from sdd.concepts import concept_set_hash
 from sdd.stack import StackConfig, down, up
 
 PROJECT = Path(__file__).resolve().parents[1]

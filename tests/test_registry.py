@@ -350,7 +350,7 @@ def test_model_requirements_are_pinned_and_satisfied_here(run_pass, cfg):
     for package in registry.RUNTIME_PACKAGES:
         assert pinned[package].specifier.contains(version(package)), package
     assert "mlflow" in pinned
-    assert (model_dir / "code" / "sdd" / "registry.py").is_file()  # loads without `pip install sdd`
+    assert (model_dir / "code" / "sdd" / "registry" / "pyfunc.py").is_file()  # loads without `pip install sdd`
     assert not list((model_dir / "code" / "sdd").rglob("__pycache__"))
     artifacts = {p.name for p in (model_dir / "artifacts").iterdir()}
     assert {"model", "patch.safetensors", "manifest.json"} <= artifacts

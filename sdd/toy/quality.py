@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,3 +63,18 @@ def measure_quality(pipe: DiffusionPipeline, judge: ToyJudge, samples_per_pair: 
     per_shape = {s: float(shape_ok[[r[2] == s for r in rows]].mean()) for s in world.SHAPE_NAMES}
     return {"n": len(rows), "color_rate": float(color_ok.mean()), "shape_rate": float(shape_ok.mean()),
             "per_color": per_color, "per_shape": per_shape}
+
+
+def check_world(world_dir: Path | None = None, samples_per_pair: int = 8, seed: int = 0) -> dict:
+    """:func:`measure_quality` of a toy world's base model with its own judge (``sdd toy check``)."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdd.config import ConfigError
+    from sdd.toy import DEFAULT_TOY_DIR
+
+    world_dir = Path(world_dir or DEFAULT_TOY_DIR)
+    if not (world_dir / "pipeline" / "model_index.json").is_file():
+        raise ConfigError(f"{world_dir} holds no toy world; run 'sdd toy build --out {world_dir}'")
+    pipe = StableDiffusionPipeline.from_pretrained(world_dir / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    return measure_quality(pipe, ToyJudge.load(world_dir / "judge"), samples_per_pair, seed)

@@ -1,0 +1,175 @@
+"""Register an erasure as a model version, once per erasure and evaluation, gated by its verdict.
+
+A new version of the registered model (default ``sdd-erased``) is tagged with its provenance
+(concepts, base model, gates, git, DVC; ``"none"`` where there is no git or DVC). **Gate policy**:
+the alias ``candidate`` is set only when the evaluation's verdict is ``pass`` and no gate check
+failed; every other version is registered for the record with ``gates=failed`` and no alias.
+**Idempotent**: :func:`register` tags the version with a :func:`registration_key` and returns the
+existing version when the same erasure and evaluation are registered again. **Races**: on a local
+SQLite store concurrent registrations queue on a file lock next to the database; against a
+tracking server, racing duplicates each create a version, see the lowest-numbered version with
+their key and all but its creator delete theirs -- one version per key either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from sdd.config import RegistryConfig
+from sdd.layout import METRICS_FILE, PATCH_FILE
+from sdd.registry.inputs import GATES_PASSED, Erasure, Evaluation, GateSummary, read_erasure, read_evaluation
+from sdd.registry.store import client_for, mlflow_at, resolve_store, store_lock
+from sdd.registry.tracking import ErasureRun, log_erasure, provenance_tags
+
+
+@dataclass
+class Registration:
+    run_id: str
+    model_uri: str
+    name: str
+    version: int
+    alias: str | None  # the candidate alias, or None when a gate failed
+    gates: GateSummary
+    reused: bool = False  # the same erasure and evaluation were already registered as this version
+
+
+#: Model-version tag holding :func:`registration_key`; one version per key and model name.
+REGISTRATION_KEY_TAG = "registration_key"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def registration_key(erasure: Erasure, evaluation: Evaluation | None) -> str:
+    """What makes two registrations the same: concept set, base model, settings, weights, evaluation.
+
+    sha256 over the erasure's ``concepts_sha256``, base model (id, revision, UNet hash), distill config
+    and step count, the bytes of ``patch.safetensors`` (the trained weights) and of the evaluation's
+    ``metrics.json`` (``none`` without one). The same erasure folder with the same evaluation folder
+    always gives the same key; another evaluation, more steps or other weights give another.
+    """
+    m = erasure.manifest
+    parts = {"concepts_sha256": m.get("concepts_sha256"), "base_model": m.get("base_model"),
+             "config": m.get("config"), "steps": m.get("steps"),
+             "patch_sha256": _file_sha256(erasure.out_dir / PATCH_FILE),
+             "metrics_sha256": _file_sha256(evaluation.eval_dir / METRICS_FILE) if evaluation else "none"}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _versions_with_key(client: MlflowClient, name: str, key: str) -> list:
+    escaped = name.replace("'", "\\'")
+    try:
+        found = client.search_model_versions(f"name = '{escaped}' and tags.{REGISTRATION_KEY_TAG} = '{key}'",
+                                             max_results=1000)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def _reused(mv, name: str, cfg: RegistryConfig) -> Registration:
+    gates = GateSummary(mv.tags.get("gate_verdict", "none"),
+                        [] if mv.tags.get("gates_failed", "none") == "none" else mv.tags["gates_failed"].split("; "))
+    passed = mv.tags.get("gates") == GATES_PASSED
+    return Registration(mv.run_id, mv.source, name, int(mv.version), cfg.candidate_alias if passed else None,
+                        gates, reused=True)
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name, description="Diffusion models with concepts erased by SDD.")
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def _link_logged_model(client: MlflowClient, model_id: str, name: str, version: int) -> None:
+    """Record the version on the logged model too (as ``mlflow.register_model`` does), for the UI."""
+    key = "mlflow.modelVersions"
+    try:
+        existing = json.loads(client.get_logged_model(model_id).tags.get(key) or "[]")
+        existing.append({"name": name, "version": version})
+        client.set_logged_model_tags(model_id, {key: json.dumps(existing)})
+    except MlflowException:
+        pass  # cosmetic only
+
+
+def register_erasure(run: ErasureRun, cfg: RegistryConfig | None = None, *, name: str | None = None,
+                     tracking_uri: str | None = None, key: str | None = None) -> Registration:
+    """Register the run's model as a new version; alias ``candidate`` only if every gate passed.
+
+    With ``key`` (see :func:`registration_key`) the version is tagged with it, and if another version
+    of ``name`` carries the same key, the lowest-numbered one is the registration: a racing duplicate
+    deletes the version it just created (before any alias is set) and returns the first one. Every
+    racer sees the lowest version once its own exists, so exactly one version per key survives.
+    """
+    cfg = cfg or RegistryConfig()
+    name = name or cfg.model_name
+    gates = run.gates
+    tags = {**provenance_tags(run.erasure, gates), "run_id": run.run_id}
+    if key:
+        tags[REGISTRATION_KEY_TAG] = key
+    # The registry resolves ``models:/m-...`` through the global tracking URI: hence mlflow_at.
+    with mlflow_at(resolve_store(cfg, tracking_uri)) as client:
+        _ensure_registered_model(client, name)
+        mv = client.create_model_version(name, source=run.model_uri, run_id=run.run_id, tags=tags,
+                                         model_id=run.model_id)
+        version = int(mv.version)
+        same = _versions_with_key(client, name, key) if key else []
+        first = same[0] if same else mv
+        if int(first.version) != version:  # lost a race with an identical registration
+            client.delete_model_version(name, str(version))
+            client.set_tag(run.run_id, "registered_model", f"{name}/{first.version}")
+            client.set_tag(run.run_id, "duplicate_of", f"{name}/{first.version}")
+            return _reused(first, name, cfg)
+        _link_logged_model(client, run.model_id, name, version)
+        alias = None
+        if gates.passed:
+            client.set_registered_model_alias(name, cfg.candidate_alias, str(version))
+            alias = cfg.candidate_alias
+        client.set_tag(run.run_id, "registered_model", f"{name}/{version}")
+    return Registration(run.run_id, run.model_uri, name, version, alias, gates)
+
+
+def find_registration(name: str, key: str, cfg: RegistryConfig | None = None, *,
+                      tracking_uri: str | None = None) -> Registration | None:
+    """The version of ``name`` registered with :func:`registration_key` ``key``, or None."""
+    cfg = cfg or RegistryConfig()
+    with client_for(resolve_store(cfg, tracking_uri)) as client:
+        found = _versions_with_key(client, name, key)
+    return _reused(found[0], name, cfg) if found else None
+
+
+def register(run_dir: Path | str, eval_dir: Path | str | None, cfg: RegistryConfig | None = None, *,
+             name: str | None = None, tracking_uri: str | None = None) -> Registration:
+    """:func:`log_erasure` then :func:`register_erasure` (what ``sdd register`` does); idempotent.
+
+    If this erasure with this evaluation (:func:`registration_key`) is already a version of ``name``,
+    that version is returned (``reused=True``) and nothing is logged. Concurrent calls for the same
+    folders leave one version: on a local SQLite store they queue on a file lock (:func:`store_lock`)
+    and the later ones find the first one's version; against a tracking server, each may log a run,
+    but :func:`register_erasure` keeps only the lowest-numbered version of the key.
+    """
+    cfg = cfg or RegistryConfig()
+    name = name or cfg.model_name
+    store = resolve_store(cfg, tracking_uri)
+    erasure = read_erasure(run_dir)
+    key = registration_key(erasure, read_evaluation(eval_dir) if eval_dir is not None else None)
+    with store_lock(store):
+        existing = find_registration(name, key, cfg, tracking_uri=tracking_uri)
+        if existing is not None:
+            return existing
+        run = log_erasure(run_dir, eval_dir, cfg, tracking_uri=tracking_uri)
+        return register_erasure(run, cfg, name=name, tracking_uri=tracking_uri, key=key)
