@@ -30,6 +30,7 @@ from scipy.stats import binomtest
 from sdd.config import EvalConfig, GatesConfig
 from sdd.generate import GenerationSettings, generate, load_images
 from sdd.judges import Judge, Judgement, default_device, load_clip, to_tensor
+from sdd.layout import JUDGEMENTS_FILE, ROLES, image_dirs
 from sdd.prompts import PromptSet
 from sdd.storage import atomic_path
 
@@ -245,26 +246,68 @@ def apply_gates(metrics: dict[str, Any], gates: GatesConfig) -> dict[str, Any]:
 # --- the whole evaluation -----------------------------------------------------------------------
 
 
+#: ``{concept: {role: Judgement}}``: each concept judged on the rows of ``indices_for(concept)``.
+Judged = dict[str, dict[str, Judgement]]
+
+
+def model_infos(base_pipe, erased_pipe, base_name: str | None, erased_name: str | None) -> dict[str, dict]:
+    return {"base": model_info(base_pipe, base_name), "erased": model_info(erased_pipe, erased_name)}
+
+
+def generate_both(base_pipe, erased_pipe, prompt_set: PromptSet, folders: dict[str, Path], cfg: EvalConfig,
+                  models: dict[str, dict], *, progress: bool = False, desc: str = "generate") -> dict[str, list[Path]]:
+    """Every row drawn by both models into ``folders`` (resumable; see :func:`sdd.generate.generate`)."""
+    paths: dict[str, list[Path]] = {}
+    for role, pipe in zip(ROLES, (base_pipe, erased_pipe), strict=True):
+        settings = GenerationSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.height, cfg.width,
+                                      model_id=models[role].get("unet_sha256"))
+        paths[role] = generate(pipe, prompt_set, folders[role], settings, cfg.batch_size, progress=progress,
+                               desc=f"{desc} ({role})") if prompt_set.rows else []
+    return paths
+
+
+def judge_all(judge: Judge, prompt_set: PromptSet, paths: dict[str, Sequence[Path]],
+              concepts: Sequence[str] | None = None) -> Judged:
+    """Each concept (default: the set's) judged on both models' images of the rows evoking it."""
+    judged: Judged = {}
+    for concept in concepts if concepts is not None else prompt_set.concepts():
+        idx = prompt_set.indices_for(concept)
+        judged[concept] = {role: judge_concept(judge, [paths[role][i] for i in idx], concept) for role in ROLES}
+    return judged
+
+
+def judgement_records(prompt_set: PromptSet, judged: Judged) -> list[dict[str, Any]]:
+    """One ``judgements.jsonl`` record per (row, concept)."""
+    records = []
+    for concept, by_role in judged.items():
+        for k, i in enumerate(prompt_set.indices_for(concept)):
+            row = prompt_set.rows[i]
+            records.append({"row": i, "concept": concept, "prompt": row.prompt, "seed": row.seed,
+                            **{role: {"present": by_role[role].present[k], "score": by_role[role].score[k]}
+                               for role in ROLES}})
+    return records
+
+
+def measure_judged(prompt_set: PromptSet, judged: Judged, paths: dict[str, Sequence[Path]], judge: Judge,
+                   cfg: EvalConfig, judgements_file: Path | None = None) -> dict[str, Any]:
+    """Erasure metrics from the judgements, quality metrics from the images: the one evaluation core.
+
+    The single-process path (:func:`measure`) and the sharded one (:func:`sdd.shards.finish`) both end
+    here, so their metrics agree by construction once their judgements and images do.
+    """
+    concepts = {c: concept_metrics(j["base"].present, j["erased"].present) for c, j in judged.items()}
+    if judgements_file is not None:
+        with atomic_path(judgements_file) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in judgement_records(prompt_set, judged)))
+    quality = quality_metrics(prompt_set, paths["base"], paths["erased"], judge, cfg)
+    return {"concepts": concepts, "quality": quality}
+
+
 def measure(prompt_set: PromptSet, base_paths: Sequence[Path], erased_paths: Sequence[Path], judge: Judge,
             cfg: EvalConfig, judgements_file: Path | None = None) -> dict[str, Any]:
     """Erasure and quality metrics from already generated images (aligned with the set's rows)."""
-    concepts: dict[str, Any] = {}
-    records = []
-    for concept in prompt_set.concepts():
-        idx = prompt_set.indices_for(concept)
-        base = judge_concept(judge, [base_paths[i] for i in idx], concept)
-        erased = judge_concept(judge, [erased_paths[i] for i in idx], concept)
-        concepts[concept] = concept_metrics(base.present, erased.present)
-        for k, i in enumerate(idx):
-            row = prompt_set.rows[i]
-            records.append({"row": i, "concept": concept, "prompt": row.prompt, "seed": row.seed,
-                            "base": {"present": base.present[k], "score": base.score[k]},
-                            "erased": {"present": erased.present[k], "score": erased.score[k]}})
-    if judgements_file is not None:
-        with atomic_path(judgements_file) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    quality = quality_metrics(prompt_set, base_paths, erased_paths, judge, cfg)
-    return {"concepts": concepts, "quality": quality}
+    paths = {"base": base_paths, "erased": erased_paths}
+    return measure_judged(prompt_set, judge_all(judge, prompt_set, paths), paths, judge, cfg, judgements_file)
 
 
 def portable_path(value: Any) -> Any:
@@ -277,7 +320,8 @@ def portable_path(value: Any) -> Any:
         return value
 
 
-def _model_info(pipe, name: str | None) -> dict[str, Any]:
+def model_info(pipe, name: str | None) -> dict[str, Any]:
+    """What ``metrics.json`` records about a model (its name, source and UNet weights hash)."""
     source = getattr(pipe, "sdd_source", None)
     info: dict[str, Any] = {"name": name or (source.model if source else type(pipe).__name__)}
     if source is not None:
@@ -318,19 +362,19 @@ def evaluate(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg: E
     ``out_dir/images/base``); they are reused only if made with the same model and settings.
     Returns the metrics dict that is also written to ``out_dir/metrics.json``.
     """
+    out_dir = Path(out_dir)
+    models = model_infos(base_pipe, erased_pipe, base_name, erased_name)
+    paths = generate_both(base_pipe, erased_pipe, prompt_set, image_dirs(out_dir, base_images), cfg, models,
+                          progress=progress)
+    measured = measure(prompt_set, paths["base"], paths["erased"], judge, cfg, out_dir / JUDGEMENTS_FILE)
+    return write_evaluation(out_dir, models, prompt_set, judge, cfg, gates, measured, paths)
+
+
+def write_evaluation(out_dir: Path, models: dict, prompt_set: PromptSet, judge: Judge, cfg: EvalConfig,
+                     gates: GatesConfig, measured: dict[str, Any], paths: dict[str, Sequence[Path]]) -> dict[str, Any]:
+    """Gate the measurements and write ``metrics.json``, ``report.md``, ``rates.csv`` and the grids."""
     from sdd.report import write_report
 
-    out_dir = Path(out_dir)
-    models = {"base": _model_info(base_pipe, base_name), "erased": _model_info(erased_pipe, erased_name)}
-    folders = {"base": Path(base_images or out_dir / "images" / "base"),
-               "erased": out_dir / "images" / "erased"}
-    paths = {}
-    for role, pipe in (("base", base_pipe), ("erased", erased_pipe)):
-        settings = GenerationSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.height, cfg.width,
-                                      model_id=models[role].get("unet_sha256"))
-        paths[role] = generate(pipe, prompt_set, folders[role], settings, cfg.batch_size,
-                               progress=progress, desc=f"generate ({role})")
-    measured = measure(prompt_set, paths["base"], paths["erased"], judge, cfg, out_dir / "judgements.jsonl")
     metrics = metrics_document(models, prompt_set, judge, cfg, gates, measured)
     write_report(metrics, prompt_set, paths["base"], paths["erased"], out_dir, cfg.grid_images)
     return metrics

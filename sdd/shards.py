@@ -36,21 +36,23 @@ reference the tests compare the parallel run with, and a way to resume one shard
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdd.config import EvalConfig, GatesConfig
 from sdd.errors import ShardCountError, ShardError
+from sdd.layout import JUDGEMENTS_FILE, ROLES, SHARDS_FILE
+from sdd.layout import image_dirs as evaluation_image_dirs
 from sdd.prompts import PromptRow, PromptSet
-from sdd.storage import atomic_path, write_json_atomic
+from sdd.storage import write_json_atomic
+
+if TYPE_CHECKING:
+    from sdd.evaluate import Judged
 
 SHARD_FORMAT = 1
-SHARDS_FILE = "shards.json"
-ROLES = ("base", "erased")
 
 #: What :func:`run_shard` returns (a plain dict, so it crosses process boundaries and persists as JSON):
 #: ``format``, ``index``, ``count``, ``prompt_set_sha256``, ``rows`` (global row indices, ascending),
@@ -117,16 +119,7 @@ def shard_prompt_set(prompt_set: PromptSet, shard: Shard) -> PromptSet:
 
 def image_dirs(out_dir: Path, shard: Shard, base_images: Path | None = None) -> dict[str, Path]:
     """Where a shard's images go: ``<out_dir>/images/<role>/<shard name>`` (base: under ``base_images``)."""
-    roots = {"base": Path(base_images or Path(out_dir) / "images" / "base"),
-             "erased": Path(out_dir) / "images" / "erased"}
-    return {role: root / shard.name for role, root in roots.items()}
-
-
-def model_info(pipe, name: str | None) -> dict[str, Any]:
-    """What ``metrics.json`` records about a model (its name, source and UNet weights hash)."""
-    from sdd.evaluate import _model_info
-
-    return _model_info(pipe, name)
+    return {role: root / shard.name for role, root in evaluation_image_dirs(out_dir, base_images).items()}
 
 
 # --- one shard ----------------------------------------------------------------------------------
@@ -143,29 +136,20 @@ def run_shard(shard: Shard, prompt_set: PromptSet, base_pipe, erased_pipe, judge
     import os
     import platform
 
-    from sdd.evaluate import judge_concept
-    from sdd.generate import GenerationSettings, generate
+    from sdd.evaluate import generate_both, judge_all, model_infos
 
     subset = shard_prompt_set(prompt_set, shard)
-    models = {"base": model_info(base_pipe, base_name), "erased": model_info(erased_pipe, erased_name)}
-    folders = image_dirs(out_dir, shard, base_images)
-    images: dict[str, list[str]] = {}
+    models = model_infos(base_pipe, erased_pipe, base_name, erased_name)
     t0 = time.perf_counter()
-    for role, pipe in (("base", base_pipe), ("erased", erased_pipe)):
-        settings = GenerationSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.height, cfg.width,
-                                      model_id=models[role].get("unet_sha256"))
-        paths = generate(pipe, subset, folders[role], settings, cfg.batch_size, progress=progress,
-                         desc=f"{shard.name} ({role})") if subset.rows else []
-        images[role] = [str(p) for p in paths]
+    paths = generate_both(base_pipe, erased_pipe, subset, image_dirs(out_dir, shard, base_images), cfg, models,
+                          progress=progress, desc=shard.name)
     t1 = time.perf_counter()
-    judgements: dict[str, Any] = {}
-    for concept in prompt_set.concepts():  # every concept of the set, in the set's order
-        local = subset.indices_for(concept)
-        entry: dict[str, Any] = {"rows": [shard.rows[k] for k in local]}
-        for role in ROLES:
-            j = judge_concept(judge, [images[role][k] for k in local], concept)
-            entry[role] = {"present": [bool(p) for p in j.present], "score": [float(s) for s in j.score]}
-        judgements[concept] = entry
+    judged = judge_all(judge, subset, paths, concepts=prompt_set.concepts())  # every concept of the set
+    judgements = {concept: {"rows": [shard.rows[k] for k in subset.indices_for(concept)],
+                            **{role: {"present": [bool(p) for p in j.present], "score": [float(x) for x in j.score]}
+                               for role, j in by_role.items()}}
+                  for concept, by_role in judged.items()}
+    images = {role: [str(p) for p in role_paths] for role, role_paths in paths.items()}
     t2 = time.perf_counter()
     return {"format": SHARD_FORMAT, **shard.to_dict(), "images": images, "judgements": judgements,
             "models": models, "host": platform.node(), "pid": os.getpid(),
@@ -180,10 +164,13 @@ class Merged:
     """Shard results put back in the prompt set's row order."""
 
     paths: dict[str, list[Path]]                   # role -> one image path per row
-    presence: dict[str, dict[str, list[bool]]]     # concept -> role -> per row of indices_for(concept)
-    scores: dict[str, dict[str, list[float]]]      # same layout, the judge's scores
+    judged: Judged                                 # concept -> role -> judgement per row of indices_for(concept)
     models: dict[str, dict[str, Any]]              # role -> model info (equal in every shard)
     shards: list[dict[str, Any]]                   # per shard: index, rows, host, timing
+
+    @property
+    def presence(self) -> dict[str, dict[str, list[bool]]]:
+        return {c: {role: list(j.present) for role, j in by_role.items()} for c, by_role in self.judged.items()}
 
 
 def merge(prompt_set: PromptSet, results: Sequence[ShardResult]) -> Merged:
@@ -237,20 +224,20 @@ def merge(prompt_set: PromptSet, results: Sequence[ShardResult]) -> Merged:
                 for i, present, score in zip(entry["rows"], entry[role]["present"], entry[role]["score"],
                                              strict=True):
                     target[i] = (present, score)
-    presence: dict[str, dict[str, list[bool]]] = {}
-    scores: dict[str, dict[str, list[float]]] = {}
+    from sdd.judges import Judgement
+
+    judged: Judged = {}
     for concept in prompt_set.concepts():
         idx = prompt_set.indices_for(concept)
-        presence[concept], scores[concept] = {}, {}
+        judged[concept] = {}
         for role in ROLES:
-            judged = by_row.get(concept, {}).get(role, {})
-            if set(judged) != set(idx):
-                raise ShardError(f"the shards judged '{concept}' on {len(judged)} rows, the set has {len(idx)}")
-            presence[concept][role] = [judged[i][0] for i in idx]
-            scores[concept][role] = [judged[i][1] for i in idx]
+            found = by_row.get(concept, {}).get(role, {})
+            if set(found) != set(idx):
+                raise ShardError(f"the shards judged '{concept}' on {len(found)} rows, the set has {len(idx)}")
+            judged[concept][role] = Judgement([found[i][0] for i in idx], [found[i][1] for i in idx])
     shards = sorted(({"index": r["index"], "rows": len(r["rows"]), "host": r.get("host"), "pid": r.get("pid"),
                       "timing": r.get("timing")} for r in results), key=lambda s: s["index"])
-    return Merged({role: list(v) for role, v in paths.items()}, presence, scores, reference, shards)
+    return Merged({role: list(v) for role, v in paths.items()}, judged, reference, shards)
 
 
 # --- metrics from merged shards -----------------------------------------------------------------
@@ -258,24 +245,10 @@ def merge(prompt_set: PromptSet, results: Sequence[ShardResult]) -> Merged:
 
 def measure_merged(prompt_set: PromptSet, merged: Merged, judge, cfg: EvalConfig,
                    judgements_file: Path | None = None) -> dict[str, Any]:
-    """:func:`sdd.evaluate.measure`'s result, from the shards' presence and the merged images."""
-    from sdd.evaluate import concept_metrics, quality_metrics
+    """:func:`sdd.evaluate.measure`'s result, from the shards' judgements and the merged images."""
+    from sdd.evaluate import measure_judged
 
-    concepts: dict[str, Any] = {}
-    records = []
-    for concept in prompt_set.concepts():
-        base, erased = merged.presence[concept]["base"], merged.presence[concept]["erased"]
-        concepts[concept] = concept_metrics(base, erased)
-        for k, i in enumerate(prompt_set.indices_for(concept)):
-            row = prompt_set.rows[i]
-            records.append({"row": i, "concept": concept, "prompt": row.prompt, "seed": row.seed,
-                            **{role: {"present": merged.presence[concept][role][k],
-                                      "score": merged.scores[concept][role][k]} for role in ROLES}})
-    if judgements_file is not None:
-        with atomic_path(judgements_file) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    quality = quality_metrics(prompt_set, merged.paths["base"], merged.paths["erased"], judge, cfg)
-    return {"concepts": concepts, "quality": quality}
+    return measure_judged(prompt_set, merged.judged, merged.paths, judge, cfg, judgements_file)
 
 
 def finish(prompt_set: PromptSet, results: Sequence[ShardResult], judge, cfg: EvalConfig, gates: GatesConfig,
@@ -285,14 +258,12 @@ def finish(prompt_set: PromptSet, results: Sequence[ShardResult], judge, cfg: Ev
     Returns the metrics dict (also in ``out_dir/metrics.json``): the same keys and values as a
     single-process evaluation of the same set with the same models and settings.
     """
-    from sdd.evaluate import metrics_document
-    from sdd.report import write_report
+    from sdd.evaluate import write_evaluation
 
     out_dir = Path(out_dir)
     merged = merge(prompt_set, results)
-    metrics = metrics_document(merged.models, prompt_set, judge, cfg, gates,
-                               measure_merged(prompt_set, merged, judge, cfg, out_dir / "judgements.jsonl"))
-    write_report(metrics, prompt_set, merged.paths["base"], merged.paths["erased"], out_dir, cfg.grid_images)
+    measured = measure_merged(prompt_set, merged, judge, cfg, out_dir / JUDGEMENTS_FILE)
+    metrics = write_evaluation(out_dir, merged.models, prompt_set, judge, cfg, gates, measured, merged.paths)
     write_json_atomic(out_dir / SHARDS_FILE, {"format": SHARD_FORMAT, "prompt_set_sha256": prompt_set.sha256,
                                               "count": results[0]["count"], "shards": merged.shards})
     return metrics
@@ -318,4 +289,4 @@ def throughput(results: Sequence[ShardResult], wall_s: float) -> dict[str, Any]:
 
 
 __all__ = ["Merged", "Shard", "ShardError", "ShardResult", "evaluate_in_shards", "finish", "image_dirs",
-           "measure_merged", "merge", "model_info", "run_shard", "shard_prompt_set", "split", "throughput"]
+           "measure_merged", "merge", "run_shard", "shard_prompt_set", "split", "throughput"]
