@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sdd.config import ConfigError
+from sdd.config import ConfigError, EvalConfig
 from sdd.prompts import PromptRow, PromptSet
 from sdd.storage import atomic_path, write_json_atomic
 
@@ -36,8 +36,8 @@ SETTINGS_FILE = "generation.json"
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    num_inference_steps: int = 25
-    guidance_scale: float = 7.5  # for rows without their own guidance
+    num_inference_steps: int = EvalConfig.model_fields["num_inference_steps"].default
+    guidance_scale: float = EvalConfig.model_fields["guidance_scale"].default  # for rows without their own
     height: int | None = None
     width: int | None = None
     model_id: str | None = None  # e.g. the UNet weights hash; images of another model are never reused
