@@ -1,5 +1,7 @@
 """Fixtures shared by several test files."""
 
+from pathlib import Path
+
 import pytest
 from tiny_models import save_tiny_pipelines
 
@@ -8,3 +10,22 @@ from tiny_models import save_tiny_pipelines
 def tiny_dirs(tmp_path_factory):
     """Tiny random-weight SD 1.x, SD 2.x and SDXL pipelines saved once per session."""
     return save_tiny_pipelines(tmp_path_factory.mktemp("tiny_pipelines"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The whole local stack (Prefect and MLflow servers, cpu + gpu workers) on free ports; torn down after."""
+    from servers import free_port
+
+    from sdd.stack import StackConfig, down, up
+
+    root = tmp_path_factory.mktemp("stack")
+    cfg = StackConfig(project=Path(__file__).resolve().parents[1], state_dir=root / "state", prefect_port=free_port(),
+                      mlflow_port=free_port(), mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
+                      env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
+                      timeout_s=300)
+    try:
+        info = up(cfg)
+        yield {**info, "root": root, "cfg": cfg}
+    finally:
+        down(cfg.state_dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_faults import sdd_command
+from helpers import sdd_command
 
 from sdd import registry
 from sdd.config import load_eval_config

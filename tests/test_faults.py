@@ -17,13 +17,13 @@ import random
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import sdd_command, sdd_env
 from typer.testing import CliRunner
 
 from sdd.cli import app
@@ -36,15 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {"steps": 12, "batch_size": 1, "ddim_steps": 4, "checkpoint_every": 2, "seed": 3, "train_method": "selfattn"}
 CONCEPT = "red"
 SUBPROCESS_TIMEOUT_S = 300
-
-
-def sdd_command(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from sdd.cli import app; app()", *args]
-
-
-def sdd_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "TQDM_DISABLE": "1"}
 
 
 def digest(path: Path) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import GATES_OFF, TINY
 from tiny_models import one_thread
 
 from flows.params import DistillSettings, EvalSettings, GateSettings
@@ -20,11 +21,6 @@ from sdd.config import ConfigError, load_concept_sets, load_model
 from sdd.config import DistillConfig as _DistillConfig
 
 # Tiny settings: 2 SDD steps, 5 sampler steps, 16 evaluation images per model.
-TINY = {"distill": {"steps": 2, "ddim_steps": 5, "batch_size": 2, "checkpoint_every": 1},
-        "evaluation": {"num_inference_steps": 2, "batch_size": 16, "grid_images": 2},
-        "prompts": {"seeds_per_prompt": 1, "max_eval_prompts": 16}}
-# Two steps cannot erase anything; with every gate off the verdict is "pass", so a candidate is set.
-GATES_OFF = {"max_erased_rate": None, "min_relative_reduction": None, "max_quality_drop_points": None}
 STAGES = ("prepare-prompts", "distill", "evaluate", "register")
 
 

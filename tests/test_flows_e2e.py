@@ -10,99 +10,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.error
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from servers import free_port
-from test_flows import GATES_OFF, TINY
+from helpers import GATES_OFF, TINY, artifact_text, registry, runs_of, start_run, wait_for_run
 
 from sdd.concepts import concept_set_hash
-from sdd.stack import StackConfig, down, http_json, up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-
-PROJECT = Path(__file__).resolve().parents[1]
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stack")
-    cfg = StackConfig(project=PROJECT, state_dir=root / "state", prefect_port=free_port(),
-                      mlflow_port=free_port(), mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
-                      env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
-                      timeout_s=300)
-    try:
-        info = up(cfg)
-        yield {**info, "root": root, "cfg": cfg}
-    finally:
-        down(cfg.state_dir)
-
-
-def api(stack, method: str, path: str, body=None):
-    """One REST call, retried on timeouts, since a server sharing 2 busy cores can answer slowly.
-
-    ``http_json`` itself retries the server's "busy" answers (503 while SQLite is locked); run
-    creation carries an idempotency key, so neither retry can start a second run.
-    """
-    retries = 4
-    for attempt in range(retries + 1):
-        try:
-            return http_json(method, f"{stack['prefect_api']}{path}", body, timeout=60)
-        except urllib.error.HTTPError:
-            raise
-        except OSError:
-            if attempt == retries:
-                raise
-            time.sleep(5)
-
-
-def deployment_id(stack, name: str) -> str:
-    return api(stack, "GET", f"/deployments/name/{name}")["id"]
-
-
-def wait_for_run(stack, run_id: str, timeout_s: float = 900) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        run = api(stack, "GET", f"/flow_runs/{run_id}")
-        if run["state_type"] in FINAL:
-            return run
-        time.sleep(3)
-    raise AssertionError(f"flow run {run_id} not finished after {timeout_s:.0f} s")
-
-
-def create_run(stack, deployment: str, parameters: dict) -> str:
-    """What the UI's "Run" button does; returns the new flow run's id."""
-    run = api(stack, "POST", f"/deployments/{deployment_id(stack, deployment)}/create_flow_run",
-              {"parameters": parameters, "idempotency_key": uuid.uuid4().hex})
-    return run["id"]
-
-
-def start_run(stack, deployment: str, parameters: dict) -> dict:
-    return wait_for_run(stack, create_run(stack, deployment, parameters))
-
-
-def runs_of(stack, deployment: str) -> list[dict]:
-    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id(stack, deployment)]}}}
-    return api(stack, "POST", "/flow_runs/filter", body)
-
-
-def artifact_text(stack, run_id: str, key: str) -> str:
-    found = api(stack, "POST", "/artifacts/filter",
-                {"artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": [run_id]}}})
-    return found[0]["data"]
-
-
-def registry(stack):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(stack["mlflow_ui"], stack["mlflow_ui"])
-    return {int(v.version): v for v in client.search_model_versions("name = 'sdd-erased'")}, \
-        client.get_registered_model("sdd-erased").aliases
-
 
 def test_stack_runs_erasure_and_reerasure_like_the_ui(stack):
     runs_dir = str(stack["root"] / "runs")

@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import GATES_OFF, TINY, artifact_text, create_run, registry, runs_of, wait_for_run
 from servers import free_port
-from test_flows import GATES_OFF, TINY
-from test_flows_e2e import artifact_text, create_run, registry, runs_of, wait_for_run
 
 from sdd.concepts import concept_set_hash
 from sdd.stack import StackConfig, down, up

@@ -123,4 +123,6 @@ def test_build_from_scratch_produces_a_loadable_world(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     images = generate_images(pipe, ["a red circle"], [0], steps=2)
     assert images.shape == (1, 3, world.IMAGE_SIZE, world.IMAGE_SIZE)
-    assert ToyJudge.load(tmp_path / "judge") is not None and report["timings"]["total_s"] > 0
+    color_probs, shape_probs = ToyJudge.load(tmp_path / "judge").classify(images)  # the saved judge works
+    assert color_probs.shape == (1, len(world.COLOR_NAMES)) and shape_probs.shape == (1, len(world.SHAPE_NAMES))
+    assert report["timings"]["total_s"] > 0

@@ -3,7 +3,7 @@
 Headless Chromium from Debian's ``chromium`` package (``/usr/bin/chromium``; ``scripts/bootstrap.sh``
 installs it where it can), driven by Playwright for Python with ``executable_path`` -- Playwright's
 own browser download is never used. The whole local stack runs on free ports (the ``stack`` fixture
-of ``test_flows_e2e.py``: Prefect server, MLflow server, cpu + gpu workers, everything in a
+of ``conftest.py``: Prefect server, MLflow server, cpu + gpu workers, everything in a
 temporary folder). The test fills the typed parameter form field by field -- ``concepts``, the tiny
 settings of ``TINY`` inside the ``distill`` / ``evaluation`` / ``prompts`` sections, every gate of
 ``GATES_OFF`` switched to *None*, a temporary ``runs_dir`` -- submits it, and waits until the run is
@@ -21,9 +21,9 @@ import shutil
 import time
 from pathlib import Path
 
+import helpers
 import pytest
-import test_flows_e2e as e2e
-from test_flows import GATES_OFF, TINY
+from helpers import GATES_OFF, TINY
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -33,9 +33,6 @@ pytestmark = [
                        reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install "
                               "--no-install-recommends chromium; scripts/bootstrap.sh does it when run as root)"),
 ]
-
-stack = e2e.stack  # the module-scoped fixture: the whole local stack on free ports
-
 
 def _title(field: str) -> str:
     """Pydantic's title of a nested field, as the form labels it: ``ddim_steps`` -> ``Ddim Steps``.
@@ -114,7 +111,7 @@ def submit(page, stack, run_name: str, attempts: int = 3) -> str:
         response = answer.value
         if response.ok:
             return response.json()["id"]
-        found = e2e.api(stack, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_name]}}})
+        found = helpers.api(stack, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_name]}}})
         if found:  # created after all; the answer was lost
             page.goto(f"{stack['prefect_ui']}/deployments/deployment/{found[0]['deployment_id']}")
             return found[0]["id"]
@@ -200,14 +197,14 @@ def test_custom_run_from_the_ui_completes(browser_page, stack, tmp_path):
         print(f"flow run {run_name} ({run_id}): {page.url}")
 
         # what the form sent: the tiny settings and the gates off, merged into the form's defaults
-        parameters = e2e.api(stack, "GET", f"/flow_runs/{run_id}")["parameters"]
+        parameters = helpers.api(stack, "GET", f"/flow_runs/{run_id}")["parameters"]
         assert parameters["concepts"] == ["red"] and parameters["runs_dir"] == runs_dir
         for section in ("distill", "evaluation", "prompts"):
             assert TINY[section].items() <= parameters[section].items(), (section, parameters[section])
         assert GATES_OFF.items() <= parameters["gates"].items(), parameters["gates"]
 
         started = time.monotonic()
-        run = e2e.wait_for_run(stack, run_id, timeout_s=600)
+        run = helpers.wait_for_run(stack, run_id, timeout_s=600)
         print(f"run finished as {run['state_type']} after {time.monotonic() - started:.0f} s")
         assert run["state_type"] == "COMPLETED", run["state"]
         page.reload()
@@ -222,7 +219,7 @@ def test_custom_run_from_the_ui_completes(browser_page, stack, tmp_path):
             print(f"no last-page screenshot: {exc}")
         keep(out)
 
-    [distill_run] = e2e.runs_of(stack, "distill/distill-gpu")
+    [distill_run] = helpers.runs_of(stack, "distill/distill-gpu")
     assert distill_run["state_type"] == "COMPLETED" and distill_run["work_pool_name"] == "gpu"
-    assert "alias `candidate`" in e2e.artifact_text(stack, run_id, "erasure-report")
+    assert "alias `candidate`" in helpers.artifact_text(stack, run_id, "erasure-report")
     assert any(Path(runs_dir).glob("*/erasure/patch.safetensors"))

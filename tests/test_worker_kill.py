@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import FINAL, GATES_OFF, TINY, api, artifact_text, create_run, runs_of, wait_for_run
 from servers import free_port
-from test_flows import GATES_OFF, TINY
-from test_flows_e2e import FINAL, api, artifact_text, create_run, runs_of, wait_for_run
 
 from sdd.stack import HEARTBEAT_S, StackConfig, _reap, _start_workers, descendants, down, read_records, stack_env, up
 

@@ -7,7 +7,6 @@ plus a JSON config, and also provides the feature extractor used for FID in the 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +118,3 @@ def judge_accuracy(judge: ToyJudge, n: int = 2000, seed: int = 12345) -> dict[st
     shape_ok = [judge.shapes[i] == s for i, s in zip(ps.argmax(-1).tolist(), shapes, strict=True)]
     return {"color_accuracy": float(np.mean(color_ok)), "shape_accuracy": float(np.mean(shape_ok)),
             "n": n}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -1,0 +1,103 @@
+"""Helpers shared by several test modules (fixtures shared by several are in ``conftest.py``).
+
+* running ``sdd`` as a subprocess: :func:`sdd_command`, :func:`sdd_env`;
+* tiny flow settings: :data:`TINY`, :data:`GATES_OFF`;
+* the real local stack (``stack`` fixture in ``conftest.py``) driven like the UI: :func:`api`,
+  :func:`create_run`, :func:`wait_for_run`, :func:`runs_of`, :func:`artifact_text`, :func:`registry`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.error
+import uuid
+from pathlib import Path
+
+from sdd.stack import http_json
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def sdd_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from sdd.cli import app; app()", *args]
+
+
+def sdd_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            "TQDM_DISABLE": "1"}
+
+
+TINY = {"distill": {"steps": 2, "ddim_steps": 5, "batch_size": 2, "checkpoint_every": 1},
+        "evaluation": {"num_inference_steps": 2, "batch_size": 16, "grid_images": 2},
+        "prompts": {"seeds_per_prompt": 1, "max_eval_prompts": 16}}
+
+
+# Two steps cannot erase anything; with every gate off the verdict is "pass", so a candidate is set.
+GATES_OFF = {"max_erased_rate": None, "min_relative_reduction": None, "max_quality_drop_points": None}
+
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def api(stack, method: str, path: str, body=None):
+    """One REST call, retried on timeouts, since a server sharing 2 busy cores can answer slowly.
+
+    ``http_json`` itself retries the server's "busy" answers (503 while SQLite is locked); run
+    creation carries an idempotency key, so neither retry can start a second run.
+    """
+    retries = 4
+    for attempt in range(retries + 1):
+        try:
+            return http_json(method, f"{stack['prefect_api']}{path}", body, timeout=60)
+        except urllib.error.HTTPError:
+            raise
+        except OSError:
+            if attempt == retries:
+                raise
+            time.sleep(5)
+
+
+def deployment_id(stack, name: str) -> str:
+    return api(stack, "GET", f"/deployments/name/{name}")["id"]
+
+
+def wait_for_run(stack, run_id: str, timeout_s: float = 900) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = api(stack, "GET", f"/flow_runs/{run_id}")
+        if run["state_type"] in FINAL:
+            return run
+        time.sleep(3)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout_s:.0f} s")
+
+
+def create_run(stack, deployment: str, parameters: dict) -> str:
+    """What the UI's "Run" button does; returns the new flow run's id."""
+    run = api(stack, "POST", f"/deployments/{deployment_id(stack, deployment)}/create_flow_run",
+              {"parameters": parameters, "idempotency_key": uuid.uuid4().hex})
+    return run["id"]
+
+
+def start_run(stack, deployment: str, parameters: dict) -> dict:
+    return wait_for_run(stack, create_run(stack, deployment, parameters))
+
+
+def runs_of(stack, deployment: str) -> list[dict]:
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id(stack, deployment)]}}}
+    return api(stack, "POST", "/flow_runs/filter", body)
+
+
+def artifact_text(stack, run_id: str, key: str) -> str:
+    found = api(stack, "POST", "/artifacts/filter",
+                {"artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": [run_id]}}})
+    return found[0]["data"]
+
+
+def registry(stack):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(stack["mlflow_ui"], stack["mlflow_ui"])
+    return {int(v.version): v for v in client.search_model_versions("name = 'sdd-erased'")}, \
+        client.get_registered_model("sdd-erased").aliases
