@@ -36,31 +36,30 @@ def _with_file_defaults(config: type[BaseModel], params_file: Path, data: Any) -
     return deep_merge(defaults, data)
 
 
+def _defaults_from(config: type[BaseModel], file_name: str):
+    """A ``mode="before"`` validator filling the fields a caller left out from ``params/<file_name>``."""
+    def file_defaults(cls, data: Any) -> Any:
+        return _with_file_defaults(config, PARAMS_DIR / file_name, data)
+
+    return model_validator(mode="before")(classmethod(file_defaults))
+
+
 class DistillSettings(DistillConfig):
     """SDD hyperparameters; what you leave out comes from params/distill.yaml."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _file_defaults(cls, data: Any) -> Any:
-        return _with_file_defaults(DistillConfig, PARAMS_DIR / "distill.yaml", data)
+    _file_defaults = _defaults_from(DistillConfig, "distill.yaml")
 
 
 class EvalSettings(EvalConfig):
     """How images are generated and judged; what you leave out comes from params/eval.yaml."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _file_defaults(cls, data: Any) -> Any:
-        return _with_file_defaults(EvalConfig, PARAMS_DIR / "eval.yaml", data)
+    _file_defaults = _defaults_from(EvalConfig, "eval.yaml")
 
 
 class GateSettings(GatesConfig):
     """Pass/fail thresholds (null turns a gate off); what you leave out comes from params/gates.yaml."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _file_defaults(cls, data: Any) -> Any:
-        return _with_file_defaults(GatesConfig, PARAMS_DIR / "gates.yaml", data)
+    _file_defaults = _defaults_from(GatesConfig, "gates.yaml")
 
 
 class PromptOptions(BaseModel):

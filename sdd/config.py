@@ -130,16 +130,16 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: invalid YAML{where}; fix the syntax") from None
 
 
-def validate(model: type[_M], data: Any, source: str) -> _M:
-    """Validate ``data`` against ``model`` or raise a one-line ConfigError."""
+def validate(model: type[_M], data: Any, source: str, error: type[ConfigError] = ConfigError) -> _M:
+    """Validate ``data`` against ``model`` or raise a one-line ``error`` (a ConfigError)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        raise error(f"{source}: expected a mapping of settings, got {type(data).__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise error(format_validation_error(e, source)) from None
 
 
 def load_model(model: type[_M], path: Path, overrides: dict[str, Any] | None = None) -> _M:

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sdd.config import ConfigError, check_concept_name, check_concept_names, format_validation_error
+from sdd.config import ConfigError, check_concept_name, check_concept_names, validate
 from sdd.storage import check_writable_dir, write_json_atomic, write_text_atomic
 from sdd.toy import world
 
@@ -153,10 +153,7 @@ def write_prompt_set(ps: PromptSet, path: Path) -> str:
 def _row(data: Any, where: str) -> PromptRow:
     if not isinstance(data, dict):
         raise PromptSetError(f"{where}: expected an object with prompt, seed, concepts, source")
-    try:
-        return PromptRow.model_validate(data)
-    except ValidationError as e:
-        raise PromptSetError(format_validation_error(e, where)) from None
+    return validate(PromptRow, data, where, PromptSetError)
 
 
 def _check_header(header: dict, rows: list[PromptRow], path: str) -> None:
