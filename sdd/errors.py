@@ -56,19 +56,27 @@ def is_user_error(error: BaseException) -> bool:
 # --- registry (sdd.registry) --------------------------------------------------------------------
 
 
-class RegistryError(ConfigError):
-    """A registry operation the user can fix (unknown model/version, missing files); one line."""
+class RegistryError(SddError):
+    """Any registry failure; raised as one of the two kinds below."""
 
 
-class PromotionRefused(RegistryError):
+class RegistryInputError(RegistryError, ConfigError):
+    """A registry operation the user can fix (unknown model or version, unfinished folder, bad input)."""
+
+
+class RegistryUnavailable(RegistryError, TransientError):
+    """The tracking server is unreachable or failed on its side; rerunning may succeed."""
+
+
+class PromotionRefused(RegistryInputError):
     """Promotion of a version whose gates failed, without ``force`` and a reason."""
 
 
-class ConcurrentPromotionError(TransientError):
+class ConcurrentPromotionError(RegistryError, TransientError):
     """Another promotion moved the alias between ours and its verification; re-run to decide."""
 
 
-class ArtifactUploadError(TransientError):
+class ArtifactUploadError(RegistryError, TransientError):
     """The artifact store (S3, the server's proxied store) failed after the transport's retries.
 
     Not the user's input: ``sdd register`` exits with status 1 and the flow's register stage retries.

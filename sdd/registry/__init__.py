@@ -27,7 +27,14 @@ values of secret-looking environment variables before it is sent. **Artifact sto
 ``FAILED``, no version is created, and :class:`ArtifactUploadError` says so in one line.
 """
 
-from sdd.errors import ArtifactUploadError, ConcurrentPromotionError, PromotionRefused, RegistryError
+from sdd.errors import (
+    ArtifactUploadError,
+    ConcurrentPromotionError,
+    PromotionRefused,
+    RegistryError,
+    RegistryInputError,
+    RegistryUnavailable,
+)
 from sdd.provenance import dvc_info, git_info, scrub
 from sdd.registry.inputs import (
     GATES_FAILED,
@@ -74,7 +81,8 @@ _mlflow_at = mlflow_at  # the name tests and older callers use
 __all__ = [
     "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "GATES_FAILED", "GATES_PASSED", "REGISTRATION_KEY_TAG", "RUNTIME_PACKAGES",
     "ArtifactUploadError", "ConcurrentPromotionError", "ErasedDiffusionModel", "Erasure", "ErasureRun",
-    "Evaluation", "GateSummary", "Promotion", "PromotionRefused", "Registration", "RegistryError", "Store",
+    "Evaluation", "GateSummary", "Promotion", "PromotionRefused", "Registration", "RegistryError",
+    "RegistryInputError", "RegistryUnavailable", "Store",
     "VersionRow", "alias_version", "client_for", "decode_image", "dvc_info", "encode_image", "erasure_params",
     "evaluation_metrics", "find_registration", "git_info", "list_models", "list_versions", "load_model",
     "log_erasure", "mlflow_at", "model_signature", "pip_requirements", "promote", "provenance_tags",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdd.errors import RegistryError
+from sdd.errors import RegistryInputError
 from sdd.layout import LOSS_FILE, METRICS_FILE, missing_erasure_outputs, read_losses, read_manifest, read_metrics
 
 GATES_PASSED, GATES_FAILED = "passed", "failed"
@@ -62,7 +62,7 @@ def read_erasure(out_dir: Path | str) -> Erasure:
     out_dir = Path(out_dir)
     missing = missing_erasure_outputs(out_dir)
     if missing:
-        raise RegistryError(f"{out_dir}: not a finished erasure output (missing {', '.join(missing)}); "
+        raise RegistryInputError(f"{out_dir}: not a finished erasure output (missing {', '.join(missing)}); "
                             f"pass the --out folder of `sdd erase`")
     return Erasure(out_dir, read_manifest(out_dir), read_losses(out_dir / LOSS_FILE))
 
@@ -70,7 +70,7 @@ def read_erasure(out_dir: Path | str) -> Erasure:
 def read_evaluation(eval_dir: Path | str) -> Evaluation:
     eval_dir = Path(eval_dir)
     if not (eval_dir / METRICS_FILE).is_file():
-        raise RegistryError(f"{eval_dir}: no {METRICS_FILE}; pass the --out folder of `sdd evaluate`")
+        raise RegistryInputError(f"{eval_dir}: no {METRICS_FILE}; pass the --out folder of `sdd evaluate`")
     return Evaluation(eval_dir, read_metrics(eval_dir))
 
 

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sdd.config import RegistryConfig
-from sdd.errors import ConcurrentPromotionError, PromotionRefused, RegistryError
+from sdd.errors import ConcurrentPromotionError, PromotionRefused, RegistryInputError, RegistryUnavailable
 from sdd.provenance import scrub
 from sdd.registry.inputs import GATES_PASSED
 from sdd.registry.store import client_for, mlflow_at, resolve_store
@@ -56,7 +56,7 @@ def _get_version(client: MlflowClient, name: str, version: int | str):
     try:
         return client.get_model_version(name, str(version))
     except MlflowException:
-        raise RegistryError(f"model '{name}' has no version {version}; see `sdd models {name}`") from None
+        raise RegistryInputError(f"model '{name}' has no version {version}; see `sdd models {name}`") from None
 
 
 def _alias_holder(client: MlflowClient, name: str, alias: str) -> int | None:
@@ -122,7 +122,7 @@ def promote(name: str, version: int | str, alias: str = "production", force: boo
         client.set_model_version_tag(name, mv.version, f"promoted.{alias}.at", _utc_now())
         holders = [v for v, aliases in _aliases_by_version(client, name).items() if alias in aliases]
         if len(holders) != 1:
-            raise RegistryError(f"alias '{alias}' of {name} is held by {len(holders)} versions {holders}")
+            raise RegistryUnavailable(f"alias '{alias}' of {name} is held by {len(holders)} versions {holders}")
         if holders[0] != int(mv.version):
             raise ConcurrentPromotionError(f"a concurrent promotion moved '{alias}' of {name} to version "
                                            f"{holders[0]} right after ours (version {mv.version}); re-run")
@@ -154,7 +154,7 @@ def alias_version(name: str, alias: str, cfg: RegistryConfig | None = None, *,
     """The version of ``name`` that ``alias`` points at (with all its tags), or None.
 
     None when the model is not registered yet or has no such alias; any other registry failure
-    (server unreachable, bad name) is a one-line :class:`RegistryError`.
+    (server unreachable, bad name) is a one-line :class:`~sdd.errors.RegistryError`.
     """
     with client_for(resolve_store(cfg, tracking_uri)) as client:
         try:

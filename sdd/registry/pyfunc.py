@@ -29,7 +29,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import sdd
 from sdd.config import EvalConfig
-from sdd.errors import RegistryError
+from sdd.errors import RegistryInputError
 from sdd.layout import MANIFEST_FILE, MODEL_DIR, PATCH_FILE
 from sdd.registry.inputs import Erasure, Evaluation
 
@@ -85,7 +85,7 @@ class ErasedDiffusionModel(mlflow.pyfunc.PythonModel):
         for name, value in load_file(path).items():
             ours = params.get(name)
             if ours is None or not torch.equal(ours.detach().cpu(), value.to(ours.dtype)):
-                raise RegistryError(f"model artifact does not match patch.safetensors ({name})")
+                raise RegistryInputError(f"model artifact does not match patch.safetensors ({name})")
 
     def predict(self, context, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -93,7 +93,7 @@ class ErasedDiffusionModel(mlflow.pyfunc.PythonModel):
 
         model_input = pd.DataFrame(model_input)
         if "prompt" not in model_input:
-            raise RegistryError("input needs a 'prompt' column (and optionally 'seed')")
+            raise RegistryInputError("input needs a 'prompt' column (and optionally 'seed')")
         params = params or {}
         steps = int(params.get("num_inference_steps") or DEFAULT_STEPS)
         guidance = float(params.get("guidance_scale") or DEFAULT_GUIDANCE)

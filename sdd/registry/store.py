@@ -2,7 +2,8 @@
 
 The tracking URI is ``--tracking-uri`` > ``$MLFLOW_TRACKING_URI`` > ``params/registry.yaml`` > a
 local SQLite store ``sqlite:///<project>/.sdd/mlflow.db`` (artifacts in ``.sdd/artifacts``). MLflow
-failures leave here as one-line :class:`~sdd.errors.RegistryError` s. This is the one module that
+failures leave here as one-line errors: :class:`~sdd.errors.RegistryUnavailable` when the server
+failed (retried), :class:`~sdd.errors.RegistryInputError` when the request was wrong. This is the one module that
 touches MLflow's private state (the fluent API's URIs), to restore it exactly after each use.
 """
 
@@ -23,7 +24,10 @@ from mlflow.tracking._model_registry import utils as _registry_state
 from mlflow.tracking._tracking_service import utils as _tracking_state
 
 from sdd.config import RegistryConfig
-from sdd.errors import RegistryError
+from sdd.errors import RegistryInputError, RegistryUnavailable
+
+#: MLflow error codes that say the server (or the way to it) failed, not the request.
+SERVER_SIDE_ERRORS = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ def _mlflow_errors(store: Store) -> Iterator[None]:
         yield
     except MlflowException as e:
         message = (str(e.message).strip().splitlines() or [type(e).__name__])[0]
-        raise RegistryError(f"MLflow ({store.tracking_uri.split('://')[0]}): {message}") from e
+        kind = RegistryUnavailable if e.error_code in SERVER_SIDE_ERRORS else RegistryInputError
+        raise kind(f"MLflow ({store.tracking_uri.split('://')[0]}): {message}") from e
 
 
 @contextmanager

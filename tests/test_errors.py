@@ -1,0 +1,60 @@
+"""The error hierarchy (sdd/errors.py): which errors are the user's, their exit codes, what flows retry."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
+
+from sdd import errors
+from sdd.cli import exit_on_error
+from sdd.registry.store import Store, client_for
+
+USER = [errors.ConfigError, errors.RegistryInputError, errors.PromotionRefused, errors.ShardCountError]
+TRANSIENT = [errors.TransientError, errors.RegistryUnavailable, errors.ConcurrentPromotionError,
+             errors.ArtifactUploadError, errors.StackError, errors.ShardError]
+
+
+@pytest.mark.parametrize("kind", USER)
+def test_user_errors_exit_2_and_are_never_retried(kind):
+    assert errors.exit_code(kind("x")) == 2 and errors.is_user_error(kind("x"))
+
+
+@pytest.mark.parametrize("kind", TRANSIENT)
+def test_transient_errors_exit_1_and_are_retried(kind):
+    assert errors.exit_code(kind("x")) == 1 and not errors.is_user_error(kind("x"))
+
+
+def test_the_old_import_paths_still_name_the_same_classes():
+    from sdd.config import ConfigError, one_line
+    from sdd.registry import ArtifactUploadError, RegistryError
+    from sdd.shards import ShardError
+    from sdd.stack import StackError
+
+    assert (ConfigError, one_line, ArtifactUploadError, ShardError, StackError) == (
+        errors.ConfigError, errors.one_line, errors.ArtifactUploadError, errors.ShardError, errors.StackError)
+    assert issubclass(errors.ArtifactUploadError, RegistryError) and issubclass(errors.ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(("kind", "status"), [(errors.ConfigError, 2), (errors.StackError, 1)])
+def test_the_cli_prints_one_line_and_exits_with_the_kind_s_status(kind, status, capsys):
+    with pytest.raises(typer.Exit) as exit_info, exit_on_error():
+        raise kind("bad\nthing")
+    assert exit_info.value.exit_code == status
+    assert capsys.readouterr().err == "error: bad\\nthing\n"
+
+
+@pytest.mark.parametrize(("code", "kind"), [(INTERNAL_ERROR, errors.RegistryUnavailable),
+                                            (RESOURCE_DOES_NOT_EXIST, errors.RegistryInputError)])
+def test_mlflow_failures_are_transient_only_when_the_server_failed(code, kind, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(kind, match="MLflow"), client_for(Store(uri, uri, None)):
+        raise MlflowException("boom", error_code=code)
+
+
+def test_every_stage_of_erase_concepts_retries_only_what_is_not_the_user_s():
+    import flows.erase as erase
+
+    stages = [erase.prepare_prompts, erase.distill_stage, erase.evaluate_stage, erase.register_stage]
+    assert all(stage.retry_condition_fn is erase._not_a_user_error for stage in stages)
