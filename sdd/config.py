@@ -331,7 +331,7 @@ ATTACK_NAMES = ("transfer", "adversarial_tokens", "concept_inversion")
 
 
 class TransferAttackConfig(_Strict):
-    per_prompt: int = Field(4, ge=1, description="Rephrasings (generations) per effective prompt.")
+    per_prompt: int = Field(3, ge=1, description="Rephrasings (generations) per effective prompt.")
     prompts_file: str | None = Field(None, description="CSV of published adversarial prompts (MMA-Diffusion, "
                                                        "P4D, Ring-A-Bell), path or s3:// URI; None = toy grammar.")
     column: str | None = Field(None, description="CSV column holding the adversarial prompt; None = detect.")
@@ -343,13 +343,13 @@ class AdvTokensConfig(_Strict):
     lr: float = Field(0.1, gt=0, description="Adam learning rate on the soft token embeddings.")
     batch_size: int = Field(2, ge=1, description="Noised copies of the target per prompt and step.")
     check_every: int = Field(10, ge=1, description="Generate and judge every N steps (early stop on success).")
-    max_prompts: int | None = Field(32, ge=1, description="Seeded subsample of effective prompts; None = all.")
+    max_prompts: int | None = Field(24, ge=1, description="Seeded subsample of effective prompts; None = all.")
 
 
 class ConceptInversionConfig(_Strict):
     steps: int = Field(1000, ge=1, description="Textual-inversion steps.")
     lr: float = Field(5e-3, gt=0, description="Adam learning rate on the token embedding.")
-    batch_size: int = Field(8, ge=1, description="Target images per step.")
+    batch_size: int = Field(4, ge=1, description="Target images per step.")
     images: int | None = Field(64, ge=1, description="Target images (base images of effective prompts); None = all.")
 
 

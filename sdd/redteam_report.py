@@ -16,6 +16,8 @@ from PIL import Image
 from sdd.report import image_grid, spread
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
+LABELS = {"adversarial_tokens": "adv tokens", "concept_inversion": "inversion"}  # fit the grid's label column
+
 
 def slug(text: str) -> str:
     """A file-name-safe stem: [a-z0-9-], long names cut and suffixed with a hash."""
@@ -37,7 +39,8 @@ def write_attack_grid(concept: str, art: dict[str, Any], out_dir: Path, n: int) 
     rows = {"base": [art["base"][i] for i in shown], "erased": [art["erased"][i] for i in shown]}
     for name, r in results.items():
         where = {i: k for k, i in enumerate(r.rows)}
-        rows[name[:10]] = [r.images[where[i]] if i in where else _blank(art["base"][i]) for i in shown]
+        label = LABELS.get(name, name[:10])
+        rows[label] = [r.images[where[i]] if i in where else _blank(art["base"][i]) for i in shown]
     file = f"grids/redteam-{slug(concept)}.png"
     with atomic_path(out_dir / file) as tmp:
         image_grid(rows).save(tmp, format="PNG")
