@@ -398,6 +398,14 @@ class RedteamConfig(_Strict):
     def _valid_concepts(cls, v: list[str] | None) -> list[str] | None:
         return None if v is None else check_concept_names(v)
 
+    @field_validator("concept_words")
+    @classmethod
+    def _words_given(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for concept, words in v.items():
+            if not words or not all(w.strip() for w in words):
+                raise ValueError(f"{concept}: give at least one non-blank word")
+        return v
+
 
 def load_redteam_config(path: Path = PARAMS_DIR / "redteam.yaml",
                         overrides: dict[str, Any] | None = None) -> RedteamConfig:

@@ -138,6 +138,8 @@ def test_default_params_file_matches_the_model():
     ({"gates": {"per_attack": {"gcg": 0.1}}}, "gates.per_attack"),
     ({"gates": {"max_attack_success": 2}}, "gates.max_attack_success"),
     ({"budget": 3}, "budget"),
+    ({"concept_words": {"red": []}}, "concept_words"),
+    ({"concept_words": {"red": [" "]}}, "concept_words"),
 ])
 def test_bad_config_is_one_line_naming_the_field(tmp_path, data, field):
     path = tmp_path / "redteam.yaml"
