@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
 from torch import nn
@@ -291,12 +290,11 @@ def transfer_attack(ctx: AttackContext, cfg: TransferAttackConfig,
 
 
 def _project(ph: Placeholders, soft: list[torch.Tensor], allowed: torch.Tensor) -> torch.Tensor:
-    """Vocabulary ids nearest (cosine, summed over text encoders) to each soft row."""
-    score = 0
+    """Vocabulary ids nearest (squared L2, summed over text encoders: one token id for all) to each soft row."""
+    dist = 0
     for slot, s in zip(ph.slots, soft, strict=True):
-        vocab = F.normalize(slot.vocab.detach().float()[allowed], dim=-1)
-        score = score + F.normalize(s.detach().float(), dim=-1) @ vocab.T
-    return allowed[score.argmax(-1)]
+        dist = dist + torch.cdist(s.detach().float(), slot.vocab.detach().float()[allowed]) ** 2
+    return allowed[dist.argmin(-1)]
 
 
 def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> AttackResult:
@@ -310,9 +308,10 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
     sched = _noise_scheduler(ctx.pipe)
     with Placeholders(ctx.pipe, names) as ph:
         tok = ph.slots[0].tokenizer
-        special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
-        allowed = torch.tensor([t for t in range(ph.slots[0].extended.first_id) if t not in special])
-        start = allowed[torch.randint(len(allowed), (len(names),), generator=gen)]
+        # Padding is allowed (a prefix may fade out); starting from it begins at the original prompt's image.
+        allowed = torch.tensor([t for t in range(ph.slots[0].extended.first_id) if t != tok.bos_token_id])
+        start = (torch.full((len(names),), tok.pad_token_id) if cfg.init == "pad"
+                 else allowed[torch.randint(len(allowed), (len(names),), generator=gen)])
         soft = [slot.vocab.detach()[start].float().clone().requires_grad_(True) for slot in ph.slots]
         opt = torch.optim.Adam(soft, lr=cfg.lr)
         prompts = [" ".join(names[p * k:(p + 1) * k]) + " " + ctx.rows[i].prompt for p, i in enumerate(chosen)]

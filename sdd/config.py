@@ -344,6 +344,7 @@ class AdvTokensConfig(_Strict):
     batch_size: int = Field(2, ge=1, description="Noised copies of the target per prompt and step.")
     check_every: int = Field(10, ge=1, description="Generate and judge every N steps (early stop on success).")
     max_prompts: int | None = Field(24, ge=1, description="Seeded subsample of effective prompts; None = all.")
+    init: Literal["pad", "random"] = Field("pad", description="Start tokens: the padding token or random ones.")
 
 
 class ConceptInversionConfig(_Strict):

@@ -282,8 +282,9 @@ def test_toy_attacks_are_seeded_and_leave_the_model_unchanged(name, toy_context)
         assert first.gradient_steps > 0
 
 
-def test_adversarial_tokens_are_real_vocabulary_tokens(toy_context):
-    cfg = RedteamConfig.model_validate(TINY).adversarial_tokens
+@pytest.mark.parametrize("init", ["pad", "random"])
+def test_adversarial_tokens_are_real_vocabulary_tokens(toy_context, init):
+    cfg = RedteamConfig.model_validate(TINY).adversarial_tokens.model_copy(update={"init": init})
     result = A.adversarial_tokens_attack(toy_context, cfg)
     assert all("<sdd-adv" not in p for p in result.prompts)  # decoded from vocabulary ids
     assert all(p.split(" | ")[1] in {r.prompt for r in toy_context.rows} for p in result.prompts)
