@@ -344,7 +344,8 @@ class AdvTokensConfig(_Strict):
     batch_size: int = Field(2, ge=1, description="Noised copies of the target per prompt and step.")
     check_every: int = Field(10, ge=1, description="Generate and judge every N steps (early stop on success).")
     max_prompts: int | None = Field(24, ge=1, description="Seeded subsample of effective prompts; None = all.")
-    init: Literal["pad", "random"] = Field("pad", description="Start tokens: the padding token or random ones.")
+    init: Literal["random", "pad"] = Field("random",
+                                           description="Start tokens: random ones (UnlearnDiffAtk) or padding.")
 
 
 class ConceptInversionConfig(_Strict):
