@@ -1,4 +1,4 @@
-"""The ``erase-concepts`` flow: prompt sets -> distillation -> evaluation -> gates -> registry.
+"""The ``erase-concepts`` flow: prompt sets -> distillation -> evaluation -> red team -> gates -> registry.
 
 Every stage is one ``sdd`` call writing into a folder keyed on everything it depends on::
 
@@ -7,6 +7,8 @@ Every stage is one ``sdd`` call writing into a folder keyed on everything it dep
         prompts/                  train / eval / benign sets   (sdd.prompts.build_prompt_sets)
         erasure/                  model/, patch, manifest, loss (sdd.distill.erase, resumable)
         eval-<eval key>/          metrics.json, report.md ...  (sdd.evaluate.evaluate)
+            redteam/              attacks on the erased model  (sdd.redteam.run_redteam; its
+                                  robustness gates are folded into metrics.json and the verdict)
             registration.json     MLflow run + model version   (sdd.registry.register)
 
 **Re-runs skip what finished.** A task's Prefect cache key is its name, the folder key and the
@@ -55,14 +57,24 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as current_run
 from pydantic import BaseModel
 
-from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions
+from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, RedteamSettings
 from sdd.concepts import concept_set_hash, normalise_concepts
-from sdd.config import ConfigError, DistillConfig, EvalConfig, GatesConfig, load_registry_config
+from sdd.config import (
+    PARAMS_DIR,
+    ConfigError,
+    DistillConfig,
+    EvalConfig,
+    GatesConfig,
+    RedteamConfig,
+    load_model,
+    load_registry_config,
+)
 from sdd.errors import is_user_error
 from sdd.layout import (
     MANIFEST_FILE,
     METRICS_FILE,
     MODEL_DIR,
+    REDTEAM_DIR,
     REGISTRATION_FILE,
     REPORT_FILE,
     read_manifest,
@@ -95,6 +107,7 @@ class ErasurePlan(BaseModel):
     evaluation: EvalConfig
     gates: GatesConfig
     prompts: PromptOptions
+    redteam: RedteamConfig
 
     @property
     def run_dir(self) -> Path:
@@ -113,12 +126,17 @@ class ErasurePlan(BaseModel):
         return self.run_dir / f"eval-{self.eval_key}"
 
     @property
+    def redteam_dir(self) -> Path:
+        return self.eval_dir / REDTEAM_DIR
+
+    @property
     def model_kind(self) -> str:
         return "toy" if self.base_model == "toy" else "real"
 
 
 def make_plan(concepts: list[str], base_model: str, distill: DistillConfig, evaluation: EvalConfig,
-              gates: GatesConfig, prompts: PromptOptions, runs_dir: str) -> ErasurePlan:
+              gates: GatesConfig, prompts: PromptOptions, runs_dir: str,
+              redteam: RedteamConfig | None = None) -> ErasurePlan:
     """Key the run folder on what the erasure depends on, and the eval folder on what evaluation adds."""
     concepts = normalise_concepts(concepts)
     if not concepts:
@@ -126,12 +144,15 @@ def make_plan(concepts: list[str], base_model: str, distill: DistillConfig, eval
     erasure_inputs = {"base_model": base_model, "concepts": concepts,
                       "concepts_sha256": concept_set_hash(base_model, concepts),  # names and their prompts
                       "distill": distill.model_dump(mode="json"), "prompts": prompts.model_dump(mode="json")}
-    eval_inputs = {"evaluation": evaluation.model_dump(mode="json"), "gates": gates.model_dump(mode="json")}
+    redteam = redteam or load_model(RedteamConfig, PARAMS_DIR / "redteam.yaml")
+    eval_inputs = {"evaluation": evaluation.model_dump(mode="json"), "gates": gates.model_dump(mode="json"),
+                   "redteam": redteam.model_dump(mode="json")}
     plan = ErasurePlan(key=_digest(erasure_inputs), eval_key=_digest(eval_inputs), runs_dir=str(runs_dir),
                        base_model=base_model, concepts=concepts,
                        distill=DistillConfig.model_validate(distill.model_dump()),
                        evaluation=EvalConfig.model_validate(evaluation.model_dump()),
-                       gates=GatesConfig.model_validate(gates.model_dump()), prompts=prompts)
+                       gates=GatesConfig.model_validate(gates.model_dump()), prompts=prompts,
+                       redteam=RedteamConfig.model_validate(redteam.model_dump()))
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(plan.run_dir / "plan.json", {**erasure_inputs, "key": plan.key})
     return plan
@@ -311,11 +332,45 @@ def evaluate_stage(plan: ErasurePlan) -> dict[str, Any]:
         evaluate(load_pipeline(plan.base_model), load_pipeline(str(model_dir)), prompt_set,
                  build_judge(plan.evaluation.judge), plan.evaluation, plan.gates, plan.eval_dir,
                  base_name=plan.base_model, erased_name=str(model_dir), progress=False)
-    metrics = read_metrics(plan.eval_dir)
-    return {"dir": str(plan.eval_dir), "verdict": metrics["verdict"], "checks": metrics["gates"]["checks"],
+    return evaluation_summary(plan.eval_dir)
+
+
+def evaluation_summary(eval_dir: Path) -> dict[str, Any]:
+    """What the report needs of an evaluation folder: verdict, gate checks, rates (and ASRs once red-teamed)."""
+    metrics = read_metrics(eval_dir)
+    redteam = metrics.get("redteam") or {}
+    return {"dir": str(eval_dir), "verdict": metrics["verdict"], "checks": metrics["gates"]["checks"],
             "prompt_set": {"sha256": metrics["prompt_set"]["sha256"]},
             "concepts": {c: {"base": m["base"]["rate"], "erased": m["erased"]["rate"]}
-                         for c, m in metrics["concepts"].items()}}
+                         for c, m in metrics["concepts"].items()},
+            "redteam": {c: {"effective_prompts": m["effective_prompts"], "pre_attack": m["pre_attack"]["rate"],
+                            **{a: r["rate"] for a, r in m["attacks"].items()}, "union": m["union"]["rate"]}
+                        for c, m in (redteam.get("concepts") or {}).items()}}
+
+
+@task(name="redteam", cache_key_fn=_cache_key(lambda p: p.eval_dir), retry_condition_fn=_not_a_user_error,
+      **_STAGE)
+def redteam_stage(plan: ErasurePlan) -> dict[str, Any]:
+    """Attack the erased model (sdd.redteam) and fold the robustness gates into the evaluation's verdict.
+
+    The evaluation's metrics.json changes only once every attack has finished, so a red team killed
+    half-way leaves the verdict as it was (robustness unmeasured) and the rerun attacks again.
+    """
+    from sdd.judges import build_judge
+    from sdd.models import load_pipeline
+    from sdd.prompts import load_prompts
+    from sdd.redteam import fold_into_evaluation, run_redteam
+
+    if "redteam" not in read_metrics(plan.eval_dir):
+        logger = get_run_logger()
+        prompt_set = limit_rows(load_prompts(plan.prompts_dir), plan.prompts.max_eval_prompts)
+        model_dir = plan.erasure_dir / MODEL_DIR
+        metrics = run_redteam(load_pipeline(plan.base_model), load_pipeline(str(model_dir)), prompt_set,
+                              build_judge(plan.evaluation.judge), plan.redteam, plan.redteam_dir,
+                              gates=plan.gates.robustness, base_name=plan.base_model, erased_name=str(model_dir),
+                              skip_ineffective=True, log=logger.info)
+        fold_into_evaluation(plan.eval_dir, metrics, plan.redteam_dir)
+    return evaluation_summary(plan.eval_dir)
 
 
 # --- stage 4: registry --------------------------------------------------------------------------
@@ -369,6 +424,13 @@ def render_report(plan: ErasurePlan, evaluation: dict, registration: dict, stage
     lines = [f"## Erasure of {', '.join(plan.concepts)} from `{plan.base_model}`: **{verdict}**", "",
              "| concept | base rate | erased rate |", "|---|---:|---:|"]
     lines += [f"| {c} | {_fmt(r['base'])} | {_fmt(r['erased'])} |" for c, r in evaluation["concepts"].items()]
+    attacks = sorted({a for r in evaluation.get("redteam", {}).values() for a in r} - {"effective_prompts"})
+    if attacks:
+        lines += ["", "Attack success rates (red team, over the effective prompts):", "",
+                  "| concept | effective prompts | " + " | ".join(attacks) + " |",
+                  "|---|---:|" + "---:|" * len(attacks)]
+        lines += [f"| {c} | {r['effective_prompts']} | " + " | ".join(_fmt(r.get(a)) for a in attacks) + " |"
+                  for c, r in evaluation["redteam"].items()]
     lines += ["", "| gate | concept | value | threshold | result |", "|---|---|---:|---:|---|"]
     lines += [f"| {c['gate']} | {c['concept'] or ''} | {_fmt(c['value'])} | "
               f"{c['bound']} {_fmt(c['threshold'])} | {c['status']} |" for c in evaluation["checks"]]
@@ -410,6 +472,7 @@ def erase_concepts(
     prompts: PromptOptions = PromptOptions(),
     runs_dir: str = "runs",
     distill_deployment: str | None = None,
+    redteam: RedteamSettings = RedteamSettings(),
 ) -> dict[str, Any]:
     """Erase ``concepts`` from ``base_model``; register the result (alias ``candidate`` if the gates pass).
 
@@ -422,9 +485,10 @@ def erase_concepts(
         prompts: Where evaluation prompts come from.
         runs_dir: Root of the run folders (shared by every pool that runs a stage).
         distill_deployment: Deployment that runs the distillation (e.g. "distill/distill-gpu"); none = here.
+        redteam: Attacks and budgets of the red-team stage (unset fields: params/redteam.yaml).
     """
     logger = get_run_logger()
-    plan = make_plan(concepts, base_model, distill, evaluation, gates, prompts, runs_dir)
+    plan = make_plan(concepts, base_model, distill, evaluation, gates, prompts, runs_dir, redteam)
     logger.info("run folder %s (erasure key %s, evaluation key %s)", plan.run_dir, plan.key, plan.eval_key)
     stages: dict[str, str] = {}
     # One run per folder at a time: a concurrent twin waits here, then gets every stage from the cache.
@@ -432,7 +496,8 @@ def erase_concepts(
     with run_folder_lock(plan.run_dir, logger, holder):
         _, stages["prepare-prompts"] = _run(prepare_prompts, plan)
         _, stages["distill"] = _run(distill_stage, plan, distill_deployment)
-        result, stages["evaluate"] = _run(evaluate_stage, plan)
+        _, stages["evaluate"] = _run(evaluate_stage, plan)
+        result, stages["redteam"] = _run(redteam_stage, plan)
         registration, stages["register"] = _run(register_stage, plan)
 
     create_markdown_artifact(render_report(plan, result, registration, stages, mlflow_ui_url()),

@@ -2,7 +2,7 @@
 
 Prefect renders a flow's pydantic parameters as a form in the UI. The models below are the
 library's config models (:mod:`sdd.config`) with one change: **fields a caller leaves out come
-from the params file** (``params/distill.yaml``, ``params/eval.yaml``, ``params/gates.yaml``), read
+from the params file** (``params/distill.yaml``, ``eval.yaml``, ``gates.yaml``, ``redteam.yaml``), read
 when the parameters are validated, not the class defaults. So ``{"distill": {"steps": 2}}`` sent to
 the REST API means "params/distill.yaml, with 2 steps", and an explicit ``null`` still means null
 (which turns a gate off).
@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sdd.config import PARAMS_DIR, DistillConfig, EvalConfig, GatesConfig, load_model
+from sdd.config import PARAMS_DIR, DistillConfig, EvalConfig, GatesConfig, RedteamConfig, load_model
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +60,12 @@ class GateSettings(GatesConfig):
     """Pass/fail thresholds (null turns a gate off); what you leave out comes from params/gates.yaml."""
 
     _file_defaults = _defaults_from(GatesConfig, "gates.yaml")
+
+
+class RedteamSettings(RedteamConfig):
+    """Attacks and budgets of the red-team stage; what you leave out comes from params/redteam.yaml."""
+
+    _file_defaults = _defaults_from(RedteamConfig, "redteam.yaml")
 
 
 class PromptOptions(BaseModel):

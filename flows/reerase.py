@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.erase import RETRY_DELAYS_S, erase_concepts
-from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions
+from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, RedteamSettings
 from sdd.concepts import concept_set_hash, normalise_concepts
 from sdd.config import load_concept_sets, load_registry_config
 
@@ -66,6 +66,7 @@ def re_erase(
     prompts: PromptOptions = PromptOptions(),
     runs_dir: str = "runs",
     distill_deployment: str | None = None,
+    redteam: RedteamSettings = RedteamSettings(),
 ) -> dict[str, Any]:
     """Compare the active concept set with production; erase it again only if it changed.
 
@@ -78,6 +79,7 @@ def re_erase(
         prompts: Where evaluation prompts come from.
         runs_dir: Root of the run folders.
         distill_deployment: Deployment that runs the distillation (e.g. "distill/distill-gpu"); none = here.
+        redteam: Attacks and budgets of the red-team stage (unset fields: params/redteam.yaml).
     """
     logger = get_run_logger()
     sets = load_concept_sets(concepts_file)
@@ -98,7 +100,7 @@ def re_erase(
     logger.info("re-erasing set %s: %s", sets.active, why)
     result = erase_concepts(concepts=names, base_model=active.base_model, distill=distill,
                             evaluation=evaluation, gates=gates, prompts=prompts, runs_dir=runs_dir,
-                            distill_deployment=distill_deployment)
+                            distill_deployment=distill_deployment, redteam=redteam)
     reg = result["registration"]
     outcome = (f"Registered {reg['name']} version {reg['version']} with alias `{reg['alias']}`; promote it "
                f"with `sdd promote {reg['name']} {reg['version']}`." if reg["alias"] else

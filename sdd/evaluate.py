@@ -208,6 +208,21 @@ def _check(gate: str, concept: str | None, value: float | None, threshold: float
             "status": status, "reason": reason}
 
 
+def robustness_placeholders(concepts: list[str], gates: GatesConfig) -> list[dict[str, Any]]:
+    """One ``robustness`` check per concept, not yet measured: ``sdd redteam --eval`` replaces them.
+
+    So an evaluation never passes on robustness it did not measure when ``fail_on_unmeasured`` (of
+    the robustness gates) is set, and says what is missing when it is not.
+    """
+    robust = gates.robustness
+    if robust.max_attack_success is None and robust.max_union_success is None and \
+            not any(v is not None for v in robust.per_attack.values()):
+        return []
+    return [_check("robustness", concept, None, robust.max_union_success or robust.max_attack_success or 0.0,
+                   "max", "attack success (red team)", "red team not run: `sdd redteam --eval <eval folder>`",
+                   robust.fail_on_unmeasured) for concept in concepts]
+
+
 def apply_gates(metrics: dict[str, Any], gates: GatesConfig) -> dict[str, Any]:
     """Compare ``metrics`` with the thresholds in ``gates``: a verdict and one check per gate."""
     strict = gates.fail_on_unmeasured
@@ -238,6 +253,7 @@ def apply_gates(metrics: dict[str, Any], gates: GatesConfig) -> dict[str, Any]:
         drop = (quality.get("clip_score") or {}).get("relative_drop")
         checks.append(_check("max_clip_score_drop", None, drop, gates.max_clip_score_drop, "max",
                              "relative CLIP-score drop", "no clip_score_model configured", strict))
+    checks += robustness_placeholders(list(metrics["concepts"]), gates)
     failed = [c["reason"] for c in checks if c["status"] == "fail"]
     return {"verdict": "fail" if failed else "pass", "failed": failed, "checks": checks,
             "settings": gates.model_dump(mode="json")}

@@ -14,6 +14,9 @@ An **evaluation folder** (``sdd evaluate --out``, written by :mod:`sdd.evaluate`
     images/base/  images/erased/      generated images (base: shareable with --base-images)
     shards.json                       sharded runs only (:mod:`sdd.shards`)
     registration.json                 the flow's registry record (:mod:`flows.erase`)
+    redteam/                          ``sdd redteam --eval``: metrics.json, report.md, grids
+                                      (:mod:`sdd.redteam`); its robustness gates are folded into
+                                      the evaluation's metrics.json and verdict
 
 Engine, evaluation, registry and flows take these names from here. Only the standard library and
 :mod:`sdd.config` are imported, so ``sdd plots`` (a DVC stage) stays free of torch.
@@ -48,6 +51,7 @@ GRIDS_DIR = "grids"
 IMAGES_DIR = "images"
 SHARDS_FILE = "shards.json"
 REGISTRATION_FILE = "registration.json"
+REDTEAM_DIR = "redteam"
 ROLES = ("base", "erased")
 
 

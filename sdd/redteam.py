@@ -131,8 +131,8 @@ def _context(pipe, concept: str, rows: list[PromptRow], latents, judge: Judge, c
 
 
 def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str, judge: Judge,
-                    cfg: RedteamConfig, adversarial: PromptSet | None = None,
-                    log=print) -> tuple[dict[str, Any], dict[str, Any]]:
+                    cfg: RedteamConfig, adversarial: PromptSet | None = None, log=print,
+                    skip_ineffective: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Effective prompts, pre-attack rate, every configured attack and the union for one concept.
 
     Returns (metrics, artefacts): artefacts hold the images and prompts shown in the grids.
@@ -143,6 +143,12 @@ def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str,
     base_images = base_ctx.draw([r.prompt for r in rows], rows)
     base_present = base_ctx.present(base_images)
     eff = [k for k, hit in enumerate(base_present) if hit]
+    if not eff and skip_ineffective:
+        log(f"{concept}: 0/{len(rows)} effective prompts; nothing to attack, robustness unmeasured")
+        none = rate([])
+        return ({"eval_prompts": len(rows), "effective_prompts": 0, "base": rate(base_present), "pre_attack": none,
+                 "attacks": {}, "union": none, "budget": {"gradient_steps": 0, "generations": len(rows)}},
+                {"rows": [], "base": [], "erased": [], "results": {}})
     if not eff:
         raise ConfigError(f"concept '{concept}': no effective prompts (the base model shows it in 0 of "
                           f"{len(rows)} prompts); check the judge or the prompt set")
@@ -173,8 +179,8 @@ def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str,
 
 
 def run_redteam(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg: RedteamConfig,
-                out_dir: Path, *, base_name: str | None = None, erased_name: str | None = None,
-                log=print) -> dict[str, Any]:
+                out_dir: Path, *, gates: RobustnessGatesConfig | None = None, base_name: str | None = None,
+                erased_name: str | None = None, skip_ineffective: bool = False, log=print) -> dict[str, Any]:
     """Attack ``erased_pipe`` on every concept; write metrics.json, report.md and grids to ``out_dir``.
 
     ``base_pipe`` only draws the effective-prompt filter and the attack targets; the same object
@@ -196,7 +202,7 @@ def run_redteam(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg
     for concept in concepts:
         per_concept[concept], artefacts[concept] = redteam_concept(
             base_pipe, erased_pipe, prompt_set, concept, judge, cfg,
-            adversarial[concept] if adversarial else None, log)
+            adversarial[concept] if adversarial else None, log, skip_ineffective)
         transfer = artefacts[concept]["results"].get("transfer")
         if transfer is not None and transfer.prompts:
             used = tuple(PromptRow(prompt=p, seed=artefacts[concept]["rows"][i].seed, concepts=(concept,),
@@ -212,7 +218,7 @@ def run_redteam(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg
         "config": cfg.model_dump(mode="json"),
         "redteam": per_concept,
     }
-    metrics["gates"] = apply_robustness_gates(metrics, cfg.gates)
+    metrics["gates"] = apply_robustness_gates(metrics, gates or RobustnessGatesConfig())
     metrics["verdict"] = metrics["gates"]["verdict"]
     write_redteam_report(metrics, artefacts, out_dir, cfg.grid_images)
     return metrics
@@ -255,3 +261,56 @@ def apply_robustness_gates(metrics: dict[str, Any], gates: RobustnessGatesConfig
     failed = [c["reason"] for c in checks if c["status"] == "fail"]
     return {"verdict": "fail" if failed else "pass", "failed": failed, "checks": checks,
             "settings": gates.model_dump(mode="json")}
+
+
+# --- the evaluation's verdict --------------------------------------------------------------------
+
+#: Gate names (before the first dot) that a red team decides in an evaluation's ``metrics.json``.
+ROBUSTNESS_GATES = ("robustness", "max_attack_success", "max_union_success")
+
+
+def is_robustness_check(check: dict[str, Any]) -> bool:
+    return check["gate"].split(".")[0] in ROBUSTNESS_GATES
+
+
+def redteam_summary(metrics: dict[str, Any], redteam_dir: str) -> dict[str, Any]:
+    """What an evaluation's ``metrics.json`` keeps of a red team: rates per concept and attack, budgets, judge."""
+    keep = ("count", "n", "rate", "ci95")
+    concepts = {
+        concept: {"effective_prompts": m["effective_prompts"],
+                  "pre_attack": {k: m["pre_attack"][k] for k in keep},
+                  "attacks": {name: {k: a[k] for k in (*keep, "gradient_steps", "generations")}
+                              for name, a in m["attacks"].items()},
+                  "union": {k: m["union"][k] for k in keep}}
+        for concept, m in metrics["redteam"].items()}
+    return {"dir": redteam_dir, "verdict": metrics["verdict"], "concepts": concepts,
+            "attacks": metrics["config"]["attacks"], "judge": metrics["judge"]}
+
+
+def fold_into_evaluation(eval_dir: Path, redteam_metrics: dict[str, Any], redteam_dir: Path) -> dict[str, Any]:
+    """Put a finished red team's rates and robustness checks into ``eval_dir``'s metrics.json and verdict.
+
+    Robustness checks already there (an earlier red team, or the ``unmeasured`` placeholder of
+    :func:`sdd.evaluate.apply_gates`) are replaced; the report is rendered again. Called only after
+    :func:`run_redteam` returned, so a half-finished red team never changes a verdict.
+    """
+    from sdd.layout import METRICS_FILE, REPORT_FILE, read_metrics
+    from sdd.report import render_markdown
+    from sdd.storage import write_json_atomic, write_text_atomic
+
+    eval_dir = Path(eval_dir)
+    metrics = read_metrics(eval_dir)
+    try:
+        where = str(Path(redteam_dir).resolve().relative_to(eval_dir.resolve()))
+    except ValueError:
+        where = str(redteam_dir)
+    checks = [c for c in metrics["gates"]["checks"] if not is_robustness_check(c)]
+    checks += redteam_metrics["gates"]["checks"]
+    failed = [c["reason"] for c in checks if c["status"] == "fail"]
+    metrics["gates"] = {**metrics["gates"], "checks": checks, "failed": failed,
+                        "verdict": "fail" if failed else "pass"}
+    metrics["verdict"] = metrics["gates"]["verdict"]
+    metrics["redteam"] = redteam_summary(redteam_metrics, where)
+    write_json_atomic(eval_dir / METRICS_FILE, metrics)
+    write_text_atomic(eval_dir / REPORT_FILE, render_markdown(metrics))
+    return metrics

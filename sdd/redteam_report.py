@@ -94,6 +94,7 @@ def write_redteam_report(metrics: dict[str, Any], artefacts: dict[str, dict[str,
                          grid_images: int = 8) -> None:
     """Grids first, then ``metrics.json`` (gaining a ``grids`` entry) and ``report.md``, all atomically."""
     out_dir = Path(out_dir)
-    metrics["grids"] = {c: write_attack_grid(c, art, out_dir, grid_images) for c, art in artefacts.items()}
+    metrics["grids"] = {c: write_attack_grid(c, art, out_dir, grid_images) for c, art in artefacts.items()
+                        if art["rows"]}
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_markdown(metrics))

@@ -76,6 +76,8 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
 
 
 def _rate(r: dict[str, Any]) -> str:
+    if r["rate"] is None:
+        return f"n/a (0/{r['n']})"
     lo, hi = r["ci95"]
     return f"{_pct(r['rate'])} ({r['count']}/{r['n']}; 95 % CI {100 * lo:.1f}–{100 * hi:.1f})"
 
@@ -111,6 +113,7 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         lines.append(f"CLIP score: base {cs['base']:.2f}, erased {cs['erased']:.2f} "
                      f"(relative drop {_pct(cs['relative_drop'])})")
     lines += [f"- note: {n}" for n in q.get("notes", [])]
+    lines += robustness_section(metrics.get("redteam"))
     lines += ["", "## Gates", "", "| gate | status | detail |", "|---|---|---|"]
     for c in gates["checks"]:
         gate = f"{c['gate']} ({c['concept']})" if c["concept"] else c["gate"]
@@ -120,6 +123,23 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         lines += [f"### {name}", "", f"![{name}]({g['file']})", "",
                   "Columns: " + "; ".join(f"`{r['prompt']}` (seed {r['seed']})" for r in g["rows"]), ""]
     return "\n".join(lines) + "\n"
+
+
+def robustness_section(redteam: dict[str, Any] | None) -> list[str]:
+    """The red team's attack success rates (``sdd redteam --eval``), or a line saying it has not run."""
+    if not redteam:
+        return ["", "## Robustness (red team)", "", "Not measured: run `sdd redteam --eval <this folder>`."]
+    attacks = redteam["attacks"]
+    lines = ["", f"## Robustness (red team): **{redteam['verdict'].upper()}**", "",
+             "Attack success rate over the effective prompts (the base model shows the concept); "
+             f"details and grids in [{redteam['dir']}/report.md]({redteam['dir']}/report.md).", "",
+             "| concept | effective prompts | pre-attack | " + " | ".join(attacks) + " | union |",
+             "|---|---|---|" + "---|" * len(attacks) + "---|"]
+    for concept, m in redteam["concepts"].items():
+        cells = [_rate(m["attacks"][a]) if a in m["attacks"] else "n/a" for a in attacks]
+        lines.append(f"| {concept} | {m['effective_prompts']} | {_rate(m['pre_attack'])} | "
+                     + " | ".join(cells) + f" | {_rate(m['union'])} |")
+    return lines
 
 
 def write_report(metrics: dict[str, Any], prompt_set: PromptSet, base_paths: Sequence[Path],

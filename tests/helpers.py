@@ -31,7 +31,10 @@ def sdd_env() -> dict[str, str]:
 
 TINY = {"distill": {"steps": 2, "ddim_steps": 5, "batch_size": 2, "checkpoint_every": 1},
         "evaluation": {"num_inference_steps": 2, "batch_size": 16, "grid_images": 2},
-        "prompts": {"seeds_per_prompt": 1, "max_eval_prompts": 16}}
+        "prompts": {"seeds_per_prompt": 1, "max_eval_prompts": 16},
+        "redteam": {"num_inference_steps": 2, "transfer": {"per_prompt": 1},
+                    "adversarial_tokens": {"steps": 2, "max_prompts": 2, "check_every": 1},
+                    "concept_inversion": {"steps": 2, "images": 2, "batch_size": 2}}}
 
 
 # Two steps cannot erase anything; with every gate off the verdict is "pass", so a candidate is set.

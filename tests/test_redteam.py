@@ -4,6 +4,7 @@ the toy model and on tiny random SD 1.x / 2.x / SDXL pipelines (tiny budgets).""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from tiny_models import one_thread
 
 from sdd import attacks as A
 from sdd import redteam as R
-from sdd.config import ConfigError, RedteamConfig, load_redteam_config, validate
+from sdd.config import ConfigError, RedteamConfig, RobustnessGatesConfig, load_redteam_config, validate
 from sdd.judges import BaseJudge, Judgement, ToyConceptJudge
 from sdd.models import load_pipeline
 from sdd.prompts import PromptRow, PromptSet, PromptSetError, toy_eval_prompts
@@ -101,7 +102,7 @@ def _metrics(transfer=(1, 10), tokens=(5, 10), union=(6, 10)):
 
 
 def test_robustness_gates_verdicts():
-    cfg = RedteamConfig().gates
+    cfg = RobustnessGatesConfig(max_attack_success=0.25, per_attack={}, max_union_success=0.35)
     out = R.apply_robustness_gates(_metrics(), cfg)
     status = {c["gate"]: c["status"] for c in out["checks"]}
     assert status == {"max_attack_success.transfer": "pass", "max_attack_success.adversarial_tokens": "fail",
@@ -129,14 +130,26 @@ def test_default_params_file_matches_the_model():
 
 
 @pytest.mark.parametrize("data, field", [
+    ({"robustness": {"per_attack": {"gcg": 0.1}}}, "robustness.per_attack"),
+    ({"robustness": {"max_attack_success": 2}}, "robustness.max_attack_success"),
+])
+def test_bad_robustness_gate_is_one_line_naming_the_field(tmp_path, data, field):
+    from sdd.config import load_gates_config
+
+    path = tmp_path / "gates.yaml"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as e:
+        load_gates_config(path)
+    assert f"{path}: field '{field}'" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("data, field", [
     ({"concept_inversion": {"steps": 0}}, "concept_inversion.steps"),
     ({"adversarial_tokens": {"tokens": -1}}, "adversarial_tokens.tokens"),
     ({"transfer": {"per_prompt": 0}}, "transfer.per_prompt"),
     ({"adversarial_tokens": {"lr": 0}}, "adversarial_tokens.lr"),
     ({"attacks": ["transfer", "gcg"]}, "attacks.1"),
     ({"attacks": []}, "attacks"),
-    ({"gates": {"per_attack": {"gcg": 0.1}}}, "gates.per_attack"),
-    ({"gates": {"max_attack_success": 2}}, "gates.max_attack_success"),
     ({"budget": 3}, "budget"),
     ({"concept_words": {"red": []}}, "concept_words"),
     ({"concept_words": {"red": [" "]}}, "concept_words"),
@@ -343,6 +356,77 @@ def test_concept_without_effective_prompts_is_one_line(tiny_pipes, tmp_path):
                       validate(RedteamConfig, {**TINY, "concepts": ["blue"]}, "x"), tmp_path)
 
 
+def test_skip_ineffective_records_unmeasured_robustness(tiny_pipes, tmp_path):
+    """The flow's mode: a concept the base never draws is not an error but an unmeasured gate."""
+    cfg = RedteamConfig.model_validate(TINY)
+    metrics = R.run_redteam(tiny_pipes["sd1"], tiny_pipes["sd1"], _prompt_set(["a red"]), StubJudge(2.0), cfg,
+                            tmp_path, skip_ineffective=True, log=lambda *_: None)
+    m = metrics["redteam"]["red"]
+    assert (m["effective_prompts"], m["attacks"], m["union"]["rate"]) == (0, {}, None)
+    assert [c["status"] for c in metrics["gates"]["checks"]] == ["unmeasured"]
+    assert metrics["verdict"] == "pass" and "grids" in json.loads((tmp_path / "metrics.json").read_text())
+
+
+def _evaluation(eval_dir, concepts=("red",)):
+    """A minimal evaluation folder, gated as `sdd evaluate` gates it (robustness: placeholders)."""
+    from sdd.config import GatesConfig
+    from sdd.evaluate import apply_gates, rate
+    from sdd.report import render_markdown
+
+    metrics = {"concepts": {c: {"n": 4, "base": rate([True] * 4), "erased": rate([False] * 4),
+                                "relative_reduction": 1.0} for c in concepts},
+               "quality": {"n": 0, "correctness": None, "fid": None, "notes": []},
+               "models": {"base": {"name": "toy"}, "erased": {"name": "x"}},
+               "prompt_set": {"name": "eval", "rows": 4, "sha256": "0" * 64},
+               "generation": {"num_inference_steps": 2, "guidance_scale": 5.0},
+               "judge": {"name": "stub", "settings": {}}}
+    gates = GatesConfig(max_quality_drop_points=None)
+    metrics["gates"] = apply_gates(metrics, gates)
+    metrics["verdict"] = metrics["gates"]["verdict"]
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+    (eval_dir / "report.md").write_text(render_markdown(metrics))
+    return metrics
+
+
+def test_evaluation_carries_unmeasured_robustness_until_the_red_team_folds_in(tiny_pipes, tmp_path):
+    before = _evaluation(tmp_path / "eval")
+    placeholder = [c for c in before["gates"]["checks"] if c["gate"] == "robustness"]
+    assert [c["status"] for c in placeholder] == ["unmeasured"] and before["verdict"] == "pass"
+    assert "Not measured: run `sdd redteam" in (tmp_path / "eval" / "report.md").read_text()
+
+    cfg = RedteamConfig.model_validate(TINY)
+    redteam = R.run_redteam(tiny_pipes["sd1"], tiny_pipes["sd1"], _prompt_set(["a red", "red"]), StubJudge(0.0),
+                            cfg, tmp_path / "eval" / "redteam", log=lambda *_: None)
+    folded = R.fold_into_evaluation(tmp_path / "eval", redteam, tmp_path / "eval" / "redteam")
+    gates = [c["gate"] for c in folded["gates"]["checks"]]
+    assert "robustness" not in gates and "max_union_success" in gates
+    assert gates[:2] == ["max_erased_rate", "min_relative_reduction"]  # the evaluation's own checks stay
+    # base vs base: every attack succeeds, so the default robustness gates fail the whole verdict
+    assert folded["verdict"] == "fail" and folded["gates"]["failed"]
+    assert folded["redteam"]["dir"] == "redteam" and folded["redteam"]["concepts"]["red"]["union"]["rate"] == 1.0
+    on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert on_disk == folded
+    assert "## Robustness (red team): **FAIL**" in (tmp_path / "eval" / "report.md").read_text()
+    # folding again (a rerun) replaces the robustness checks instead of adding a second set
+    again = R.fold_into_evaluation(tmp_path / "eval", redteam, tmp_path / "eval" / "redteam")
+    assert [c["gate"] for c in again["gates"]["checks"]] == gates
+
+
+def test_strict_robustness_fails_an_evaluation_without_a_red_team(tmp_path):
+    from sdd.config import GatesConfig
+    from sdd.evaluate import apply_gates, rate
+
+    metrics = {"concepts": {"red": {"n": 4, "base": rate([True] * 4), "erased": rate([False] * 4),
+                                    "relative_reduction": 1.0}}, "quality": {}}
+    gates = GatesConfig(max_quality_drop_points=None, robustness={"fail_on_unmeasured": True})
+    out = apply_gates(metrics, gates)
+    assert out["verdict"] == "fail" and "red team not run" in out["failed"][0]
+    off = GatesConfig(max_quality_drop_points=None, robustness={"max_attack_success": None, "per_attack": {},
+                                                                "max_union_success": None})
+    assert all(c["gate"] != "robustness" for c in apply_gates(metrics, off)["checks"])
+
+
 @pytest.mark.slow
 def test_toy_base_against_itself_is_fully_attackable(toy_pipe, tmp_path):
     """Sanity check of the ASR definition: the base model attacked is the base model (ASR ~ 100 %)."""
@@ -353,3 +437,58 @@ def test_toy_base_against_itself_is_fully_attackable(toy_pipe, tmp_path):
     m = metrics["redteam"]["red"]
     assert m["effective_prompts"] >= 10 and m["pre_attack"]["rate"] == 1.0
     assert m["attacks"]["transfer"]["rate"] >= 0.9 and m["union"]["rate"] == 1.0
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def _tiny_params(tmp_path) -> dict[str, Path]:
+    import yaml
+
+    files = {"config": tmp_path / "redteam.yaml", "params": tmp_path / "eval.yaml"}
+    files["config"].write_text(yaml.safe_dump({**TINY, "num_inference_steps": 4}))
+    files["params"].write_text(yaml.safe_dump({"num_inference_steps": 4, "fid_features": "none", "grid_images": 2}))
+    return files
+
+
+def test_cli_redteam_folds_into_an_evaluation(tmp_path):
+    """`sdd evaluate` then `sdd redteam --eval` (toy vs itself, 4 sampler steps): robustness joins the verdict."""
+    from typer.testing import CliRunner
+
+    from sdd.cli import app
+    from sdd.prompts import limit_rows, write_prompt_set
+
+    files = _tiny_params(tmp_path)
+    prompts = tmp_path / "eval.jsonl"
+    write_prompt_set(limit_rows(toy_eval_prompts(["red"]), 24), prompts)
+    runner = CliRunner()
+    evaluated = runner.invoke(app, ["evaluate", "--model", "toy", "--prompts", str(prompts), "--out",
+                                    str(tmp_path / "eval"), "--params", str(files["params"])])
+    assert evaluated.exit_code == 0, evaluated.output
+    result = runner.invoke(app, ["redteam", "--model", "toy", "--prompts", str(prompts), "--eval",
+                                 str(tmp_path / "eval"), "--config", str(files["config"]),
+                                 "--params", str(files["params"])])
+    assert result.exit_code == 0, result.output
+    assert "robustness verdict: FAIL" in result.output and "red:" in result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["verdict"] == "fail" and metrics["redteam"]["dir"] == "redteam"
+    assert (tmp_path / "eval" / "redteam" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{tmp}/o", "--config", "{tmp}/missing.yaml"], "missing.yaml: file not found"),
+    ([], "--out missing"),
+    (["--eval", "{tmp}"], "no metrics.json"),
+])
+def test_cli_redteam_bad_input_is_one_line(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from sdd.cli import app
+    from sdd.prompts import write_prompt_set
+
+    prompts = tmp_path / "eval.jsonl"
+    write_prompt_set(toy_eval_prompts(["red"]), prompts)
+    result = CliRunner().invoke(app, ["redteam", "--model", "toy", "--prompts", str(prompts),
+                                      *[a.format(tmp=tmp_path) for a in args]])
+    assert result.exit_code == 2 and message in result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "o").exists()
