@@ -33,6 +33,8 @@ from sdd.prompts import PromptRow, PromptSet, PromptSetError, read_text, write_p
 from sdd.toy import world
 
 SCHEMA_VERSION = 1
+#: Where the prompts the transfer attack used are kept (one prompt set per concept), under ``out_dir``.
+PROMPTS_DIR = "prompts"
 #: Columns that hold the adversarial prompt in published lists, tried in this order.
 ADV_PROMPT_COLUMNS = ("adv_prompt", "adversarial_prompt", "sanitized_adv_prompt", "perturbed_prompt",
                       "prompt", "text")
@@ -186,7 +188,7 @@ def run_redteam(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg
     ``base_pipe`` only draws the effective-prompt filter and the attack targets; the same object
     may be passed twice (base vs base is the sanity check: ASR near 100 %).
     """
-    from sdd.redteam_report import write_redteam_report
+    from sdd.redteam_report import slug, write_redteam_report
 
     concepts = cfg.concepts or prompt_set.concepts()
     missing = [c for c in concepts if not prompt_set.indices_for(c)]
@@ -198,6 +200,7 @@ def run_redteam(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg
         adversarial = {c: import_adversarial_prompts(cfg.transfer.prompts_file, c, cfg.transfer.column)
                        for c in concepts}
     out_dir = Path(out_dir)
+    (out_dir / PROMPTS_DIR).mkdir(parents=True, exist_ok=True)  # a DVC output even when no attack wrote one
     per_concept, artefacts = {}, {}
     for concept in concepts:
         per_concept[concept], artefacts[concept] = redteam_concept(
@@ -207,7 +210,8 @@ def run_redteam(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg
         if transfer is not None and transfer.prompts:
             used = tuple(PromptRow(prompt=p, seed=artefacts[concept]["rows"][i].seed, concepts=(concept,),
                                    source="transfer") for i, p in zip(transfer.rows, transfer.prompts, strict=True))
-            write_prompt_set(PromptSet(f"transfer-{concept}", "transfer", used), out_dir / f"transfer-{concept}.jsonl")
+            write_prompt_set(PromptSet(f"transfer-{concept}", "transfer", used),
+                             out_dir / PROMPTS_DIR / f"transfer-{slug(concept)}.jsonl")
     metrics = {
         "schema_version": SCHEMA_VERSION,
         "models": {"base": base_name or _name(base_pipe), "erased": erased_name or _name(erased_pipe)},

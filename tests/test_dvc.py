@@ -37,12 +37,15 @@ from sdd.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-STAGES = ("prepare", "distill", "evaluate", "plots")
+STAGES = ("prepare", "distill", "evaluate", "redteam", "plots")
 #: What the pipeline needs from the project; everything else (tests, flows, infra...) is not a dependency.
 PROJECT_PATHS = ("sdd", "params", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore")
 #: Tiny settings for the copy: 4 optimizer steps of 2 samples, 4 sampler steps everywhere.
 TINY_DISTILL = {"steps": 4, "batch_size": 2, "ddim_steps": 4, "checkpoint_every": 4, "lr": 1.0e-3, "seed": 0}
 TINY_EVAL = {"num_inference_steps": 4, "grid_images": 4}
+TINY_REDTEAM = {"num_inference_steps": 4, "grid_images": 4, "transfer": {"per_prompt": 1},
+                "adversarial_tokens": {"steps": 2, "max_prompts": 2, "check_every": 1},
+                "concept_inversion": {"steps": 2, "images": 2, "batch_size": 2}}
 EXPERIMENT_LR = 0.05
 
 
@@ -260,6 +263,7 @@ def pipeline(tmp_path_factory):
     project = _copy_project(tmp_path_factory.mktemp("dvc") / "project")
     _write_yaml(project / "params" / "distill.yaml", TINY_DISTILL)
     _write_yaml(project / "params" / "eval.yaml", TINY_EVAL)
+    _write_yaml(project / "params" / "redteam.yaml", TINY_REDTEAM)
     git(project, "init", "-q", "-b", "main")
     git(project, "config", "user.name", "sdd test")
     git(project, "config", "user.email", "sdd-test@example.invalid")
@@ -279,6 +283,8 @@ def test_repro_on_a_clean_clone_writes_metrics_and_png_plots(pipeline):
     assert "Running stage 'toy_world'" not in repro.stdout  # frozen: the committed toy world is used
     metrics = json.loads((project / "data" / "eval" / "metrics.json").read_text())
     assert metrics["generation"]["num_inference_steps"] == TINY_EVAL["num_inference_steps"]
+    redteam = json.loads((project / "data" / "redteam" / "metrics.json").read_text())
+    assert set(redteam["redteam"]["red"]["attacks"]) == {"transfer", "adversarial_tokens", "concept_inversion"}
     for name in ("loss.png", "rates.png"):
         assert (project / "data" / "plots" / name).read_bytes().startswith(PNG_MAGIC)
     with open(project / "data" / "erased" / "loss.csv", newline="") as f:

@@ -341,7 +341,7 @@ def test_run_redteam_with_an_adversarial_list(tiny_pipes, tmp_path):
                             cfg, tmp_path / "out", log=lambda *_: None)
     transfer = metrics["redteam"]["red"]["attacks"]["transfer"]
     assert (transfer["n"], transfer["generations"]) == (2, 2)  # entries 0 and 1 go to prompts 0 and 1
-    used = (tmp_path / "out" / "transfer-red.jsonl").read_text()
+    used = (tmp_path / "out" / "prompts" / "transfer-red.jsonl").read_text()
     assert "r e d" in used and "red red" in used
 
 
