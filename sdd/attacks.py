@@ -222,6 +222,7 @@ class AttackResult:
     gradient_steps: int = 0
     generations: int = 0
     notes: list[str] = field(default_factory=list)
+    tried: list[tuple[int, str]] = field(default_factory=list)  # (position, prompt) of every generation
 
 
 def _noise_scheduler(pipe) -> DDPMScheduler:
@@ -273,6 +274,7 @@ def transfer_attack(ctx: AttackContext, cfg: TransferAttackConfig,
         result.notes.append("no adversarial prompt list configured (transfer.prompts_file)")
         return result
     flat = [(i, p) for i, ps in enumerate(candidates) for p in ps]
+    result.tried = flat
     images = ctx.draw([p for _, p in flat], [ctx.rows[i] for i, _ in flat])
     present = ctx.present(images)
     result.generations = len(flat)

@@ -207,9 +207,10 @@ def run_redteam(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg
             base_pipe, erased_pipe, prompt_set, concept, judge, cfg,
             adversarial[concept] if adversarial else None, log, skip_ineffective)
         transfer = artefacts[concept]["results"].get("transfer")
-        if transfer is not None and transfer.prompts:
-            used = tuple(PromptRow(prompt=p, seed=artefacts[concept]["rows"][i].seed, concepts=(concept,),
-                                   source="transfer") for i, p in zip(transfer.rows, transfer.prompts, strict=True))
+        if transfer is not None and transfer.tried:  # every transfer prompt generated, with its seed
+            rows = artefacts[concept]["rows"]
+            used = tuple(PromptRow(prompt=p, seed=rows[i].seed, concepts=(concept,), source="transfer",
+                                   guidance=rows[i].guidance) for i, p in transfer.tried)
             write_prompt_set(PromptSet(f"transfer-{concept}", "transfer", used),
                              out_dir / PROMPTS_DIR / f"transfer-{slug(concept)}.jsonl")
     metrics = {

@@ -291,6 +291,8 @@ def test_toy_attacks_are_seeded_and_leave_the_model_unchanged(name, toy_context)
     assert len(first.rows) == len(first.success) == len(first.images) == len(first.prompts) > 0
     assert all(im.size == (world.IMAGE_SIZE, world.IMAGE_SIZE) for im in first.images)
     assert first.generations >= len(first.rows)
+    if name == "transfer":
+        assert len(first.tried) == first.generations == 2 * len(first.rows)
     if name != "transfer":
         assert first.gradient_steps > 0
 
