@@ -10,7 +10,8 @@ from the base model.
     python bench/bench_loops.py --set steps=160 --loops pool      # override settings
 
 Both loops run back to back in the same process, so they see the same machine load (on a shared
-machine the seconds are inflated; the passes are not).
+machine the wall seconds are inflated; the passes are not, and CPU seconds much less so: on an
+idle machine with T threads, wall ≈ CPU / T).
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ def erase_and_time(cfg: DistillConfig, concepts: list[str]) -> tuple:
     pipe = load_pipeline(str(TOY_PIPELINE_DIR))
     pipe.set_progress_bar_config(disable=True)
     distiller = Distiller(pipe, default_concepts("toy", concepts), cfg)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     distiller.train(cfg.steps)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     pipe.unet = distiller.teacher
-    return pipe, seconds, distiller.unet_passes
+    return pipe, seconds, cpu, distiller.unet_passes
 
 
 def percent(k: int, n: int) -> str:
@@ -85,19 +86,19 @@ def main() -> None:
     rows = []
     for loop in args.loops.split(","):
         cfg = DistillConfig(**{**base_cfg, "sampler": loop})
-        pipe, seconds, passes = erase_and_time(cfg, concepts)
-        rows.append((loop, cfg, seconds, passes, outcome(pipe, judge, concepts)))
+        pipe, seconds, cpu, passes = erase_and_time(cfg, concepts)
+        rows.append((loop, cfg, seconds, cpu, passes, outcome(pipe, judge, concepts)))
         print(f"{loop}: {seconds:.1f} s, {passes / cfg.steps:.1f} passes/step", flush=True)
 
     names = " | ".join(f"held-out {c} % [95 % CI]" for c in concepts)
-    header = f"| loop | steps x batch | UNet passes/step | s/step | erasure wall s | {names} | benign % | benign drop |"
+    header = f"| loop | steps x batch | UNet passes/step | s/step | erasure wall s | erasure CPU s | {names} | benign % | benign drop |"
     print("\n" + header + "\n|" + "---|" * (header.count("|") - 1))
     rates = " | ".join(percent(*base[c]) for c in concepts)
-    print(f"| base model | | | | | {rates} | {base['benign']:.1f} | |")
-    for loop, cfg, seconds, passes, m in rows:
+    print(f"| base model | | | | | | {rates} | {base['benign']:.1f} | |")
+    for loop, cfg, seconds, cpu, passes, m in rows:
         rates = " | ".join(percent(*m[c]) for c in concepts)
         print(f"| {loop} | {cfg.steps} x {cfg.batch_size} | {passes / cfg.steps:.1f} | {seconds / cfg.steps:.3f} "
-              f"| {seconds:.1f} | {rates} | {m['benign']:.1f} | {base['benign'] - m['benign']:.1f} |")
+              f"| {seconds:.1f} | {cpu:.1f} | {rates} | {m['benign']:.1f} | {base['benign'] - m['benign']:.1f} |")
 
 
 if __name__ == "__main__":

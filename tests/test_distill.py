@@ -519,3 +519,17 @@ def test_default_concepts_for_the_toy_world():
     with pytest.raises(ConfigError):
         distill.default_concepts("toy", ["teal"])
     assert distill.default_concepts("org/model", ["nudity"])[0].prompts == ["nudity"]
+
+
+def test_gpu_bench_dry_run_starts():
+    """bench/gpu.sh --dry-run: the GPU bench's every row, with tiny configs on the CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "bench/gpu.py", "--dry-run"], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout[done.stdout.index("| run |"):]
+    assert table.count("\n| SDD ") == 5 and table.count("\n| generation") == 2
