@@ -73,8 +73,10 @@ def main() -> None:
     ap.add_argument("--concepts", default="red")
     ap.add_argument("--config", type=Path, default=Path("params/distill.yaml"))
     ap.add_argument("--loops", default="reference,pool", help="comma-separated samplers to run")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (its default varies with the load)")
     ap.add_argument("--set", default="", metavar="'k=v k=v'", help="DistillConfig overrides for every loop")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     concepts = args.concepts.split(",")
     judge = ToyJudge.load(TOY_JUDGE_DIR)
     base_cfg = {**read_yaml(args.config), **dict(kv.split("=", 1) for kv in args.set.split())}

@@ -143,17 +143,18 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sd15-"))
     work.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    pipe = sd15_pipeline(tiny=args.tiny)
-    sizes = {n: parameter_count(getattr(pipe, n)) / 1e6 for n in ("unet", "text_encoder", "vae")}
-    pipe.save_pretrained(work / "base", safe_serialization=True)
-    del pipe
-    print(f"SD-1.5 architecture, random weights: {sizes['unet']:.0f} M UNet, {sizes['text_encoder']:.0f} M text "
-          f"encoder, {sizes['vae']:.0f} M VAE; built and saved in {time.perf_counter() - start:.0f} s; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
+    if not (work / "base" / "model_index.json").exists():  # a --workdir keeps the base between runs
+        start = time.perf_counter()
+        pipe = sd15_pipeline(tiny=args.tiny)
+        sizes = {n: parameter_count(getattr(pipe, n)) / 1e6 for n in ("unet", "text_encoder", "vae")}
+        pipe.save_pretrained(work / "base", safe_serialization=True)
+        del pipe
+        print(f"SD-1.5 architecture, random weights: {sizes['unet']:.0f} M UNet, {sizes['text_encoder']:.0f} M "
+              f"text encoder, {sizes['vae']:.0f} M VAE; built and saved in {time.perf_counter() - start:.0f} s; "
+              f"torch {torch.__version__}, {os.cpu_count()} CPUs", flush=True)
 
-    rows = []
-    for mode in args.modes.split(","):
+    rows, modes = [], [m for m in args.modes.split(",") if m]
+    for mode in modes:
         cfg = {"steps": args.steps, "batch_size": 1, "ddim_steps": args.ddim_steps, "sampler": args.sampler,
                "checkpoint_every": 1, "seed": 0, **MODES[mode]}
         (work / f"{mode}.yaml").write_text(yaml.safe_dump(cfg))
@@ -162,7 +163,7 @@ def main() -> None:
         r = run_child(["erase", str(work / "base"), str(out), str(work / f"{mode}.yaml")], args.timeout)
         rows.append((f"sdd erase, {mode}", r))
         print(mode, r, flush=True)
-    first = work / f"erase-{args.modes.split(',')[0]}" / "model"
+    first = next(p for m in [*modes, *MODES] if (p := work / f"erase-{m}" / "model").is_dir())
     r = run_child(["generate", str(first), str(args.gen_steps)], args.timeout)
     rows.append((f"generate 2 images ({args.gen_steps} CFG steps, 512 px)", r))
     print("generate", r, flush=True)
