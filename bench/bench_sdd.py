@@ -7,8 +7,9 @@ erasure (1,500 training samples) and peak memory, for
 * an SD-1.x-architecture UNet with random weights on a GPU (``--sd15``; needs CUDA).
 
 The "reference" row is the straightforward loop: one trajectory per optimizer step (batch 1).
-The "batched" rows advance several teacher trajectories as one UNet batch (``batch_size``), which
-is what the default engine does. Speed does not depend on weight values, so random weights are
+The "batched" rows advance several teacher trajectories as one UNet batch (``batch_size``); the
+"pool" rows are the default engine (``sampler: pool``: each trajectory one DDIM step per optimizer
+step; see bench/bench_loops.py for its erasure outcome). Speed does not depend on weight values, so random weights are
 a faithful stand-in for a real checkpoint.
 
     python bench/bench_sdd.py                      # toy world, CPU
@@ -58,10 +59,11 @@ def sd15_pipeline(device: str):
     return pipe.to(device)
 
 
-def run(pipe_factory, label: str, batch_size: int, samples: int, cfg_overrides: dict) -> dict:
+def run(pipe_factory, label: str, batch_size: int, samples: int, cfg_overrides: dict,
+        sampler: str = "reference") -> dict:
     pipe = pipe_factory()
     device = pipe.unet.device
-    cfg = DistillConfig(batch_size=batch_size, steps=max(1, samples // batch_size), **cfg_overrides)
+    cfg = DistillConfig(batch_size=batch_size, steps=max(1, samples // batch_size), sampler=sampler, **cfg_overrides)
     distiller = Distiller(pipe, [Concept("nudity", ["nudity"])], cfg)
     distiller.train_step()  # warm-up (allocations, kernel selection)
     if device.type == "cuda":
@@ -94,6 +96,7 @@ def main() -> None:
         overrides = {}
     rows = [run(factory, "reference (batch 1)", 1, args.samples, overrides)]
     rows += [run(factory, f"batched ({b})", b, args.samples, overrides) for b in args.batches]
+    rows += [run(factory, f"pool ({b})", b, args.samples, overrides, "pool") for b in args.batches]
 
     from rich.console import Console
     from rich.table import Table

@@ -25,7 +25,13 @@ class _Strict(BaseModel):
 
 
 class DistillConfig(_Strict):
-    """SDD hyperparameters; defaults are the paper's (Kim et al. 2023)."""
+    """SDD hyperparameters; defaults are the paper's (Kim et al. 2023), except ``sampler``.
+
+    ``sampler: reference`` is the paper's loop (a fresh teacher trajectory of k DDIM steps for
+    every training sample); ``pool`` reuses in-flight trajectories and costs ~2 instead of ~N
+    teacher passes per sample (see sdd/distill.py). The last three settings trade compute for
+    memory and do not change what is learnt beyond rounding.
+    """
 
     steps: int = Field(1500, ge=1, description="Optimizer steps (training samples at batch 1).")
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate (constant schedule).")
@@ -46,6 +52,22 @@ class DistillConfig(_Strict):
     seed: int = Field(0, description="Seed for noise, step indices and timesteps.")
     checkpoint_every: int = Field(100, ge=1, description="Write a resumable checkpoint every N steps.")
     resolution: int | None = Field(None, ge=8, description="Image size in pixels; None = the model's native size.")
+    sampler: Literal["pool", "reference"] = Field(
+        "pool", description="Where z_k comes from: reference = a fresh k-step teacher trajectory per sample; "
+                            "pool = batch_size trajectories at staggered steps, each one DDIM step further "
+                            "per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute the student's activations in backward.")
+    frozen_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Storage dtype of the UNet weights that are not trained (bf16 implies bf16 autocast).")
+    attention: Literal["sdpa", "sliced", "eager"] = Field(
+        "sdpa", description="UNet attention: sdpa = torch's fused kernel (diffusers' default), sliced = one "
+                            "head slice at a time, eager = the full attention matrix.")
+
+    @model_validator(mode="after")
+    def _bf16_weights_need_bf16_compute(self) -> DistillConfig:
+        if self.frozen_dtype == "bf16" and self.mixed_precision in ("no", "fp16"):
+            raise ValueError("frozen_dtype bf16 needs mixed_precision auto or bf16")
+        return self
 
 
 class ToyConfig(_Strict):

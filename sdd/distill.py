@@ -9,7 +9,19 @@ Training latents come from the model itself: an EMA copy θ* (the *teacher*, and
 shipped) samples with classifier-free guidance towards the concepts for k of N DDIM steps, and t
 is drawn from the DDPM timestep bin that DDIM step k stands for. No images are needed.
 
-One optimizer step = ``batch_size`` independent trajectories, batched through the UNet together.
+Where z_k comes from (``DistillConfig.sampler``):
+
+* ``reference`` (the paper): every training sample is a fresh trajectory of k ~ U{0..N-1} guided
+  DDIM steps, so a sample costs ~N+1 UNet image-passes (2 per CFG step, 2 for the loss), of which
+  all but 2 only produce z_k. One optimizer step = ``batch_size`` such trajectories, batched.
+* ``pool`` (the default): ``batch_size`` trajectories stay in flight at staggered steps. Each
+  optimizer step trains on every slot's current z_k, then moves every slot one DDIM step on
+  (a slot that just gave z_{N-1} restarts from fresh noise at k = 0): ~4 passes per sample. Each
+  slot cycles through k = 0..N-1 from a uniformly random phase, so k stays uniform on
+  {0..N-1} at every step, as in the paper. The price is staleness: z_k was sampled by the
+  teachers of the last k steps rather than today's, which with an EMA teacher barely differs
+  (bench/bench_loops.py measures the erasure outcome of both loops).
+
 All randomness comes from one seeded ``torch.Generator`` and one ``random.Random``, both saved in
 checkpoints, so a resumed run reproduces an uninterrupted one bit for bit (on CPU).
 
@@ -69,6 +81,8 @@ TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
     "noxattn": lambda name: "attn2" not in name,
     "full": lambda name: True,
 }
+#: Attention implementations (``DistillConfig.attention``); None = diffusers' default (SDPA).
+ATTENTION = {"sdpa": None, "sliced": "auto", "eager": "eager"}
 # Settings that may change between a checkpoint and its resumption.
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
 
@@ -149,6 +163,27 @@ def sample_latents(unet: torch.nn.Module, scheduler: DDIMScheduler, noise: torch
     return latents
 
 
+@torch.no_grad()
+def ddim_step(unet: torch.nn.Module, scheduler: DDIMScheduler, latents: torch.Tensor, ks: list[int],
+              cond: Conditioning, uncond: Conditioning, guidance_scale: float) -> torch.Tensor:
+    """One guided DDIM step for every latent, each from its own step index ``ks[b]``, in one UNet batch.
+
+    The UNet takes a timestep per sample; the scheduler step (cheap, elementwise) runs per latent.
+    """
+    t = scheduler.timesteps[torch.tensor(ks, device=scheduler.timesteps.device)]
+    x = torch.cat([scheduler.scale_model_input(latents[b:b + 1], t[b]) for b in range(len(ks))])
+    out = unet(torch.cat([x, x]), torch.cat([t, t]), **Conditioning.cat([uncond, cond]).unet_kwargs()).sample
+    out_uncond, out_cond = out.float().chunk(2)
+    guided = out_uncond + guidance_scale * (out_cond - out_uncond)
+    return torch.cat([scheduler.step(guided[b:b + 1], t[b], latents[b:b + 1], eta=0.0).prev_sample
+                      for b in range(len(ks))]).to(latents.dtype)
+
+
+def pool_phases(offset: int, size: int, num_steps: int) -> list[int]:
+    """Starting step indices of ``size`` trajectories, evenly staggered over ``num_steps`` from ``offset``."""
+    return [(offset + b * num_steps // size) % num_steps for b in range(size)]
+
+
 def sdd_loss(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
              uncond: Conditioning) -> torch.Tensor:
     """MSE between the conditional prediction and the stop-gradient unconditional one."""
@@ -197,13 +232,28 @@ def _interrupts_deferred() -> Iterator[None]:
 
 @dataclass
 class Batch:
-    """Everything random about one optimizer step."""
+    """Everything random about one optimizer step.
+
+    Reference loop: ``noise`` holds z_T of every sample. Pool: ``latents`` holds the pool's z_k,
+    ``noise`` and ``restart_prompts`` the fresh starts of the slots that finish this step.
+    """
 
     ks: list[int]
     timesteps: list[int]
     sampling_prompts: list[str]
     erased_prompts: list[str]
     noise: torch.Tensor
+    latents: torch.Tensor | None = None
+    restart_prompts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pool:
+    """In-flight teacher trajectories: slot b holds z_{ks[b]}, sampled towards ``prompts[b]``."""
+
+    latents: torch.Tensor
+    ks: list[int]
+    prompts: list[str]
 
 
 class Distiller:
@@ -224,6 +274,8 @@ class Distiller:
         self.student.requires_grad_(False)
         student_params = dict(self.student.named_parameters())
         self.student_params = [student_params[n].requires_grad_(True) for n in self.trained]
+        self.precision = "bf16" if config.frozen_dtype == "bf16" else config.mixed_precision
+        self.frozen_fp32 = self._apply_memory_options()
         self.teacher = ema_copy(self.student, self.trained)
         teacher_params = dict(self.teacher.named_parameters())
         self.teacher_params = [teacher_params[n] for n in self.trained]
@@ -244,39 +296,135 @@ class Distiller:
 
         self.generator = torch.Generator("cpu").manual_seed(config.seed)
         self.rng = random.Random(config.seed)
+        self.pool: Pool | None = None
+        self.unet_passes = 0  # latent images through either UNet (a CFG step of n latents = 2n)
+        for unet in (self.student, self.teacher):
+            unet.register_forward_pre_hook(self._count_passes, with_kwargs=True)
         self.step = 0
         self.losses: list[float] = []
         self.last_checkpoint_step: int | None = None
         self.base_hash: str | None = None  # identifies the base model in checkpoints and the manifest
 
+    def _apply_memory_options(self) -> dict[str, torch.Tensor]:
+        """Attention kernel, gradient checkpointing, bf16 frozen weights (before the teacher shares them).
+
+        Returns fp32 copies (on the CPU) of the weights cast to bf16, which :meth:`restore_frozen_weights`
+        puts back so that the saved model is exactly base + patch.
+        """
+        cfg, unet = self.config, self.student
+        if cfg.attention == "sliced":
+            unet.set_attention_slice("auto")
+        elif cfg.attention == "eager":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            unet.set_attn_processor(AttnProcessor())
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        if cfg.frozen_dtype == "fp32":
+            return {}
+        trained, originals = set(self.trained), {}
+        for name, p in unet.named_parameters():
+            if name not in trained and p.dtype == torch.float32:
+                originals[name] = p.detach().to("cpu", copy=True)
+                p.data = p.data.to(torch.bfloat16)
+        return originals
+
+    def restore_frozen_weights(self) -> None:
+        """Undo ``frozen_dtype: bf16`` (student and teacher share these tensors)."""
+        params = dict(self.student.named_parameters())
+        for name, value in self.frozen_fp32.items():
+            params[name].data = value.to(self.device)
+        self.frozen_fp32 = {}
+
+    def _count_passes(self, module, args, kwargs) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        self.unet_passes += sample.shape[0]
+
     # -- one step --
 
-    def draw_batch(self) -> Batch:
+    def _erased_prompt(self, index: int, sampling_prompt: str) -> str:
+        """c_s of the ``index``-th sample of this step, by ``concept_schedule``."""
         cfg, n = self.config, len(self.concepts)
+        if cfg.concept_schedule == "composite":
+            return sampling_prompt
+        i = (self.step * cfg.batch_size + index) % n if cfg.concept_schedule == "iterative" \
+            else self.rng.randrange(n)
+        return self.rng.choice(self.concepts[i].prompts)
+
+    def _sampling_prompt(self) -> str:
+        return ", ".join(self.rng.choice(c.prompts) for c in self.concepts)
+
+    def _noise(self, n: int) -> torch.Tensor:
+        noise = torch.randn((n, *self.latent_shape), generator=self.generator)
+        return noise * self.scheduler.init_noise_sigma
+
+    def draw_batch(self) -> Batch:
+        if self.config.sampler == "pool":
+            return self._draw_pool_batch()
+        cfg = self.config
         ks, timesteps, sampling, erased = [], [], [], []
         for b in range(cfg.batch_size):
             k = self.rng.randrange(cfg.ddim_steps)
             ks.append(k)
             timesteps.append(self.rng.randrange(*timestep_bin(k, cfg.ddim_steps, self.num_train_timesteps)))
-            sampling.append(", ".join(self.rng.choice(c.prompts) for c in self.concepts))
-            if cfg.concept_schedule == "composite":
-                erased.append(sampling[-1])
-            else:
-                i = (self.step * cfg.batch_size + b) % n if cfg.concept_schedule == "iterative" \
-                    else self.rng.randrange(n)
-                erased.append(self.rng.choice(self.concepts[i].prompts))
-        noise = torch.randn((cfg.batch_size, *self.latent_shape), generator=self.generator)
-        return Batch(ks, timesteps, sampling, erased, noise * self.scheduler.init_noise_sigma)
+            sampling.append(self._sampling_prompt())
+            erased.append(self._erased_prompt(b, sampling[-1]))
+        return Batch(ks, timesteps, sampling, erased, self._noise(cfg.batch_size))
+
+    def _draw_pool_batch(self) -> Batch:
+        """The pool's z_k as the batch; fresh noise and prompts for the slots that finish this step."""
+        if self.pool is None:
+            self.pool = self.start_pool()
+        n, pool = self.config.ddim_steps, self.pool
+        timesteps = [self.rng.randrange(*timestep_bin(k, n, self.num_train_timesteps)) for k in pool.ks]
+        erased = [self._erased_prompt(b, p) for b, p in enumerate(pool.prompts)]
+        restarts = [self._sampling_prompt() for k in pool.ks if k == n - 1]
+        return Batch(list(pool.ks), timesteps, list(pool.prompts), erased, self._noise(len(restarts)),
+                     latents=pool.latents, restart_prompts=restarts)
+
+    def start_pool(self) -> Pool:
+        """``batch_size`` teacher trajectories run to evenly staggered steps from a random offset.
+
+        A one-off cost of about one reference step; each slot's k is then uniform at every step.
+        """
+        cfg = self.config
+        ks = pool_phases(self.rng.randrange(cfg.ddim_steps), cfg.batch_size, cfg.ddim_steps)
+        prompts = [self._sampling_prompt() for _ in ks]
+        noise = self._noise(len(ks)).to(self.device)
+        with autocast(self.device, self.precision):
+            latents = sample_latents(self.teacher, self.scheduler, noise, ks, self.conditioner.encode(prompts),
+                                     self.conditioner.empty(len(ks)), cfg.guidance_scale)
+        return Pool(latents, ks, prompts)
+
+    def advance_pool(self, batch: Batch) -> Pool:
+        """Every slot one teacher DDIM step further; slots that just gave z_{N-1} restart at k = 0."""
+        n = self.config.ddim_steps
+        going = [b for b, k in enumerate(batch.ks) if k + 1 < n]
+        latents = batch.latents.clone()
+        if going:
+            prompts = [batch.sampling_prompts[b] for b in going]
+            with autocast(self.device, self.precision):
+                latents[going] = ddim_step(self.teacher, self.scheduler, latents[going],
+                                           [batch.ks[b] for b in going], self.conditioner.encode(prompts),
+                                           self.conditioner.empty(len(going)), self.config.guidance_scale)
+        done = [b for b, k in enumerate(batch.ks) if k + 1 == n]
+        latents[done] = batch.noise.to(self.device, latents.dtype)
+        restarts = iter(batch.restart_prompts)
+        prompts = [p if k + 1 < n else next(restarts) for k, p in zip(batch.ks, batch.sampling_prompts, strict=True)]
+        return Pool(latents, [(k + 1) % n for k in batch.ks], prompts)
 
     def forward_backward(self, batch: Batch) -> float:
-        """Sample z_t with the teacher, compute the SDD loss, backpropagate; returns the loss."""
+        """Sample z_t with the teacher (or take the pool's), compute the SDD loss, backpropagate."""
         uncond = self.conditioner.empty(len(batch.ks))
-        sampling = self.conditioner.encode(batch.sampling_prompts)
         erased = self.conditioner.encode(batch.erased_prompts)
         timesteps = torch.tensor(batch.timesteps, device=self.device)
-        with autocast(self.device, self.config.mixed_precision):
-            latents = sample_latents(self.teacher, self.scheduler, batch.noise.to(self.device), batch.ks,
-                                     sampling, uncond, self.config.guidance_scale)
+        with autocast(self.device, self.precision):
+            if batch.latents is None:
+                sampling = self.conditioner.encode(batch.sampling_prompts)
+                latents = sample_latents(self.teacher, self.scheduler, batch.noise.to(self.device), batch.ks,
+                                         sampling, uncond, self.config.guidance_scale)
+            else:
+                latents = batch.latents
             loss = sdd_loss(self.student, latents, timesteps, erased, uncond)
         value = loss.item()
         if not math.isfinite(value):
@@ -288,20 +436,32 @@ class Distiller:
         self.scaler.scale(loss).backward()
         return value
 
-    def apply_update(self, loss: float) -> None:
-        """Clip, step the optimizer, update the EMA teacher, count the step."""
+    def apply_update(self, loss: float, pool: Pool | None = None) -> None:
+        """Clip, step the optimizer, update the EMA teacher, move to the advanced pool, count the step."""
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.student_params, self.config.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.teacher_params, self.student_params, self.config.ema_decay)
+        if pool is not None:
+            self.pool = pool
         self.step += 1
         self.losses.append(loss)
 
+    def compute_step(self) -> tuple[float, Pool | None]:
+        """Everything of one step that may be interrupted: draws, sampling, loss, backward, next pool.
+
+        The pool moves on with the teacher of this step (before its EMA update), like the
+        reference loop samples with it; nothing is committed until :meth:`apply_update`.
+        """
+        batch = self.draw_batch()
+        loss = self.forward_backward(batch)
+        return loss, (self.advance_pool(batch) if batch.latents is not None else None)
+
     def train_step(self) -> float:
-        loss = self.forward_backward(self.draw_batch())
-        self.apply_update(loss)
+        loss, pool = self.compute_step()
+        self.apply_update(loss, pool)
         return loss
 
     # -- the loop --
@@ -316,10 +476,14 @@ class Distiller:
         """
         rng_at_step = self.rng_state()
         try:
-            while self.step < steps:
-                loss = self.forward_backward(self.draw_batch())
+            if self.config.sampler == "pool" and self.pool is None and self.step < steps:
+                pool = self.start_pool()
                 with _interrupts_deferred():
-                    self.apply_update(loss)
+                    self.pool, rng_at_step = pool, self.rng_state()
+            while self.step < steps:
+                loss, pool = self.compute_step()
+                with _interrupts_deferred():
+                    self.apply_update(loss, pool)
                     rng_at_step = self.rng_state()
                     due = self.step % self.config.checkpoint_every == 0 or self.step == steps
                     if checkpoint_dir and due:
@@ -364,6 +528,10 @@ class Distiller:
         tensors["loss"] = torch.tensor(self.losses, dtype=torch.float64)
         meta = {"step": self.step, **self.identity(), "python_rng": self.rng.getstate(),
                 "param_groups": optim["param_groups"], "grad_scaler": self.scaler.state_dict()}
+        if self.pool is not None:
+            tensors["pool.latents"] = self.pool.latents
+            tensors["pool.ks"] = torch.tensor(self.pool.ks, dtype=torch.int64)
+            meta["pool_prompts"] = self.pool.prompts
         with atomic_path(Path(directory)) as tmp:
             tmp.mkdir()
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
@@ -402,6 +570,10 @@ class Distiller:
         version, internal, gauss = meta["python_rng"]
         self.set_rng_state((tensors["rng.torch"], (version, tuple(internal), gauss)))
         self.losses = tensors["loss"].tolist()
+        self.pool = None  # a checkpoint written before the pool was started has none
+        if "pool.latents" in tensors:
+            self.pool = Pool(tensors["pool.latents"].to(self.device), tensors["pool.ks"].tolist(),
+                             meta["pool_prompts"])
         self.step = meta["step"]
         self.last_checkpoint_step = self.step
 
@@ -540,8 +712,9 @@ def erase(model: str | DiffusionPipeline, concepts: list[Concept], out_dir: Path
         for action in recover_interrupted_writes(out_dir):
             logger.info("resume: %s (left by an interrupted write)", action)
     pipe = load_pipeline(model) if isinstance(model, str) else model
+    base_hash = unet_weights_hash(pipe.unet)  # before training and before any bf16 cast
     distiller = Distiller(pipe, concepts, config)
-    distiller.base_hash = unet_weights_hash(distiller.teacher)  # teacher == base before training
+    distiller.base_hash = base_hash
     if resume and checkpoint.exists():
         distiller.load_checkpoint(checkpoint)
 
@@ -558,4 +731,5 @@ def erase(model: str | DiffusionPipeline, concepts: list[Concept], out_dir: Path
         distiller.train(config.steps, checkpoint, report)
     finally:
         bar.close()
+    distiller.restore_frozen_weights()
     return write_outputs(distiller, out_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -21,8 +22,10 @@ from sdd.distill import (
     Distiller,
     NonFiniteLossError,
     apply_patch,
+    ddim_step,
     ema_update,
     erase,
+    pool_phases,
     sample_latents,
     sdd_loss,
     select_parameters,
@@ -210,9 +213,143 @@ def test_concept_schedules(sd1):
     for p in batch.sampling_prompts:
         first, second = p.split(", ")
         assert first in CONCEPTS[0].prompts and second in CONCEPTS[1].prompts
-    batch = Distiller(sd1, CONCEPTS, fast_config(batch_size=8, concept_schedule="random")).draw_batch()
+    batch = Distiller(sd1, CONCEPTS, fast_config(batch_size=8, concept_schedule="random",
+                                                 sampler="reference")).draw_batch()
     assert all(p in CONCEPTS[0].prompts + CONCEPTS[1].prompts for p in batch.erased_prompts)
     assert all(0 <= k < 4 for k in batch.ks) and batch.noise.shape == (8, *latent_shape(sd1))
+
+
+# --- the pool sampler ---
+
+
+def test_reference_loop_is_unchanged(sd1):
+    """The paper's loop gives the losses it gave before the pool existed (same draws, same maths)."""
+    d = Distiller(sd1, CONCEPTS, fast_config(batch_size=3, steps=4, sampler="reference"))
+    d.train(4)
+    assert d.losses == pytest.approx([0.0029607617761939764, 0.004703887272626162, 0.00253083067946136,
+                                      0.0043468838557600975], rel=1e-5)
+
+
+@pytest.mark.parametrize("size,steps", [(8, 25), (3, 4), (5, 2), (1, 7)])
+def test_pool_phases_are_staggered_and_each_slot_uniform(size, steps):
+    for b in range(size):  # the offset is uniform, so each slot's step index is too
+        assert sorted(pool_phases(o, size, steps)[b] for o in range(steps)) == list(range(steps))
+    phases = pool_phases(0, size, steps)
+    assert len(set(phases)) == min(size, steps)
+
+
+def test_pool_cycles_every_slot_through_every_k(sd1):
+    n, size = 4, 3
+    d = Distiller(sd1, CONCEPTS, fast_config(batch_size=size, sampler="pool", ddim_steps=n))
+    seen = [[] for _ in range(size)]
+    for _ in range(2 * n):
+        batch = d.draw_batch()
+        for b, k in enumerate(batch.ks):
+            seen[b].append(k)
+        d.apply_update(d.forward_backward(batch), d.advance_pool(batch))
+    for b in range(size):
+        assert seen[b] == [(seen[b][0] + s) % n for s in range(2 * n)]  # one DDIM step per optimizer step
+        assert sorted(seen[b][:n]) == list(range(n))  # so each k equally often
+
+
+def test_passes_are_counted_per_loop(sd1):
+    n, size = 4, 3
+    ref = Distiller(sd1, CONCEPTS, fast_config(batch_size=size, sampler="reference", ddim_steps=n))
+    batch = ref.draw_batch()
+    ref.forward_backward(batch)
+    assert ref.unet_passes == sum(2 * k for k in batch.ks) + 2 * size  # CFG steps + the loss's two passes
+
+    pool = Distiller(sd1, CONCEPTS, fast_config(batch_size=size, sampler="pool", ddim_steps=n))
+    pool.pool = pool.start_pool()
+    assert pool.unet_passes == sum(2 * k for k in pool.pool.ks)  # the one-off warm-up
+    for _ in range(n):
+        before, batch = pool.unet_passes, pool.draw_batch()
+        loss = pool.forward_backward(batch)
+        pool.apply_update(loss, pool.advance_pool(batch))
+        assert pool.unet_passes - before == 2 * size + 2 * sum(k < n - 1 for k in batch.ks)
+
+
+def test_pool_steps_follow_the_reference_sampler(sd1):
+    """Advancing a trajectory one ddim_step at a time (at mixed step indices) = sample_latents."""
+    cond = Conditioner(sd1)
+    scheduler = DDIMScheduler.from_config(sd1.scheduler.config)
+    scheduler.set_timesteps(5)
+    prompts = ["a red circle", "a wedge", "something red"]
+    c, u = cond.encode(prompts), cond.empty(3)
+    noise = torch.randn(3, *latent_shape(sd1), generator=torch.Generator().manual_seed(0))
+    start = [0, 2, 1]
+    z = sample_latents(sd1.unet, scheduler, noise, start, c, u, 3.0)
+    for i in range(2):
+        z = ddim_step(sd1.unet, scheduler, z, [k + i for k in start], c, u, 3.0)
+    expected = sample_latents(sd1.unet, scheduler, noise, [k + 2 for k in start], c, u, 3.0)
+    torch.testing.assert_close(z, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_pool_restarts_finished_trajectories_from_fresh_noise(sd1):
+    n = 3
+    d = Distiller(sd1, CONCEPTS, fast_config(batch_size=3, sampler="pool", ddim_steps=n))
+    batch = d.draw_batch()
+    assert sorted(batch.ks) == [0, 1, 2] and len(batch.restart_prompts) == 1 and len(batch.noise) == 1
+    nxt = d.advance_pool(batch)
+    last = batch.ks.index(n - 1)
+    assert nxt.ks[last] == 0 and nxt.prompts[last] == batch.restart_prompts[0]
+    assert torch.equal(nxt.latents[last], batch.noise[0])
+
+
+def test_interrupt_while_starting_the_pool_resumes_identically(tiny_dirs, tmp_path, monkeypatch):
+    config = fast_config(steps=3, batch_size=2, sampler="pool")
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", config)
+    real = distill.sample_latents
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill, "sample_latents", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config)
+    assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 0
+    monkeypatch.setattr(distill, "sample_latents", real)
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config, resume=True)
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_checkpoint_resumes_only_with_the_same_sampler(tiny_dirs, tmp_path):
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, fast_config(steps=1, sampler="pool"))
+    with pytest.raises(ConfigError, match="sampler"):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, fast_config(steps=2, sampler="reference"), resume=True)
+
+
+# --- memory options ---
+
+
+def test_memory_options_train_and_save_the_exact_model(tiny_dirs, tmp_path):
+    config = fast_config(steps=2, batch_size=2, gradient_checkpointing=True, frozen_dtype="bf16",
+                         attention="sliced")
+    pipe = load_pipeline(str(tiny_dirs["sd1"]))
+    d = Distiller(pipe, CONCEPTS, config)
+    frozen = [p for n, p in d.student.named_parameters() if "attn2" not in n]
+    assert all(p.dtype == torch.bfloat16 for p in frozen) and d.student_params[0].dtype == torch.float32
+    assert d.student.conv_in.weight.data_ptr() == d.teacher.conv_in.weight.data_ptr()  # still shared
+    assert math.isfinite(d.train_step())
+
+    result = erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, config)
+    erased = load_pipeline(str(result.model_dir))
+    patched = apply_patch(load_pipeline(str(tiny_dirs["sd1"])), result.patch)
+    for (name, a), (_, b) in zip(erased.unet.named_parameters(), patched.unet.named_parameters(), strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "sliced", "eager"])
+def test_attention_choices_agree(sd1, attention):
+    config = fast_config(batch_size=2, attention=attention, sampler="reference")
+    base = Distiller(copy.deepcopy(sd1), CONCEPTS, fast_config(batch_size=2, sampler="reference"))
+    other = Distiller(sd1, CONCEPTS, config)
+    assert other.train_step() == pytest.approx(base.train_step(), rel=1e-4)
+
+
+def test_bf16_frozen_weights_need_bf16_compute():
+    with pytest.raises(ValueError, match="frozen_dtype"):
+        DistillConfig(frozen_dtype="bf16", mixed_precision="no")
 
 
 def test_concept_prompts_default_to_the_name():
@@ -236,8 +373,9 @@ def _assert_same_run(a, b):
     assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
 
 
-def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatch):
-    config = fast_config(steps=8, batch_size=2, checkpoint_every=3)
+@pytest.mark.parametrize("sampler", ["pool", "reference"])
+def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatch, sampler):
+    config = fast_config(steps=8, batch_size=2, checkpoint_every=3, sampler=sampler)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", config)
 
     # Interrupt in the middle of step 5, after its random draws and its teacher sampling.
@@ -261,6 +399,7 @@ def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatc
 
 def test_interrupt_between_steps_and_resume_with_more_steps(tiny_dirs, tmp_path):
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", fast_config(steps=4))
+    assert "pool.latents" in _tensors(tmp_path / "straight/checkpoint/state.safetensors")  # the default
 
     def stop_at_2(step, loss):
         if step == 2:
@@ -380,3 +519,17 @@ def test_default_concepts_for_the_toy_world():
     with pytest.raises(ConfigError):
         distill.default_concepts("toy", ["teal"])
     assert distill.default_concepts("org/model", ["nudity"])[0].prompts == ["nudity"]
+
+
+def test_gpu_bench_dry_run_starts():
+    """bench/gpu.sh --dry-run: the GPU bench's every row, with tiny configs on the CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "bench/gpu.py", "--dry-run"], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout[done.stdout.index("| run |"):]
+    assert table.count("\n| SDD ") == 5 and table.count("\n| generation") == 2
