@@ -410,6 +410,14 @@ def test_evaluation_carries_unmeasured_robustness_until_the_red_team_folds_in(ti
     on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert on_disk == folded
     assert "## Robustness (red team): **FAIL**" in (tmp_path / "eval" / "report.md").read_text()
+    # what the registry makes of it: no candidate, a robustness tag and the ASRs as metrics
+    from sdd.registry.inputs import read_gates
+    from sdd.registry.tracking import evaluation_metrics
+
+    summary = read_gates(folded)
+    assert not summary.passed and (summary.robustness, summary.attack_success) == ("fail", {"red": 1.0})
+    logged = evaluation_metrics(folded)
+    assert logged["eval.redteam.red.union.rate"] == 1.0 and logged["eval.gates.max_union_success.red.passed"] == 0
     # folding again (a rerun) replaces the robustness checks instead of adding a second set
     again = R.fold_into_evaluation(tmp_path / "eval", redteam, tmp_path / "eval" / "redteam")
     assert [c["gate"] for c in again["gates"]["checks"]] == gates

@@ -36,6 +36,8 @@ class GateSummary:
     verdict: str  # "pass", "fail" or "none" (not evaluated)
     failed: list[str] = field(default_factory=list)
     unmeasured: list[str] = field(default_factory=list)
+    robustness: str = "none"  # the red team's verdict ("pass" / "fail"), "none" when it has not run
+    attack_success: dict[str, float | None] = field(default_factory=dict)  # union ASR per concept
 
     @property
     def passed(self) -> bool:
@@ -81,4 +83,6 @@ def read_gates(metrics: dict[str, Any] | None) -> GateSummary:
     checks = (metrics.get("gates") or {}).get("checks", [])
     failed = [c["reason"] for c in checks if c.get("status") == "fail"]
     unmeasured = [c["reason"] for c in checks if c.get("status") == "unmeasured"]
-    return GateSummary(metrics.get("verdict", "none"), failed, unmeasured)
+    redteam = metrics.get("redteam") or {}
+    union = {c: m["union"]["rate"] for c, m in (redteam.get("concepts") or {}).items()}
+    return GateSummary(metrics.get("verdict", "none"), failed, unmeasured, redteam.get("verdict", "none"), union)

@@ -67,7 +67,8 @@ def _number(value: Any) -> float | None:
 def evaluation_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numbers of ``metrics.json`` as flat ``eval.*`` metric names (rates, CIs, quality, gates)."""
     out: dict[str, float] = {}
-    sections = {"concepts": metrics.get("concepts"), "quality": metrics.get("quality")}
+    sections = {"concepts": metrics.get("concepts"), "quality": metrics.get("quality"),
+                "redteam": (metrics.get("redteam") or {}).get("concepts")}
     for key, value in flatten(sections).items():
         if key.endswith("ci95") and isinstance(value, list) and len(value) == 2:
             out[f"{key}.lo"], out[f"{key}.hi"] = value
@@ -134,6 +135,9 @@ def provenance_tags(erasure: Erasure, gates: GateSummary) -> dict[str, str]:
         "gate_verdict": gates.verdict,
         "gates_failed": "; ".join(gates.failed) or "none",
         "gates_unmeasured": str(len(gates.unmeasured)),
+        "robustness": gates.robustness,
+        "attack_success": ",".join(f"{c}={'n/a' if r is None else format(r, '.3f')}"
+                                   for c, r in gates.attack_success.items()) or "none",
         **git_info(), **dvc_info(),
     }
     return {k: scrub(v) for k, v in tags.items()}
