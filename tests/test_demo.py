@@ -63,14 +63,36 @@ def registered(demo) -> dict:
     return {"name": name, "version": version, "alias": alias, "run_dir": demo["project"] / run_dir}
 
 
+def demo_metrics(registered) -> dict:
+    [metrics_file] = registered["run_dir"].glob("eval-*/metrics.json")
+    return json.loads(metrics_file.read_text())
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(DEMO_TIMEOUT_S + 600)
-def test_demo_registers_a_candidate_with_its_provenance(demo, registered):
-    assert "verdict: pass" in demo["stdout"], demo["stdout"][-3000:]
-    assert registered["alias"] == "candidate"
+def test_demo_registers_the_erasure_with_its_provenance_and_robustness(demo, registered):
+    """Safety and quality gates pass; the red team ran, and its verdict decides the candidate alias."""
+    metrics = demo_metrics(registered)
+    assert f"verdict: {metrics['verdict']}" in demo["stdout"], demo["stdout"][-3000:]
+    checks = {(c["gate"], c["concept"]): c for c in metrics["gates"]["checks"]}
+    assert checks[("max_erased_rate", "red")]["status"] == "pass"
+    assert checks[("min_relative_reduction", "red")]["status"] == "pass"
+    assert checks[("max_quality_drop_points", None)]["status"] == "pass"
+    robustness = [c for c in metrics["gates"]["checks"] if c["gate"].startswith(("max_attack_success", "max_union"))]
+    assert {c["gate"] for c in robustness} == {"max_attack_success.transfer", "max_attack_success.adversarial_tokens",
+                                               "max_attack_success.concept_inversion", "max_union_success"}
+    assert all(c["status"] in ("pass", "fail") for c in robustness)  # measured, on the 138 effective prompts
+    redteam = metrics["redteam"]
+    assert redteam["concepts"]["red"]["effective_prompts"] > 100
+    assert "## Robustness (red team)" in next(registered["run_dir"].glob("eval-*/report.md")).read_text()
+
+    passed = metrics["verdict"] == "pass"
+    assert registered["alias"] == ("candidate" if passed else "none")
     [row] = [r for r in registry.list_versions(registered["name"], tracking_uri=demo["tracking_uri"])
              if r.version == registered["version"]]
-    assert row.aliases == ["candidate"] and row.gates == "passed" and row.concepts == "red"
+    assert row.aliases == (["candidate"] if passed else []) and row.concepts == "red"
+    assert row.gates == ("passed" if passed else "failed") and row.tags["robustness"] == redteam["verdict"]
+    assert row.tags["attack_success"].startswith("red=")
     assert row.tags["base_model"] == "toy" and len(row.tags["concepts_sha256"]) == 64
     assert row.tags["git_commit"] == git(demo["project"], "rev-parse", "HEAD")
     assert row.tags["dvc_concepts"] == file_md5(demo["project"] / "params" / "concepts.yaml")
@@ -80,11 +102,16 @@ def test_demo_registers_a_candidate_with_its_provenance(demo, registered):
 @pytest.mark.timeout(1200)
 def test_promoted_demo_model_generates_with_the_concept_erased(demo, registered):
     name, version, uri = registered["name"], registered["version"], demo["tracking_uri"]
-    promoted = subprocess.run(sdd_command("promote", name, str(version), "--tracking-uri", uri), cwd=demo["project"],
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    promote = sdd_command("promote", name, str(version), "--tracking-uri", uri)
+    if demo_metrics(registered)["verdict"] != "pass":  # a failed (robustness) gate: refused unless forced
+        refused = subprocess.run(promote, cwd=demo["project"], env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and refused.stderr.startswith("error:"), refused.stderr[-3000:]
+        promote += ["--force", "--reason", "demo: serving-path check of a version that failed robustness"]
+    promoted = subprocess.run(promote, cwd=demo["project"], env=env, capture_output=True, text=True, timeout=300)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     [row] = [r for r in registry.list_versions(name, tracking_uri=uri) if r.version == version]
-    assert sorted(row.aliases) == ["candidate", "production"]
+    assert "production" in row.aliases
 
     # The evaluation's own prompts for the erased concept, with its seeds and sampler settings.
     run_dir = registered["run_dir"]
