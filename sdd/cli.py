@@ -175,6 +175,15 @@ def prompts_build(
         typer.echo(f"{kind:6s} {entry['rows']:6d} rows  sha256 {entry['sha256'][:16]}  {out / entry['file']}")
 
 
+def echo_verdict(metrics: dict, label: str, out: Path, strict: bool) -> None:
+    """The failed gates and the verdict of ``metrics``; with ``strict``, exit 1 unless it passed."""
+    for reason in metrics["gates"]["failed"]:
+        typer.echo(f"gate failed: {reason}")
+    typer.echo(f"{label}: {metrics['verdict'].upper()}; report in {out / 'report.md'}")
+    if strict and metrics["verdict"] != "pass":
+        raise typer.Exit(1)
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = typer.Option(..., "--model", help="The erased model: a local diffusers folder (or hub id)."),
@@ -211,11 +220,7 @@ def evaluate_cmd(
     for name, m in metrics["concepts"].items():
         b, e = m["base"]["rate"], m["erased"]["rate"]
         typer.echo(f"{name}: presence {b:.1%} -> {e:.1%} over {m['n']} images")
-    for reason in metrics["gates"]["failed"]:
-        typer.echo(f"gate failed: {reason}")
-    typer.echo(f"verdict: {metrics['verdict'].upper()}; report in {out / 'report.md'}")
-    if strict and metrics["verdict"] != "pass":
-        raise typer.Exit(1)
+    echo_verdict(metrics, "verdict", out, strict)
 
 
 @app.command("redteam")
@@ -272,11 +277,7 @@ def redteam_cmd(
                         for name, a in m["attacks"].items())
         union = f"{m['union']['rate']:.1%}" if m["union"]["rate"] is not None else "n/a"
         typer.echo(f"{concept}: {m['effective_prompts']} effective prompts; ASR {asr}; union {union}")
-    for reason in metrics["gates"]["failed"]:
-        typer.echo(f"gate failed: {reason}")
-    typer.echo(f"robustness verdict: {metrics['verdict'].upper()}; report in {out / 'report.md'}")
-    if strict and metrics["verdict"] != "pass":
-        raise typer.Exit(1)
+    echo_verdict(metrics, "robustness verdict", out, strict)
 
 
 @app.command("plots")

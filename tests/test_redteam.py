@@ -130,20 +130,6 @@ def test_default_params_file_matches_the_model():
 
 
 @pytest.mark.parametrize("data, field", [
-    ({"robustness": {"per_attack": {"gcg": 0.1}}}, "robustness.per_attack"),
-    ({"robustness": {"max_attack_success": 2}}, "robustness.max_attack_success"),
-])
-def test_bad_robustness_gate_is_one_line_naming_the_field(tmp_path, data, field):
-    from sdd.config import load_gates_config
-
-    path = tmp_path / "gates.yaml"
-    path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError) as e:
-        load_gates_config(path)
-    assert f"{path}: field '{field}'" in str(e.value) and "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("data, field", [
     ({"concept_inversion": {"steps": 0}}, "concept_inversion.steps"),
     ({"adversarial_tokens": {"tokens": -1}}, "adversarial_tokens.tokens"),
     ({"transfer": {"per_prompt": 0}}, "transfer.per_prompt"),
@@ -153,12 +139,16 @@ def test_bad_robustness_gate_is_one_line_naming_the_field(tmp_path, data, field)
     ({"budget": 3}, "budget"),
     ({"concept_words": {"red": []}}, "concept_words"),
     ({"concept_words": {"red": [" "]}}, "concept_words"),
+    ({"robustness": {"per_attack": {"gcg": 0.1}}}, "robustness.per_attack"),  # params/gates.yaml
+    ({"robustness": {"max_attack_success": 2}}, "robustness.max_attack_success"),
 ])
 def test_bad_config_is_one_line_naming_the_field(tmp_path, data, field):
-    path = tmp_path / "redteam.yaml"
+    from sdd.config import load_gates_config
+
+    path = tmp_path / "params.yaml"
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError) as e:
-        load_redteam_config(path)
+        (load_gates_config if "robustness" in data else load_redteam_config)(path)
     assert f"{path}: field '{field}'" in str(e.value) and "\n" not in str(e.value)
 
 
