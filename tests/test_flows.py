@@ -21,7 +21,7 @@ from sdd.config import ConfigError, load_concept_sets, load_model
 from sdd.config import DistillConfig as _DistillConfig
 
 # Tiny settings: 2 SDD steps, 5 sampler steps, 16 evaluation images per model.
-STAGES = ("prepare-prompts", "distill", "evaluate", "register")
+STAGES = ("prepare-prompts", "distill", "evaluate", "redteam", "register")
 
 
 # --- parameters and concept sets (no server) -----------------------------------------------------
@@ -150,7 +150,7 @@ def test_a_rerun_after_a_failure_skips_the_stages_that_finished(world, monkeypat
     monkeypatch.undo()
     resumed = erase(world, ["red"], gates=strict)
     assert resumed["stages"] == {"prepare-prompts": "Cached", "distill": "Cached", "evaluate": "Cached",
-                                 "register": "Completed"}
+                                 "redteam": "Cached", "register": "Completed"}
 
 
 def test_re_erase_does_nothing_until_the_active_set_changes(world, tmp_path):
