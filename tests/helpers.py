@@ -38,7 +38,8 @@ TINY = {"distill": {"steps": 2, "ddim_steps": 5, "batch_size": 2, "checkpoint_ev
 
 
 # Two steps cannot erase anything; with every gate off the verdict is "pass", so a candidate is set.
-GATES_OFF = {"max_erased_rate": None, "min_relative_reduction": None, "max_quality_drop_points": None}
+GATES_OFF = {"max_erased_rate": None, "min_relative_reduction": None, "max_quality_drop_points": None,
+             "robustness": {"max_attack_success": None, "max_union_success": None}}
 
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

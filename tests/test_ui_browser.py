@@ -80,18 +80,22 @@ def set_none(section, name: str) -> None:
 
 
 def fill_custom_run_form(page, runs_dir: str) -> None:
-    """concepts = [red], the TINY numbers, every gate of GATES_OFF set to None, a temporary runs_dir."""
+    """concepts = [red], the TINY numbers (the red team's top-level ones), every gate of GATES_OFF set to
+    None (robustness's inside its own section), a temporary runs_dir."""
     concepts = prop(page, "concepts")
     value_input(concepts).fill("red")
     assert concepts.locator("input, textarea").count() == 1  # exactly one concept
-    for section_name in ("distill", "evaluation", "prompts"):
+    for section_name in ("distill", "evaluation", "prompts", "redteam"):
         section = prop(page, section_name)
         for name, value in TINY[section_name].items():
-            fill_number(section, name, value)
+            if not isinstance(value, dict):  # the red team's nested budgets keep params/redteam.yaml's
+                fill_number(section, name, value)
     gates = prop(page, "gates")
     for name, value in GATES_OFF.items():
-        assert value is None
-        set_none(gates, name)
+        section = gates if value is None else prop(gates, name)  # robustness: a section inside gates
+        for field_name, field_value in ({name: value} if value is None else value).items():
+            assert field_value is None
+            set_none(section, field_name)
     value_input(prop(page, "runs_dir")).fill(runs_dir)
 
 
@@ -201,7 +205,9 @@ def test_custom_run_from_the_ui_completes(browser_page, stack, tmp_path):
         assert parameters["concepts"] == ["red"] and parameters["runs_dir"] == runs_dir
         for section in ("distill", "evaluation", "prompts"):
             assert TINY[section].items() <= parameters[section].items(), (section, parameters[section])
-        assert GATES_OFF.items() <= parameters["gates"].items(), parameters["gates"]
+        assert parameters["redteam"]["num_inference_steps"] == TINY["redteam"]["num_inference_steps"]
+        sent = parameters["gates"]
+        assert all(sent[k] == v if v is None else v.items() <= sent[k].items() for k, v in GATES_OFF.items()), sent
 
         started = time.monotonic()
         run = helpers.wait_for_run(stack, run_id, timeout_s=600)
