@@ -138,7 +138,6 @@ def main() -> None:
         return
 
     import torch
-
     from sd15 import parameter_count, sd15_pipeline
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sd15-"))
