@@ -93,7 +93,8 @@ def main() -> None:
         print(f"{loop}: {seconds:.1f} s, {passes / cfg.steps:.1f} passes/step", flush=True)
 
     names = " | ".join(f"held-out {c} % [95 % CI]" for c in concepts)
-    header = f"| loop | steps x batch | UNet passes/step | s/step | erasure wall s | erasure CPU s | {names} | benign % | benign drop |"
+    header = (f"| loop | steps x batch | UNet passes/step | s/step | erasure wall s | erasure CPU s | {names} "
+              f"| benign % | benign drop |")
     print("\n" + header + "\n|" + "---|" * (header.count("|") - 1))
     rates = " | ".join(percent(*base[c]) for c in concepts)
     print(f"| base model | | | | | | {rates} | {base['benign']:.1f} | |")

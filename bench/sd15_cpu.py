@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps of each sdd erase")
     ap.add_argument("--ddim-steps", type=int, default=2, help="DistillConfig.ddim_steps")
     ap.add_argument("--sampler", default="pool")
-    ap.add_argument("--gen-steps", type=int, default=4, help="DDIM steps of the 2 generated images")
+    ap.add_argument("--gen-steps", type=int, default=4, help="DDIM steps of the 2 generated images (0: none)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per child")
     ap.add_argument("--workdir", type=Path, help="keep files here (default: a temporary folder, removed)")
     ap.add_argument("--tiny", action="store_true", help="toy-size configs (checks that the bench runs)")
@@ -162,10 +162,11 @@ def main() -> None:
         r = run_child(["erase", str(work / "base"), str(out), str(work / f"{mode}.yaml")], args.timeout)
         rows.append((f"sdd erase, {mode}", r))
         print(mode, r, flush=True)
-    first = next(p for m in [*modes, *MODES] if (p := work / f"erase-{m}" / "model").is_dir())
-    r = run_child(["generate", str(first), str(args.gen_steps)], args.timeout)
-    rows.append((f"generate 2 images ({args.gen_steps} CFG steps, 512 px)", r))
-    print("generate", r, flush=True)
+    if args.gen_steps:  # 0 skips generation
+        first = next(p for m in [*modes, *MODES] if (p := work / f"erase-{m}" / "model").is_dir())
+        r = run_child(["generate", str(first), str(args.gen_steps)], args.timeout)
+        rows.append((f"generate 2 images ({args.gen_steps} CFG steps, 512 px)", r))
+        print("generate", r, flush=True)
 
     print(f"\n`sdd erase` x {args.steps} optimizer steps (batch 1, sampler {args.sampler}, ddim_steps "
           f"{args.ddim_steps}); SD-1.5 architecture, random weights, CPU\n")

@@ -81,8 +81,6 @@ TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
     "noxattn": lambda name: "attn2" not in name,
     "full": lambda name: True,
 }
-#: Attention implementations (``DistillConfig.attention``); None = diffusers' default (SDPA).
-ATTENTION = {"sdpa": None, "sliced": "auto", "eager": "eager"}
 # Settings that may change between a checkpoint and its resumption.
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
 
