@@ -92,7 +92,7 @@ def fill_custom_run_form(page, runs_dir: str) -> None:
                 fill_number(section, name, value)
     gates = prop(page, "gates")
     for name, value in GATES_OFF.items():
-        section = gates if value is None else prop(gates, name)  # robustness: a section inside gates
+        section = gates if value is None else prop(gates, _title(name))  # robustness: a section in gates
         for field_name, field_value in ({name: value} if value is None else value).items():
             assert field_value is None
             set_none(section, field_name)
