@@ -25,32 +25,28 @@ Where z_k comes from (``DistillConfig.sampler``):
 All randomness comes from one seeded ``torch.Generator`` and one ``random.Random``, both saved in
 checkpoints, so a resumed run reproduces an uninterrupted one bit for bit (on CPU).
 
-Outputs in ``out_dir``::
+Outputs in ``out_dir`` (written by :mod:`sdd.outputs`): ``model/``, ``patch.safetensors``,
+``manifest.json``, ``loss.csv``; while training runs, the resumable ``checkpoint/``
+(state.safetensors + state.json). The concepts themselves are :mod:`sdd.concepts`'.
 
-    model/              complete diffusers pipeline with the teacher UNet
-    patch.safetensors   the teacher's trained parameters only; see :func:`apply_patch`
-    manifest.json       concepts, base model, config, loss summary, library versions
-    loss.csv            step,loss
-    checkpoint/         resumable training state (state.safetensors + state.json)
+Why this module is over 500 lines: :class:`Distiller` (about 330 of them) holds one run's whole
+state — student, EMA teacher, optimizer, RNGs, trajectory pool — and the one step and one
+checkpoint format that must agree on it for a resume to be bit-identical; split further, that
+state would be spread over modules that each need all of it.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import hashlib
-import io
 import json
 import logging
 import math
-import platform
 import random
-import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,19 +55,21 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-import sdd
-from sdd.config import ConfigError, DistillConfig, check_concept_name, check_concept_names
+from sdd.concepts import Concept, concepts_hash, default_concepts
+from sdd.config import ConfigError, DistillConfig, check_concept_names
 from sdd.layout import CHECKPOINT_DIR, LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
 from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash
-from sdd.storage import (
-    atomic_path,
-    check_writable_dir,
-    recover_interrupted_writes,
-    write_json_atomic,
-    write_text_atomic,
-)
+from sdd.outputs import ErasureResult, apply_patch, loss_summary, save_patch, write_outputs
+from sdd.storage import atomic_path, check_writable_dir, recover_interrupted_writes
 
 logger = logging.getLogger(__name__)
+
+#: The engine's public names, with the concepts, outputs and file names it is used with (re-exported
+#: so ``from sdd.distill import Concept, erase, apply_patch, CHECKPOINT_DIR`` keeps working).
+__all__ = ["CHECKPOINT_DIR", "LOSS_FILE", "MANIFEST_FILE", "MODEL_DIR", "PATCH_FILE", "Concept", "Distiller",
+           "ErasureResult", "NonFiniteLossError", "apply_patch", "concepts_hash", "ddim_step", "default_concepts",
+           "ema_copy", "ema_update", "erase", "loss_summary", "pool_phases", "sample_latents", "save_patch",
+           "sdd_loss", "select_parameters", "timestep_bin", "write_outputs"]
 
 
 #: Which UNet parameters each ``train_method`` trains, by parameter name.
@@ -87,38 +85,6 @@ _RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last checkpoint on disk is left untouched."""
-
-
-@dataclass
-class Concept:
-    """A concept to erase: its name and the prompts that express it (default: the name itself)."""
-
-    name: str
-    prompts: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        check_concept_name(self.name)  # no blanks, control characters, path separators; <= 200 chars
-        self.prompts = list(self.prompts) or [self.name]
-        if not all(p.strip() for p in self.prompts):
-            raise ConfigError(f"concept '{self.name}': prompts must be non-empty strings")
-
-
-def concepts_hash(concepts: list[Concept]) -> str:
-    """sha256 of the concept list (names and prompts, in order)."""
-    return hashlib.sha256(json.dumps([asdict(c) for c in concepts], sort_keys=True).encode()).hexdigest()
-
-
-def default_concepts(model: str, names: list[str]) -> list[Concept]:
-    """Concepts from names: toy-world template prompts for the toy model, the bare name otherwise."""
-    check_concept_names(names)  # before anything else uses a name
-    if model != "toy":
-        return [Concept(n) for n in names]
-    from sdd.toy.world import toy_erasure_prompts
-
-    try:
-        return [Concept(n, toy_erasure_prompts(n)) for n in names]
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 # --- the maths -------------------------------------------------------------------------------
@@ -574,120 +540,6 @@ class Distiller:
                              meta["pool_prompts"])
         self.step = meta["step"]
         self.last_checkpoint_step = self.step
-
-
-# --- outputs ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ErasureResult:
-    out_dir: Path
-    model_dir: Path
-    patch: Path
-    manifest: Path
-    steps: int
-    final_loss: float | None
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-    import safetensors
-    import transformers
-
-    return {"sdd": sdd.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "safetensors": safetensors.__version__}
-
-
-def loss_summary(losses: list[float]) -> dict:
-    if not losses:
-        return {}
-    tail = losses[-100:]
-    return {"first": losses[0], "last": losses[-1], "min": min(losses), "mean": sum(losses) / len(losses),
-            "mean_last_100": sum(tail) / len(tail)}
-
-
-def save_patch(distiller: Distiller, path: Path) -> None:
-    meta = {"format": "sdd-patch", "train_method": distiller.config.train_method,
-            "base_unet_sha256": distiller.base_hash or "",
-            "concepts": json.dumps([asdict(c) for c in distiller.concepts])}
-    tensors = {name: t.detach().cpu().contiguous()
-               for name, t in zip(distiller.trained, distiller.teacher_params, strict=True)}
-    with atomic_path(Path(path)) as tmp:
-        raw = tmp.with_name(tmp.name + ".raw")  # in atomic_path's private folder, removed with it
-        save_file(tensors, raw, metadata=meta)
-        _write_sorted_metadata(raw, tmp)
-
-
-def _write_sorted_metadata(src: Path, dst: Path) -> None:
-    """Copy the safetensors file ``src`` to ``dst`` with ``__metadata__`` in sorted key order.
-
-    safetensors writes the metadata in Rust hash-map order, which differs between processes, so the
-    same patch got different bytes (and hashes) on every run. Offsets are relative to the data
-    section, so re-writing the header (padded to 8 bytes, as safetensors does) is safe.
-    """
-    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
-        n = int.from_bytes(f_in.read(8), "little")
-        header = json.loads(f_in.read(n))
-        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
-        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        text += b" " * (-len(text) % 8)
-        f_out.write(len(text).to_bytes(8, "little") + text)
-        shutil.copyfileobj(f_in, f_out, 16 << 20)
-
-
-def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
-    """Overwrite ``pipe.unet``'s parameters with a ``patch.safetensors``: the erased model, exactly."""
-    patch = load_file(str(path))
-    params = dict(pipe.unet.named_parameters())
-    unknown = [n for n in patch if n not in params or params[n].shape != patch[n].shape]
-    if unknown:
-        raise ConfigError(f"{path}: patch does not fit this UNet ({len(unknown)} parameters, e.g. "
-                          f"{unknown[0]}); apply it to the base model it was made from")
-    with torch.no_grad():
-        for name, value in patch.items():
-            params[name].copy_(value)
-    return pipe
-
-
-def save_model(distiller: Distiller, directory: Path) -> None:
-    """Save the pipeline with the teacher UNet as a complete diffusers folder."""
-    pipe = distiller.pipe
-    with atomic_path(Path(directory)) as tmp:
-        pipe.unet = distiller.teacher
-        try:
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        finally:
-            pipe.unet = distiller.student
-
-
-def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
-    out_dir = Path(out_dir)
-    save_model(distiller, out_dir / MODEL_DIR)
-    save_patch(distiller, out_dir / PATCH_FILE)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["step", "loss"])
-    writer.writerows((i + 1, repr(loss)) for i, loss in enumerate(distiller.losses))
-    write_text_atomic(out_dir / LOSS_FILE, buf.getvalue())
-    source = getattr(distiller.pipe, "sdd_source", None)
-    manifest = {
-        "concepts": [asdict(c) for c in distiller.concepts],
-        "concepts_sha256": concepts_hash(distiller.concepts),
-        "base_model": {**(asdict(source) if source else {}), "unet_sha256": distiller.base_hash},
-        "config": distiller.config.model_dump(mode="json"),
-        "steps": distiller.step,
-        "trained_parameters": {"method": distiller.config.train_method, "tensors": len(distiller.trained),
-                               "numel": sum(p.numel() for p in distiller.teacher_params)},
-        "loss": loss_summary(distiller.losses),
-        "truncated_prompts": len(distiller.truncated_prompts),  # concept prompts cut to the token limit
-        "text_max_tokens": distiller.conditioner.max_tokens,
-        "outputs": {"model": MODEL_DIR, "patch": PATCH_FILE, "loss": LOSS_FILE},
-        "versions": _versions(),
-    }
-    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
-    return ErasureResult(out_dir, out_dir / MODEL_DIR, out_dir / PATCH_FILE, out_dir / MANIFEST_FILE,
-                         distiller.step, distiller.losses[-1] if distiller.losses else None)
 
 
 def erase(model: str | DiffusionPipeline, concepts: list[Concept], out_dir: Path | str,

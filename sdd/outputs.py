@@ -1,0 +1,144 @@
+"""What an erasure writes to its output folder (the names are :mod:`sdd.layout`'s)::
+
+    model/              complete diffusers pipeline with the teacher UNet
+    patch.safetensors   the teacher's trained parameters only; see :func:`apply_patch`
+    manifest.json       concepts, base model, config, loss summary, library versions
+    loss.csv            step,loss
+
+Every file is written atomically (:mod:`sdd.storage`), so a crash leaves the previous one or none.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file, save_file
+
+import sdd
+from sdd.concepts import concepts_hash
+from sdd.config import ConfigError
+from sdd.layout import LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
+from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from sdd.distill import Distiller
+
+
+@dataclass
+class ErasureResult:
+    out_dir: Path
+    model_dir: Path
+    patch: Path
+    manifest: Path
+    steps: int
+    final_loss: float | None
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import safetensors
+    import transformers
+
+    return {"sdd": sdd.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def loss_summary(losses: list[float]) -> dict:
+    if not losses:
+        return {}
+    tail = losses[-100:]
+    return {"first": losses[0], "last": losses[-1], "min": min(losses), "mean": sum(losses) / len(losses),
+            "mean_last_100": sum(tail) / len(tail)}
+
+
+def save_patch(distiller: Distiller, path: Path) -> None:
+    meta = {"format": "sdd-patch", "train_method": distiller.config.train_method,
+            "base_unet_sha256": distiller.base_hash or "",
+            "concepts": json.dumps([asdict(c) for c in distiller.concepts])}
+    tensors = {name: t.detach().cpu().contiguous()
+               for name, t in zip(distiller.trained, distiller.teacher_params, strict=True)}
+    with atomic_path(Path(path)) as tmp:
+        raw = tmp.with_name(tmp.name + ".raw")  # in atomic_path's private folder, removed with it
+        save_file(tensors, raw, metadata=meta)
+        _write_sorted_metadata(raw, tmp)
+
+
+def _write_sorted_metadata(src: Path, dst: Path) -> None:
+    """Copy the safetensors file ``src`` to ``dst`` with ``__metadata__`` in sorted key order.
+
+    safetensors writes the metadata in Rust hash-map order, which differs between processes, so the
+    same patch got different bytes (and hashes) on every run. Offsets are relative to the data
+    section, so re-writing the header (padded to 8 bytes, as safetensors does) is safe.
+    """
+    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
+        n = int.from_bytes(f_in.read(8), "little")
+        header = json.loads(f_in.read(n))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        f_out.write(len(text).to_bytes(8, "little") + text)
+        shutil.copyfileobj(f_in, f_out, 16 << 20)
+
+
+def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
+    """Overwrite ``pipe.unet``'s parameters with a ``patch.safetensors``: the erased model, exactly."""
+    patch = load_file(str(path))
+    params = dict(pipe.unet.named_parameters())
+    unknown = [n for n in patch if n not in params or params[n].shape != patch[n].shape]
+    if unknown:
+        raise ConfigError(f"{path}: patch does not fit this UNet ({len(unknown)} parameters, e.g. "
+                          f"{unknown[0]}); apply it to the base model it was made from")
+    with torch.no_grad():
+        for name, value in patch.items():
+            params[name].copy_(value)
+    return pipe
+
+
+def save_model(distiller: Distiller, directory: Path) -> None:
+    """Save the pipeline with the teacher UNet as a complete diffusers folder."""
+    pipe = distiller.pipe
+    with atomic_path(Path(directory)) as tmp:
+        pipe.unet = distiller.teacher
+        try:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            pipe.unet = distiller.student
+
+
+def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
+    out_dir = Path(out_dir)
+    save_model(distiller, out_dir / MODEL_DIR)
+    save_patch(distiller, out_dir / PATCH_FILE)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "loss"])
+    writer.writerows((i + 1, repr(loss)) for i, loss in enumerate(distiller.losses))
+    write_text_atomic(out_dir / LOSS_FILE, buf.getvalue())
+    source = getattr(distiller.pipe, "sdd_source", None)
+    manifest = {
+        "concepts": [asdict(c) for c in distiller.concepts],
+        "concepts_sha256": concepts_hash(distiller.concepts),
+        "base_model": {**(asdict(source) if source else {}), "unet_sha256": distiller.base_hash},
+        "config": distiller.config.model_dump(mode="json"),
+        "steps": distiller.step,
+        "trained_parameters": {"method": distiller.config.train_method, "tensors": len(distiller.trained),
+                               "numel": sum(p.numel() for p in distiller.teacher_params)},
+        "loss": loss_summary(distiller.losses),
+        "truncated_prompts": len(distiller.truncated_prompts),  # concept prompts cut to the token limit
+        "text_max_tokens": distiller.conditioner.max_tokens,
+        "outputs": {"model": MODEL_DIR, "patch": PATCH_FILE, "loss": LOSS_FILE},
+        "versions": _versions(),
+    }
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    return ErasureResult(out_dir, out_dir / MODEL_DIR, out_dir / PATCH_FILE, out_dir / MANIFEST_FILE,
+                         distiller.step, distiller.losses[-1] if distiller.losses else None)
