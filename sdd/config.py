@@ -24,6 +24,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AdversarialConfig(_Strict):
+    """Robust erasure (issue 15): a min-max SDD run, in the spirit of AdvUnlearn / STEREO / RECE.
+
+    Every ``every`` steps the current student is attacked with concept inversion (one new token
+    learnt on the base model's images of a concept); the encoded conditioning of the found prompt
+    joins a pool whose members replace ``fraction`` of each batch's erased conditionings. A
+    retention term keeps the student's predictions on ``retention_prompts`` (benign) close to the
+    frozen base model's. See sdd/robust.py.
+    """
+
+    every: int = Field(50, ge=1, description="Attack the student every N steps (the first at step 0).")
+    inversion_steps: int = Field(50, ge=1, description="Textual-inversion steps per attack.")
+    inversion_lr: float = Field(2e-2, gt=0, description="Adam learning rate on the inverted token embedding.")
+    inversion_batch: int = Field(4, ge=1, description="Target latents per inversion step.")
+    warm_start: bool = Field(True, description="Each attack starts from the previous attack's embedding "
+                                               "(else from the concept word's).")
+    targets: int = Field(16, ge=1, description="Target latents per concept: the base model drawing its prompts.")
+    fraction: float = Field(0.5, ge=0, le=1, description="Share of each batch whose erased conditioning is "
+                                                          "an adversarial one (once the pool has any).")
+    pool_size: int = Field(8, ge=1, description="Adversarial conditionings kept (oldest dropped first).")
+    retention_prompts: list[str] = Field([], description="Benign prompts whose predictions stay near the base "
+                                                         "model's; empty = no retention term.")
+    retention_weight: float = Field(1.0, ge=0, description="Weight of the retention loss.")
+    retention_batch: int = Field(4, ge=1, description="Benign samples per step for the retention term.")
+    retention_targets: int = Field(32, ge=1, description="Benign latents drawn by the base model (cycling "
+                                                         "over retention_prompts).")
+
+    @field_validator("retention_prompts")
+    @classmethod
+    def _non_empty_prompts(cls, v: list[str]) -> list[str]:
+        if not all(p.strip() for p in v):
+            raise ValueError("retention prompts must be non-empty strings")
+        return v
+
+
 class DistillConfig(_Strict):
     """SDD hyperparameters; defaults are the paper's (Kim et al. 2023), except ``sampler``.
 
@@ -62,6 +97,9 @@ class DistillConfig(_Strict):
     attention: Literal["sdpa", "sliced", "eager"] = Field(
         "sdpa", description="UNet attention: sdpa = torch's fused kernel (diffusers' default), sliced = one "
                             "head slice at a time, eager = the full attention matrix.")
+    adversarial: AdversarialConfig | None = Field(
+        None, description="Robust erasure: adversarial conditionings + a retention term (sdd/robust.py); "
+                          "None = plain SDD.")
 
     @model_validator(mode="after")
     def _bf16_weights_need_bf16_compute(self) -> DistillConfig:

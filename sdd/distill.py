@@ -243,6 +243,12 @@ class Distiller:
         self.teacher = ema_copy(self.student, self.trained)
         teacher_params = dict(self.teacher.named_parameters())
         self.teacher_params = [teacher_params[n] for n in self.trained]
+        # Robust erasure (sdd/robust.py): its frozen base copy is made here, before any hook or training.
+        self.adversary = None
+        if config.adversarial is not None:
+            from sdd.robust import Adversary
+
+            self.adversary = Adversary(self)
 
         self.optimizer = torch.optim.AdamW(self.student_params, lr=config.lr, betas=config.betas,
                                            eps=config.eps, weight_decay=config.weight_decay)
@@ -381,6 +387,8 @@ class Distiller:
         """Sample z_t with the teacher (or take the pool's), compute the SDD loss, backpropagate."""
         uncond = self.conditioner.empty(len(batch.ks))
         erased = self.conditioner.encode(batch.erased_prompts)
+        if self.adversary is not None:
+            erased = self.adversary.mix(erased)
         timesteps = torch.tensor(batch.timesteps, device=self.device)
         with autocast(self.device, self.precision):
             if batch.latents is None:
@@ -390,6 +398,8 @@ class Distiller:
             else:
                 latents = batch.latents
             loss = sdd_loss(self.student, latents, timesteps, erased, uncond)
+            if self.adversary is not None and (retention := self.adversary.retention_loss()) is not None:
+                loss = loss + retention
         value = loss.item()
         if not math.isfinite(value):
             where = (f"step {self.last_checkpoint_step}" if self.last_checkpoint_step is not None
@@ -410,6 +420,8 @@ class Distiller:
         ema_update(self.teacher_params, self.student_params, self.config.ema_decay)
         if pool is not None:
             self.pool = pool
+        if self.adversary is not None:
+            self.adversary.commit()
         self.step += 1
         self.losses.append(loss)
 
@@ -419,6 +431,8 @@ class Distiller:
         The pool moves on with the teacher of this step (before its EMA update), like the
         reference loop samples with it; nothing is committed until :meth:`apply_update`.
         """
+        if self.adversary is not None:
+            self.adversary.prepare()  # attacks the student when due; committed with the step
         batch = self.draw_batch()
         loss = self.forward_backward(batch)
         return loss, (self.advance_pool(batch) if batch.latents is not None else None)
@@ -460,6 +474,8 @@ class Distiller:
                     # Rewind the draws of the unfinished step, so resuming redoes it exactly.
                     self.set_rng_state(rng_at_step)
                     self.optimizer.zero_grad(set_to_none=True)
+                    if self.adversary is not None:
+                        self.adversary.discard()
                     self.save_checkpoint(checkpoint_dir)
             raise
 
@@ -496,6 +512,9 @@ class Distiller:
             tensors["pool.latents"] = self.pool.latents
             tensors["pool.ks"] = torch.tensor(self.pool.ks, dtype=torch.int64)
             meta["pool_prompts"] = self.pool.prompts
+        if self.adversary is not None:
+            adv_tensors, meta["adversarial"] = self.adversary.state_tensors()
+            tensors.update(adv_tensors)
         with atomic_path(Path(directory)) as tmp:
             tmp.mkdir()
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
@@ -538,6 +557,8 @@ class Distiller:
         if "pool.latents" in tensors:
             self.pool = Pool(tensors["pool.latents"].to(self.device), tensors["pool.ks"].tolist(),
                              meta["pool_prompts"])
+        if self.adversary is not None:
+            self.adversary.load_state(tensors, meta.get("adversarial"))
         self.step = meta["step"]
         self.last_checkpoint_step = self.step
 

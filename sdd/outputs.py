@@ -139,6 +139,8 @@ def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
         "outputs": {"model": MODEL_DIR, "patch": PATCH_FILE, "loss": LOSS_FILE},
         "versions": _versions(),
     }
+    if distiller.adversary is not None:
+        manifest["adversarial"] = distiller.adversary.summary()
     write_json_atomic(out_dir / MANIFEST_FILE, manifest)
     return ErasureResult(out_dir, out_dir / MODEL_DIR, out_dir / PATCH_FILE, out_dir / MANIFEST_FILE,
                          distiller.step, distiller.losses[-1] if distiller.losses else None)

@@ -1,0 +1,127 @@
+"""Robust erasure frontier on the toy world (issue 15 item 5): ASR vs benign drop per setting.
+
+Each setting is params/presets/robust.yaml with a few overrides. For each: ``sdd erase`` (timed),
+``sdd evaluate`` (held-out red, benign correctness drop, FID), ``sdd redteam --eval`` (ASR table).
+The prompt set and the base images are built once and shared.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb [--only full xattn] [--jobs 2]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb --table   # table only
+
+Results: docs/robust-erasure.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+PRESET = Path("params/presets/robust.yaml")
+SDD = str(Path(sys.executable).with_name("sdd"))
+
+#: name -> overrides of the preset (nested keys under "adversarial").
+SETTINGS: dict[str, dict] = {
+    "xattn": {},  # the preset
+    "full": {"train_method": "full"},  # the whole UNet at the toy's lr 1e-3 wrecks it (FID 330)
+    "full-lr2e-4-e100": {"train_method": "full", "lr": 2.0e-4, "adversarial": {"every": 100}},
+    "noxattn-lr2e-4-e100": {"train_method": "noxattn", "lr": 2.0e-4, "adversarial": {"every": 100}},
+    # Not measured yet (docs/robust-erasure.md, what is left):
+    "xattn-e100": {"adversarial": {"every": 100}},  # half the attacks: fits the 10-minute demo
+    "xattn-f75": {"adversarial": {"fraction": 0.75}},
+    "plain-xattn-1000": {"adversarial": None},  # control: the same run without the adversary
+}
+
+
+def settings_yaml(name: str) -> dict:
+    cfg = yaml.safe_load(PRESET.read_text())
+    for key, value in SETTINGS[name].items():
+        if isinstance(value, dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def run(cmd: list[str], log: Path) -> float:
+    start = time.monotonic()
+    with log.open("w") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+    return time.monotonic() - start
+
+
+def measure(name: str, out: Path) -> None:
+    cfg_path = out / "cfg" / f"{name}.yaml"
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(yaml.safe_dump(settings_yaml(name), sort_keys=False))
+    run_dir, eval_dir = out / name, out / f"{name}-eval"
+    if not (run_dir / "manifest.json").exists():
+        wall = run([SDD, "erase", "--model", "toy", "--concept", "red", "--config", str(cfg_path),
+                    "--out", str(run_dir)], out / f"{name}.erase.log")
+        (out / f"{name}.wall").write_text(f"{wall:.1f}\n")
+    if not (eval_dir / "metrics.json").exists():
+        run([SDD, "evaluate", "--base", "toy", "--model", str(run_dir / "model"), "--prompts", str(out / "prompts"),
+             "--out", str(eval_dir), "--base-images", str(out / "base-images")], out / f"{name}.eval.log")
+    if "redteam" not in json.loads((eval_dir / "metrics.json").read_text()):
+        run([SDD, "redteam", "--base", "toy", "--model", str(run_dir / "model"), "--prompts", str(out / "prompts"),
+             "--eval", str(eval_dir)], out / f"{name}.redteam.log")
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def row(name: str, out: Path) -> str | None:
+    path = out / f"{name}-eval" / "metrics.json"
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    heldout_rate = m["concepts"]["red"]["erased"]["rate"]  # the concept on the held-out eval prompts
+    quality = m.get("quality") or {}
+    drop = (quality.get("correctness") or {}).get("drop_points")
+    fid = quality.get("fid")
+    rt = ((m.get("redteam") or {}).get("concepts") or {}).get("red") or {}
+    attacks = rt.get("attacks") or {}
+
+    def asr(a):
+        v = attacks.get(a) or {}
+        return v.get("rate") if isinstance(v, dict) else v
+
+    union = (rt.get("union") or {}).get("rate")
+    wall = (out / f"{name}.wall").read_text().strip() if (out / f"{name}.wall").exists() else "–"
+    return (f"| {name} | {_pct(heldout_rate)} | {'–' if drop is None else f'{drop:.1f}'} | "
+            f"{'–' if fid is None else f'{fid:.2f}'} | {_pct(asr('transfer'))} | {_pct(asr('adversarial_tokens'))} | "
+            f"{_pct(asr('concept_inversion'))} | {_pct(union)} | {wall} |")
+
+
+def table(out: Path, names: list[str]) -> str:
+    lines = ["| setting | held-out red % | benign drop (pts) | FID | transfer % | adv. tokens % | "
+             "inversion % | union % | erase wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [r for n in names if (r := row(n, out))]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/rb"))
+    ap.add_argument("--only", nargs="*", default=list(SETTINGS))
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--table", action="store_true", help="only print the table of what is measured")
+    args = ap.parse_args()
+    if not args.table:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if not (args.out / "prompts").exists():
+            run([SDD, "prompts", "build", "--concept", "red", "--out", str(args.out / "prompts")],
+                args.out / "prompts.log")
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda n: measure(n, args.out), args.only))
+    print(table(args.out, args.only))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Robust erasure (issue 15 item 5): SDD with an adversary in the loop (``DistillConfig.adversarial``).
+
+A min-max run in the spirit of AdvUnlearn / STEREO / RECE. Every ``every`` steps the current
+student is attacked with concept inversion: one new token embedding is learnt (with
+:mod:`sdd.attacks`' placeholder tokens and denoising loss) so that the student redraws the base
+model's images of a concept (the *target latents*: the frozen base drawing the concept prompts,
+drawn once and kept). The concept prompts with that token in place of the concept words are
+encoded, and their hidden states (not the token: the shipped tokenizer and text encoder stay
+unchanged) join the *adversarial pool*. Each step, ``fraction`` of the batch distils an
+adversarial conditioning, instead of a concept prompt, to the student's unconditional prediction.
+
+To keep what should stay, a retention term pulls the student's prediction on benign prompts
+(``retention_prompts``), at noised benign latents drawn once by the base model, towards the frozen
+base model's prediction:
+
+    L = SDD(c_s or c_adv) + w · || ε_θ(x_t, c_benign, t) − ε_base(x_t, c_benign, t) ||²
+
+Everything random comes from the Distiller's generator and ``random.Random``; target latents,
+benign latents, the pool and the warm-start embeddings are saved in checkpoints, so a resumed run
+is bit-identical to an uninterrupted one (on CPU). What a step computes is *pending* until the
+Distiller commits the step (:meth:`Adversary.commit`), as for the trajectory pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from sdd.attacks import Placeholders, denoise_loss, encode, substitute
+from sdd.models import Conditioning
+
+if TYPE_CHECKING:
+    from sdd.distill import Distiller
+
+logger = logging.getLogger(__name__)
+
+TOKEN = "<sdd-adversary>"
+
+
+@dataclass
+class AdversaryState:
+    """What the adversary carries from step to step (all of it checkpointed)."""
+
+    targets: torch.Tensor | None = None  # (concepts * targets, C, H, W) base latents of the concept prompts
+    retain: torch.Tensor | None = None  # (retention_targets, C, H, W) base latents of the benign prompts
+    embeddings: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # concept -> per encoder, (1, D)
+    pool: list[Conditioning] = field(default_factory=list)  # adversarial conditionings, one prompt each
+    attacks: int = 0
+
+
+class Adversary:
+    """The adversarial part of one :class:`sdd.distill.Distiller` run."""
+
+    def __init__(self, distiller: Distiller):
+        from sdd.distill import ema_copy
+
+        self.d = distiller
+        self.cfg = distiller.config.adversarial
+        # The frozen base: a copy of the trained parameters as they are now (untrained), the rest shared.
+        self.base = ema_copy(distiller.student, distiller.trained)
+        self.noise_scheduler = DDPMScheduler.from_config(distiller.pipe.scheduler.config)
+        self.state = AdversaryState()
+        self.pending: AdversaryState | None = None
+        self.last_retention: float = 0.0
+
+    # -- per step --
+
+    def prepare(self) -> None:
+        """Draw the target latents (first step) and attack the student when due; pending until commit."""
+        d, cfg = self.d, self.cfg
+        state = replace(self.state, embeddings=dict(self.state.embeddings), pool=list(self.state.pool))
+        if state.targets is None:
+            state.targets = self._draw_latents([p for c in d.concepts for p in _cycle(c.prompts, cfg.targets)])
+            if cfg.retention_prompts:
+                state.retain = self._draw_latents(_cycle(cfg.retention_prompts, cfg.retention_targets))
+        if d.step % cfg.every == 0:
+            ci = (d.step // cfg.every) % len(d.concepts)
+            emb, conds = self.invert(ci, state)
+            state.embeddings[ci] = emb
+            state.pool = (state.pool + conds)[-cfg.pool_size:]
+            state.attacks += 1
+        self.pending = state
+
+    def commit(self) -> None:
+        if self.pending is not None:
+            self.state, self.pending = self.pending, None
+
+    def discard(self) -> None:
+        self.pending = None
+
+    @property
+    def current(self) -> AdversaryState:
+        return self.pending if self.pending is not None else self.state
+
+    def adversarial_slots(self, batch_size: int) -> int:
+        """How many samples of a batch distil an adversarial conditioning (0 while the pool is empty)."""
+        return round(self.cfg.fraction * batch_size) if self.current.pool else 0
+
+    def mix(self, erased: Conditioning) -> Conditioning:
+        """``erased`` with its last ``fraction`` of samples replaced by conditionings from the pool."""
+        n, pool = len(erased), self.current.pool
+        k = self.adversarial_slots(n)
+        if k == 0:
+            return erased
+        picks = [pool[self.d.rng.randrange(len(pool))] for _ in range(k)]
+        adv = Conditioning.cat(picks)
+        adv = Conditioning(adv.hidden_states.to(erased.hidden_states),
+                           {key: v.to(erased.added[key]) for key, v in adv.added.items()})
+        return Conditioning.cat([erased[: n - k], adv])
+
+    def retention_loss(self) -> torch.Tensor | None:
+        """w · MSE(student, frozen base) on noised benign latents with their prompts; None if off."""
+        cfg, d, state = self.cfg, self.d, self.current
+        if state.retain is None or cfg.retention_weight == 0:
+            return None
+        prompts = _cycle(cfg.retention_prompts, cfg.retention_targets)
+        idx = torch.randint(len(state.retain), (cfg.retention_batch,), generator=d.generator).tolist()
+        x0 = state.retain[idx].to(d.device)
+        noise = torch.randn(x0.shape, generator=d.generator).to(d.device, x0.dtype)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(idx),),
+                          generator=d.generator).to(d.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        cond = d.conditioner.encode([prompts[i] for i in idx])
+        with torch.no_grad():
+            target = self.base(noisy, t, **cond.unet_kwargs()).sample
+        pred = d.student(noisy, t, **cond.unet_kwargs()).sample
+        loss = cfg.retention_weight * F.mse_loss(pred.float(), target.float())
+        self.last_retention = loss.item()
+        return loss
+
+    # -- the attack and its targets --
+
+    @torch.no_grad()
+    def _draw_latents(self, prompts: list[str]) -> torch.Tensor:
+        """The frozen base model's final DDIM latents for ``prompts`` (guided, the Distiller's settings)."""
+        from sdd.distill import sample_latents
+        from sdd.models import autocast
+
+        d = self.d
+        noise = d._noise(len(prompts)).to(d.device)
+        with autocast(d.device, d.precision):
+            return sample_latents(self.base, d.scheduler, noise, [d.config.ddim_steps] * len(prompts),
+                                  d.conditioner.encode(prompts), d.conditioner.empty(len(prompts)),
+                                  d.config.guidance_scale).float()
+
+    def invert(self, ci: int, state: AdversaryState) -> tuple[list[torch.Tensor], list[Conditioning]]:
+        """Concept inversion on the student for concept ``ci``: its new embedding(s) and conditionings."""
+        d, cfg = self.d, self.cfg
+        concept = d.concepts[ci]
+        words = [concept.name, *concept.prompts]
+        prompts = _cycle(concept.prompts, cfg.targets)
+        targets = state.targets[ci * cfg.targets:(ci + 1) * cfg.targets].to(d.device)
+        pipe, gen = d.pipe, d.generator
+        with Placeholders(pipe, [TOKEN]) as ph:
+            previous = state.embeddings.get(ci) if cfg.warm_start else None
+            emb = [(previous[e] if previous else ph.word_embedding(e, words)[None]).detach().clone()
+                   .to(slot.vocab.device).requires_grad_(True) for e, slot in enumerate(ph.slots)]
+            for e, row in enumerate(emb):
+                ph.set_rows(e, row)
+            opt = torch.optim.Adam(emb, lr=cfg.inversion_lr)
+            adv_prompts = [substitute(p, words, TOKEN) for p in prompts]
+            for _ in range(cfg.inversion_steps):
+                pick = torch.randint(len(prompts), (cfg.inversion_batch,), generator=gen).tolist()
+                loss = denoise_loss(pipe, self.noise_scheduler, targets[pick],
+                                    encode(pipe, [adv_prompts[i] for i in pick]), gen)
+                # Gradients for the embedding only: the student's .grad stays untouched.
+                for row, g in zip(emb, torch.autograd.grad(loss, emb), strict=True):
+                    row.grad = g
+                opt.step()
+            found = [row.detach().clone() for row in emb]
+            for e, row in enumerate(found):
+                ph.set_rows(e, row)
+            with torch.no_grad():
+                unique = list(dict.fromkeys(adv_prompts))
+                cond = encode(pipe, unique)
+        conds = [Conditioning(cond.hidden_states[i:i + 1].detach().float().cpu(),
+                              {k: v[i:i + 1].detach().float().cpu() for k, v in cond.added.items()})
+                 for i in range(len(unique))]
+        logger.debug("attack at step %d on %s: final inversion loss %.4g", d.step, concept.name, loss.item())
+        return [r.cpu() for r in found], conds
+
+    # -- checkpoint and manifest --
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        s = self.state
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict = {"attacks": s.attacks, "pool": [], "embeddings": {}}
+        if s.targets is not None:
+            tensors["adv.targets"] = s.targets
+        if s.retain is not None:
+            tensors["adv.retain"] = s.retain
+        for ci, rows in s.embeddings.items():
+            meta["embeddings"][str(ci)] = len(rows)
+            for e, row in enumerate(rows):
+                tensors[f"adv.embedding.{ci}.{e}"] = row
+        for i, cond in enumerate(s.pool):
+            tensors[f"adv.pool.{i}.hidden_states"] = cond.hidden_states
+            for k, v in cond.added.items():
+                tensors[f"adv.pool.{i}.added.{k}"] = v
+            meta["pool"].append(sorted(cond.added))
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict | None) -> None:
+        meta = meta or {"attacks": 0, "pool": [], "embeddings": {}}
+        self.state = AdversaryState(
+            targets=tensors.get("adv.targets"), retain=tensors.get("adv.retain"),
+            embeddings={int(ci): [tensors[f"adv.embedding.{ci}.{e}"] for e in range(n)]
+                        for ci, n in meta["embeddings"].items()},
+            pool=[Conditioning(tensors[f"adv.pool.{i}.hidden_states"],
+                               {k: tensors[f"adv.pool.{i}.added.{k}"] for k in keys})
+                  for i, keys in enumerate(meta["pool"])],
+            attacks=meta["attacks"])
+        self.pending = None
+
+    def summary(self) -> dict:
+        s = self.state
+        return {"attacks": s.attacks, "pool": len(s.pool), "target_latents": 0 if s.targets is None else len(s.targets),
+                "retention_latents": 0 if s.retain is None else len(s.retain),
+                "retention_prompts": len(self.cfg.retention_prompts), "last_retention_loss": self.last_retention}
+
+
+def _cycle(items: list[str], n: int) -> list[str]:
+    return [items[i % len(items)] for i in range(n)]

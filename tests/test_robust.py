@@ -1,0 +1,169 @@
+"""Tests for robust erasure (sdd/robust.py): the adversarial pool, the retention term, resume, config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import one_thread
+
+import sdd.distill as distill
+from sdd.config import AdversarialConfig, ConfigError, DistillConfig, validate
+from sdd.distill import Concept, Distiller, erase
+from sdd.models import load_pipeline
+
+CONCEPTS = [Concept("red", ["a red circle", "something red"])]
+ADV = dict(every=2, inversion_steps=2, inversion_batch=2, targets=2, fraction=0.5, pool_size=3,
+           retention_prompts=["a blue square", "a circle"], retention_targets=2, retention_batch=2)
+
+
+def config(adv=None, **overrides) -> DistillConfig:
+    base = dict(ddim_steps=4, checkpoint_every=100, seed=1, steps=4, batch_size=4,
+                adversarial=AdversarialConfig(**{**ADV, **(adv or {})}))
+    return DistillConfig(**{**base, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture
+def sd1(tiny_dirs):
+    return load_pipeline(str(tiny_dirs["sd1"]))
+
+
+def test_adversarial_conditionings_are_mixed_at_the_configured_fraction(sd1):
+    d = Distiller(sd1, CONCEPTS, config(adv={"fraction": 0.5}))
+    adv = d.adversary
+    erased = d.conditioner.encode(["a red circle"] * 4)
+    assert adv.mix(erased) is erased  # no attack yet: nothing to mix
+    d.train(1)  # step 0 attacks: the pool holds the found conditionings
+    assert adv.state.attacks == 1 and 1 <= len(adv.state.pool) <= 3
+    pool = torch.cat([c.hidden_states for c in adv.state.pool])
+    mixed = adv.mix(erased)
+    assert len(mixed) == 4 and adv.adversarial_slots(4) == 2
+    assert torch.equal(mixed.hidden_states[:2], erased.hidden_states[:2])
+    for h in mixed.hidden_states[2:]:
+        assert any(torch.equal(h, p) for p in pool)
+    # The adversarial hidden states differ from every prompt's: they came from the learnt token.
+    assert not torch.equal(mixed.hidden_states[2], erased.hidden_states[0])
+    adv.cfg.fraction = 0.25
+    assert adv.adversarial_slots(8) == 2 and adv.adversarial_slots(4) == 1
+
+
+def test_pool_keeps_the_newest_conditionings(sd1):
+    d = Distiller(sd1, CONCEPTS, config(adv={"every": 1, "pool_size": 3}, steps=4))
+    d.train(4)
+    assert d.adversary.state.attacks == 4 and len(d.adversary.state.pool) == 3
+
+
+def test_attack_leaves_the_pipeline_and_the_student_gradients_alone(sd1):
+    tokenizer, embeddings = sd1.tokenizer, sd1.text_encoder.get_input_embeddings()
+    d = Distiller(sd1, CONCEPTS, config())
+    d.adversary.prepare()
+    assert sd1.tokenizer is tokenizer and sd1.text_encoder.get_input_embeddings() is embeddings
+    assert all(p.grad is None for p in d.student_params)  # the inversion took grads of the token only
+    assert d.adversary.state.targets is None  # pending until the step is committed
+    d.adversary.commit()
+    assert d.adversary.state.targets.shape[0] == 2 and d.adversary.state.retain.shape[0] == 2
+
+
+def test_retention_target_is_the_frozen_base_and_is_stop_gradient(sd1):
+    d = Distiller(sd1, CONCEPTS, config(adv={"retention_weight": 2.0}))
+    d.train(2)
+    adv = d.adversary
+    base_params = dict(adv.base.named_parameters())
+    student_params = dict(d.student.named_parameters())
+    for name in d.trained:  # the base copy kept the untrained weights; the student moved on
+        assert not base_params[name].requires_grad
+    assert any(not torch.equal(base_params[n], student_params[n]) for n in d.trained)
+    # At the base weights the retention loss is zero; its gradient reaches the student only.
+    with torch.no_grad():
+        for name in d.trained:
+            student_params[name].copy_(base_params[name])
+    loss = adv.retention_loss()
+    assert loss.item() == 0.0
+    loss2 = None
+    with torch.no_grad():
+        for p in d.student_params:
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    loss2 = adv.retention_loss()
+    assert loss2.item() > 0
+    loss2.backward()
+    assert all(p.grad is None for p in adv.base.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.student_params)
+
+
+def test_retention_off_without_prompts(sd1):
+    d = Distiller(sd1, CONCEPTS, config(adv={"retention_prompts": []}))
+    d.train(1)
+    assert d.adversary.state.retain is None and d.adversary.retention_loss() is None
+
+
+def test_resume_with_the_adversary_is_bit_identical(tiny_dirs, tmp_path, monkeypatch):
+    cfg = config(steps=6, checkpoint_every=3)
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", cfg)
+
+    calls, real_loss = [], distill.sdd_loss
+
+    def interrupted(*args, **kwargs):  # interrupt step 5, after its attack (every 2: step index 4)
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(distill, "sdd_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", cfg)
+    meta = json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())
+    assert meta["step"] == 4 and meta["adversarial"]["attacks"] == 2
+    monkeypatch.setattr(distill, "sdd_loss", real_loss)
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", cfg, resume=True)
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    for f in ("patch.safetensors", "checkpoint/state.safetensors"):
+        ta, tb = load_file(str(a / f)), load_file(str(b / f))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert any(k.startswith("adv.pool.") for k in load_file(str(a / "checkpoint/state.safetensors")))
+    assert (a / "loss.csv").read_text() == (b / "loss.csv").read_text()
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert manifest["adversarial"]["attacks"] == 3 and manifest["config"]["adversarial"]["every"] == 2
+
+
+def test_a_plain_checkpoint_does_not_resume_as_robust(tiny_dirs, tmp_path):
+    plain = config(steps=2, checkpoint_every=1).model_copy(update={"adversarial": None})
+    with pytest.raises(KeyboardInterrupt):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "x", plain,
+              on_step=lambda s, loss: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(ConfigError, match="adversarial"):
+        erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "x", config(steps=2, checkpoint_every=1), resume=True)
+
+
+@pytest.mark.parametrize("kind", ["sd2", "sdxl"])
+def test_robust_erasure_runs_on_other_architectures(tiny_dirs, tmp_path, kind):
+    result = erase(str(tiny_dirs[kind]), CONCEPTS, tmp_path / kind, config(steps=3, train_method="full"))
+    assert result.steps == 3 and result.final_loss is not None
+    assert json.loads(result.manifest.read_text())["adversarial"]["pool"] >= 1
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("fraction", 1.5, "adversarial.fraction"),
+    ("every", 0, "adversarial.every"),
+    ("retention_prompts", ["ok", " "], "adversarial.retention_prompts"),
+    ("unknown", 1, "adversarial.unknown"),
+])
+def test_bad_adversarial_settings_are_one_line_errors(field, value, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        validate(DistillConfig, {"adversarial": {field: value}}, "robust.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_the_preset_is_valid():
+    from sdd.config import load_model
+
+    cfg = load_model(DistillConfig, "params/presets/robust.yaml")
+    assert cfg.adversarial is not None and cfg.steps >= 1000 and cfg.adversarial.retention_prompts
+    assert not any("red" in p for p in cfg.adversarial.retention_prompts)
