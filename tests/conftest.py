@@ -3,13 +3,28 @@
 from pathlib import Path
 
 import pytest
-from tiny_models import save_tiny_pipelines
+from tiny_models import one_thread, save_tiny_pipelines
 
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """Tiny random-weight SD 1.x, SD 2.x and SDXL pipelines saved once per session."""
     return save_tiny_pipelines(tmp_path_factory.mktemp("tiny_pipelines"))
+
+
+@pytest.fixture
+def sd1(tiny_dirs):
+    """A fresh tiny SD 1.x pipeline (tests train its UNet in place)."""
+    from sdd.models import load_pipeline
+
+    return load_pipeline(str(tiny_dirs["sd1"]))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: tiny models are faster so, and results do not depend on it."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

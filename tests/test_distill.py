@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from safetensors.torch import load_file
-from tiny_models import one_thread
 from typer.testing import CliRunner
 
 import sdd.distill as distill
@@ -42,15 +41,7 @@ def fast_config(**overrides) -> DistillConfig:
     return DistillConfig(**{**FAST, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture
-def sd1(tiny_dirs):
-    return load_pipeline(str(tiny_dirs["sd1"]))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CountingUNet(torch.nn.Module):

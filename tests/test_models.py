@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from tiny_models import SAMPLE_SIZE, one_thread
+from tiny_models import SAMPLE_SIZE
 
 import sdd.toy
 from sdd.config import ConfigError
@@ -26,10 +26,7 @@ EXPECTED_CLASS = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2", "sdxl"])
 def test_load_pipeline_detects_architecture_and_freezes(tiny_dirs, kind):

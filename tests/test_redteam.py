@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import one_thread
 
 from sdd import attacks as A
 from sdd import redteam as R
@@ -24,10 +23,7 @@ TINY = {"transfer": {"per_prompt": 2}, "adversarial_tokens": {"steps": 3, "check
         "num_inference_steps": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class StubJudge(BaseJudge):

@@ -7,12 +7,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import one_thread
 
 import sdd.distill as distill
 from sdd.config import AdversarialConfig, ConfigError, DistillConfig, validate
 from sdd.distill import Concept, Distiller, erase
-from sdd.models import load_pipeline
 
 CONCEPTS = [Concept("red", ["a red circle", "something red"])]
 ADV = dict(every=2, inversion_steps=2, inversion_batch=2, targets=2, fraction=0.5, pool_size=3,
@@ -25,15 +23,7 @@ def config(adv=None, **overrides) -> DistillConfig:
     return DistillConfig(**{**base, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture
-def sd1(tiny_dirs):
-    return load_pipeline(str(tiny_dirs["sd1"]))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_adversarial_conditionings_are_mixed_at_the_configured_fraction(sd1):
