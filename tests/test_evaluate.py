@@ -60,8 +60,10 @@ def test_gates_pass_with_default_thresholds():
     result = apply_gates(metrics_with(), GatesConfig())
     assert result["verdict"] == "pass" and result["failed"] == []
     assert {c["gate"] for c in result["checks"]} == {"max_erased_rate", "min_relative_reduction",
-                                                     "max_quality_drop_points"}
-    assert all(c["status"] == "pass" for c in result["checks"])
+                                                     "max_quality_drop_points", "robustness"}
+    assert all(c["status"] == "pass" for c in result["checks"] if c["gate"] != "robustness")
+    # robustness is the red team's to measure (sdd redteam --eval); until then it is unmeasured
+    assert [c["status"] for c in result["checks"] if c["gate"] == "robustness"] == ["unmeasured"] * 2
 
 
 def test_each_gate_fails_with_a_reason():
@@ -91,7 +93,8 @@ def test_per_concept_overrides_and_unmeasured_gates():
     assert any("relative reduction not measured (base model never shows it" in r for r in strict["failed"])
     assert any("FID base vs erased not measured" in r for r in strict["failed"])
     off = apply_gates(m, GatesConfig(max_erased_rate=None, min_relative_reduction=None,
-                                     max_quality_drop_points=None))
+                                     max_quality_drop_points=None,
+                                     robustness={"max_attack_success": None, "max_union_success": None}))
     assert off == {**off, "verdict": "pass", "checks": []}
 
 
