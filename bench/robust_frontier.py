@@ -31,6 +31,12 @@ SETTINGS: dict[str, dict] = {
     "full": {"train_method": "full"},  # the whole UNet at the toy's lr 1e-3 wrecks it (FID 330)
     "full-lr2e-4-e100": {"train_method": "full", "lr": 2.0e-4, "adversarial": {"every": 100}},
     "noxattn-lr2e-4-e100": {"train_method": "noxattn", "lr": 2.0e-4, "adversarial": {"every": 100}},
+    # Only the cross-attention output projections: erasing in the 64-d value space, not per embedding.
+    "out": {"train_method": "xattn_out"},
+    "out-600": {"train_method": "xattn_out", "steps": 600},
+    "out-600-tok": {"train_method": "xattn_out", "steps": 600, "adversarial": {"attacks": ["inversion", "tokens"]}},
+    "out-600-tok-e25": {"train_method": "xattn_out", "steps": 600,
+                        "adversarial": {"attacks": ["inversion", "tokens"], "every": 25, "pool_size": 16}},
     # Not measured yet (docs/robust-erasure.md, what is left):
     "xattn-e100": {"adversarial": {"every": 100}},  # half the attacks: fits the 10-minute demo
     "xattn-f75": {"adversarial": {"fraction": 0.75}},

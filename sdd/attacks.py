@@ -291,7 +291,7 @@ def transfer_attack(ctx: AttackContext, cfg: TransferAttackConfig,
 # --- adversarial tokens (PEZ) --------------------------------------------------------------------
 
 
-def _project(ph: Placeholders, soft: list[torch.Tensor], allowed: torch.Tensor) -> torch.Tensor:
+def project_to_vocab(ph: Placeholders, soft: list[torch.Tensor], allowed: torch.Tensor) -> torch.Tensor:
     """Vocabulary ids nearest (squared L2, summed over text encoders: one token id for all) to each soft row."""
     dist = 0
     for slot, s in zip(ph.slots, soft, strict=True):
@@ -321,7 +321,7 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
         done: dict[int, tuple[bool, Image.Image, list[int]]] = {}
         ids = start
         for step in range(1, cfg.steps + 1):
-            ids = _project(ph, soft, allowed)
+            ids = project_to_vocab(ph, soft, allowed)
             for e, (slot, s) in enumerate(zip(ph.slots, soft, strict=True)):
                 hard = slot.vocab.detach()[ids].float()
                 ph.set_rows(e, s + (hard - s).detach())  # forward the real tokens, step the soft ones
@@ -334,7 +334,7 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
             opt.step()
             result.gradient_steps += len(active)
             if step % cfg.check_every == 0 or step == cfg.steps:
-                ids = _project(ph, soft, allowed)
+                ids = project_to_vocab(ph, soft, allowed)
                 for e, slot in enumerate(ph.slots):
                     ph.set_rows(e, slot.vocab.detach()[ids])
                 images = ctx.draw([prompts[p] for p in active], [ctx.rows[chosen[p]] for p in active])

@@ -27,17 +27,23 @@ class _Strict(BaseModel):
 class AdversarialConfig(_Strict):
     """Robust erasure (issue 15): a min-max SDD run, in the spirit of AdvUnlearn / STEREO / RECE.
 
-    Every ``every`` steps the current student is attacked with concept inversion (one new token
-    learnt on the base model's images of a concept); the encoded conditioning of the found prompt
-    joins a pool whose members replace ``fraction`` of each batch's erased conditionings. A
-    retention term keeps the student's predictions on ``retention_prompts`` (benign) close to the
-    frozen base model's. See sdd/robust.py.
+    Every ``every`` steps the current student is attacked, in turn by each of ``attacks``: concept
+    inversion (one new token learnt on the base model's images of a concept) or a discrete token
+    prefix (PEZ); the encoded conditionings of the found prompts join a pool whose members replace
+    ``fraction`` of each batch's erased conditionings. A retention term keeps the student's
+    predictions on ``retention_prompts`` (benign) close to the frozen base model's. See sdd/robust.py.
     """
 
     every: int = Field(50, ge=1, description="Attack the student every N steps (the first at step 0).")
+    attacks: list[Literal["inversion", "tokens"]] = Field(
+        ["inversion"], min_length=1, description="In-loop attacks, taken in turn: inversion (one continuous "
+                                                 "token embedding) or tokens (a discrete prefix, PEZ).")
     inversion_steps: int = Field(50, ge=1, description="Textual-inversion steps per attack.")
     inversion_lr: float = Field(2e-2, gt=0, description="Adam learning rate on the inverted token embedding.")
     inversion_batch: int = Field(4, ge=1, description="Target latents per inversion step.")
+    prefix_tokens: int = Field(5, ge=1, description="Tokens of the discrete prefix the tokens attack finds.")
+    prefix_steps: int = Field(30, ge=1, description="PEZ steps per tokens attack.")
+    prefix_lr: float = Field(0.1, gt=0, description="Adam learning rate on the prefix's soft embeddings.")
     warm_start: bool = Field(True, description="Each attack starts from the previous attack's embedding "
                                                "(else from the concept word's).")
     targets: int = Field(16, ge=1, description="Target latents per concept: the base model drawing its prompts.")
@@ -77,8 +83,9 @@ class DistillConfig(_Strict):
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA teacher decay per step.")
     ddim_steps: int = Field(50, ge=1, description="DDIM steps N of the teacher sampler (eta 0).")
     guidance_scale: float = Field(3.0, ge=1, description="CFG scale of the teacher sampler.")
-    train_method: Literal["xattn", "full", "selfattn", "noxattn"] = Field(
-        "xattn", description="Trained parameters: xattn=attn2, selfattn=attn1, noxattn=all but attn2.")
+    train_method: Literal["xattn", "xattn_out", "full", "selfattn", "noxattn"] = Field(
+        "xattn", description="Trained parameters: xattn=attn2, xattn_out=attn2.to_out, selfattn=attn1, "
+                             "noxattn=all but attn2.")
     concept_schedule: Literal["iterative", "composite", "random"] = Field(
         "iterative", description="Which concept prompt c_s each step erases.")
     batch_size: int = Field(1, ge=1, description="Training samples per optimizer step.")

@@ -75,6 +75,9 @@ __all__ = ["CHECKPOINT_DIR", "LOSS_FILE", "MANIFEST_FILE", "MODEL_DIR", "PATCH_F
 #: Which UNet parameters each ``train_method`` trains, by parameter name.
 TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
     "xattn": lambda name: "attn2" in name,
+    # Only the cross-attention output projections: their input is the few-dimensional value space,
+    # so erasing a direction there removes it for every text embedding, an attacker's included.
+    "xattn_out": lambda name: "attn2.to_out" in name,
     "selfattn": lambda name: "attn1" in name,
     "noxattn": lambda name: "attn2" not in name,
     "full": lambda name: True,
@@ -91,7 +94,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def select_parameters(unet: torch.nn.Module, train_method: str) -> list[str]:
-    """Names of the parameters ``train_method`` trains (xattn, selfattn, noxattn, full)."""
+    """Names of the parameters ``train_method`` trains (xattn, xattn_out, selfattn, noxattn, full)."""
     keep = TRAIN_METHODS[train_method]
     names = [name for name, _ in unet.named_parameters() if keep(name)]
     if not names:

@@ -1,12 +1,16 @@
 """Robust erasure (issue 15 item 5): SDD with an adversary in the loop (``DistillConfig.adversarial``).
 
 A min-max run in the spirit of AdvUnlearn / STEREO / RECE. Every ``every`` steps the current
-student is attacked with concept inversion: one new token embedding is learnt (with
-:mod:`sdd.attacks`' placeholder tokens and denoising loss) so that the student redraws the base
-model's images of a concept (the *target latents*: the frozen base drawing the concept prompts,
-drawn once and kept). The concept prompts with that token in place of the concept words are
-encoded, and their hidden states (not the token: the shipped tokenizer and text encoder stay
-unchanged) join the *adversarial pool*. Each step, ``fraction`` of the batch distils an
+student is attacked, by each of ``attacks`` in turn, so that it redraws the base model's images of
+a concept (the *target latents*: the frozen base drawing the concept prompts, drawn once and kept):
+
+* ``inversion``: one new token embedding is learnt (with :mod:`sdd.attacks`' placeholder tokens
+  and denoising loss); the concept prompts with that token in place of the concept words;
+* ``tokens``: a prefix of real vocabulary tokens is found by PEZ (projected gradient, as the red
+  team's adversarial-tokens attack); the concept prompts with that prefix.
+
+The found prompts are encoded, and their hidden states (not the tokens: the shipped tokenizer and
+text encoder stay unchanged) join the *adversarial pool*. Each step, ``fraction`` of the batch distils an
 adversarial conditioning, instead of a concept prompt, to the student's unconditional prediction.
 
 To keep what should stay, a retention term pulls the student's prediction on benign prompts
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from sdd.attacks import Placeholders, denoise_loss, encode, substitute
+from sdd.attacks import Placeholders, denoise_loss, encode, project_to_vocab, substitute
 from sdd.models import Conditioning
 
 if TYPE_CHECKING:
@@ -50,6 +54,7 @@ class AdversaryState:
     retain: torch.Tensor | None = None  # (retention_targets, C, H, W) base latents of the benign prompts
     embeddings: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # concept -> per encoder, (1, D)
     pool: list[Conditioning] = field(default_factory=list)  # adversarial conditionings, one prompt each
+    prefixes: list[str] = field(default_factory=list)  # the token prefixes found so far, as text
     attacks: int = 0
 
 
@@ -73,15 +78,21 @@ class Adversary:
     def prepare(self) -> None:
         """Draw the target latents (first step) and attack the student when due; pending until commit."""
         d, cfg = self.d, self.cfg
-        state = replace(self.state, embeddings=dict(self.state.embeddings), pool=list(self.state.pool))
+        state = replace(self.state, embeddings=dict(self.state.embeddings), pool=list(self.state.pool),
+                        prefixes=list(self.state.prefixes))
         if state.targets is None:
             state.targets = self._draw_latents([p for c in d.concepts for p in _cycle(c.prompts, cfg.targets)])
             if cfg.retention_prompts:
                 state.retain = self._draw_latents(_cycle(cfg.retention_prompts, cfg.retention_targets))
         if d.step % cfg.every == 0:
-            ci = (d.step // cfg.every) % len(d.concepts)
-            emb, conds = self.invert(ci, state)
-            state.embeddings[ci] = emb
+            round_ = d.step // cfg.every
+            ci = round_ % len(d.concepts)  # concepts in turn, then the next attack for all of them
+            if cfg.attacks[(round_ // len(d.concepts)) % len(cfg.attacks)] == "inversion":
+                emb, conds = self.invert(ci, state)
+                state.embeddings[ci] = emb
+            else:
+                prefix, conds = self.find_prefix(ci, state)
+                state.prefixes.append(prefix)
             state.pool = (state.pool + conds)[-cfg.pool_size:]
             state.attacks += 1
         self.pending = state
@@ -178,18 +189,51 @@ class Adversary:
             with torch.no_grad():
                 unique = list(dict.fromkeys(adv_prompts))
                 cond = encode(pipe, unique)
-        conds = [Conditioning(cond.hidden_states[i:i + 1].detach().float().cpu(),
-                              {k: v[i:i + 1].detach().float().cpu() for k, v in cond.added.items()})
-                 for i in range(len(unique))]
         logger.debug("attack at step %d on %s: final inversion loss %.4g", d.step, concept.name, loss.item())
-        return [r.cpu() for r in found], conds
+        return [r.cpu() for r in found], _one_per_prompt(cond)
+
+    def find_prefix(self, ci: int, state: AdversaryState) -> tuple[str, list[Conditioning]]:
+        """A discrete prefix (PEZ, as the red team's adversarial-tokens attack) that makes the student
+        redraw concept ``ci``'s target latents: the prefix as text, and the prefixed concept prompts'
+        conditionings."""
+        d, cfg = self.d, self.cfg
+        prompts = _cycle(d.concepts[ci].prompts, cfg.targets)
+        targets = state.targets[ci * cfg.targets:(ci + 1) * cfg.targets].to(d.device)
+        names = [f"<sdd-prefix-{j}>" for j in range(cfg.prefix_tokens)]
+        prefixed = [" ".join(names) + " " + p for p in prompts]
+        gen = d.generator
+        with Placeholders(d.pipe, names) as ph:
+            tok = ph.slots[0].tokenizer
+            allowed = torch.tensor([t for t in range(ph.slots[0].extended.first_id) if t != tok.bos_token_id])
+            start = allowed[torch.randint(len(allowed), (len(names),), generator=gen)]
+            soft = [slot.vocab.detach()[start].float().clone().requires_grad_(True) for slot in ph.slots]
+            opt = torch.optim.Adam(soft, lr=cfg.prefix_lr)
+            for _ in range(cfg.prefix_steps):
+                ids = project_to_vocab(ph, soft, allowed)
+                for e, (slot, row) in enumerate(zip(ph.slots, soft, strict=True)):
+                    ph.set_rows(e, row + (slot.vocab.detach()[ids].float() - row).detach())  # straight-through
+                pick = torch.randint(len(prompts), (cfg.inversion_batch,), generator=gen).tolist()
+                loss = denoise_loss(d.pipe, self.noise_scheduler, targets[pick],
+                                    encode(d.pipe, [prefixed[i] for i in pick]), gen)
+                for row, g in zip(soft, torch.autograd.grad(loss, soft), strict=True):
+                    row.grad = g
+                opt.step()
+            ids = project_to_vocab(ph, soft, allowed)
+            for e, slot in enumerate(ph.slots):
+                ph.set_rows(e, slot.vocab.detach()[ids])  # the real tokens' rows: the prefix is real text
+            with torch.no_grad():
+                cond = encode(d.pipe, list(dict.fromkeys(prefixed)))
+        prefix = tok.decode(ids.tolist()).strip()
+        logger.debug("attack at step %d on %s: prefix %r, final loss %.4g", d.step, d.concepts[ci].name,
+                     prefix, loss.item())
+        return prefix, _one_per_prompt(cond)
 
     # -- checkpoint and manifest --
 
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         s = self.state
         tensors: dict[str, torch.Tensor] = {}
-        meta: dict = {"attacks": s.attacks, "pool": [], "embeddings": {}}
+        meta: dict = {"attacks": s.attacks, "pool": [], "embeddings": {}, "prefixes": s.prefixes}
         if s.targets is not None:
             tensors["adv.targets"] = s.targets
         if s.retain is not None:
@@ -214,14 +258,22 @@ class Adversary:
             pool=[Conditioning(tensors[f"adv.pool.{i}.hidden_states"],
                                {k: tensors[f"adv.pool.{i}.added.{k}"] for k in keys})
                   for i, keys in enumerate(meta["pool"])],
-            attacks=meta["attacks"])
+            prefixes=list(meta.get("prefixes", [])), attacks=meta["attacks"])
         self.pending = None
 
     def summary(self) -> dict:
         s = self.state
         return {"attacks": s.attacks, "pool": len(s.pool), "target_latents": 0 if s.targets is None else len(s.targets),
                 "retention_latents": 0 if s.retain is None else len(s.retain),
-                "retention_prompts": len(self.cfg.retention_prompts), "last_retention_loss": self.last_retention}
+                "retention_prompts": len(self.cfg.retention_prompts), "last_retention_loss": self.last_retention,
+                "prefixes": s.prefixes[-5:]}
+
+
+def _one_per_prompt(cond: Conditioning) -> list[Conditioning]:
+    """A batch conditioning as detached float32 CPU conditionings of one prompt each (pool members)."""
+    return [Conditioning(cond.hidden_states[i:i + 1].detach().float().cpu(),
+                         {k: v[i:i + 1].detach().float().cpu() for k, v in cond.added.items()})
+            for i in range(len(cond.hidden_states))]
 
 
 def _cycle(items: list[str], n: int) -> list[str]:

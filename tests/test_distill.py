@@ -176,7 +176,8 @@ def test_teacher_is_a_frozen_ema_of_the_student(sd1):
 
 
 @pytest.mark.parametrize("method,selected", [
-    ("xattn", lambda n: "attn2" in n), ("selfattn", lambda n: "attn1" in n),
+    ("xattn", lambda n: "attn2" in n), ("xattn_out", lambda n: "attn2.to_out" in n),
+    ("selfattn", lambda n: "attn1" in n),
     ("noxattn", lambda n: "attn2" not in n), ("full", lambda n: True)])
 def test_only_the_selected_parameters_change(sd1, method, selected):
     base = {n: p.detach().clone() for n, p in sd1.unet.named_parameters()}

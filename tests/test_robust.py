@@ -45,6 +45,25 @@ def test_adversarial_conditionings_are_mixed_at_the_configured_fraction(sd1):
     assert adv.adversarial_slots(8) == 2 and adv.adversarial_slots(4) == 1
 
 
+def test_attacks_take_turns_and_the_token_attack_finds_a_real_prefix(sd1):
+    d = Distiller(sd1, CONCEPTS, config(adv={"every": 1, "attacks": ["inversion", "tokens"], "prefix_tokens": 3,
+                                             "prefix_steps": 2, "pool_size": 10}, steps=4))
+    tokenizer, embeddings = sd1.tokenizer, sd1.text_encoder.get_input_embeddings()
+    d.train(2)
+    adv = d.adversary
+    assert adv.state.attacks == 2 and list(adv.state.embeddings) == [0] and len(adv.state.prefixes) == 1
+    assert sd1.tokenizer is tokenizer and sd1.text_encoder.get_input_embeddings() is embeddings
+    # The prefix is real vocabulary (no placeholder), k tokens long; its prompts joined the pool.
+    prefix = adv.state.prefixes[0]
+    assert "<sdd-" not in prefix and len(tokenizer(prefix, add_special_tokens=False).input_ids) >= 1
+    # The inversion's token replaces each whole concept prompt here (one prompt); the prefix precedes both.
+    assert len(adv.state.pool) == 3
+    plain = d.conditioner.encode(CONCEPTS[0].prompts).hidden_states
+    assert not any(torch.equal(c.hidden_states[0], p) for c in adv.state.pool[1:] for p in plain)
+    d.train(4)  # up to step 4
+    assert adv.state.attacks == 4 and len(adv.state.prefixes) == 2
+
+
 def test_pool_keeps_the_newest_conditionings(sd1):
     d = Distiller(sd1, CONCEPTS, config(adv={"every": 1, "pool_size": 3}, steps=4))
     d.train(4)
@@ -95,7 +114,7 @@ def test_retention_off_without_prompts(sd1):
 
 
 def test_resume_with_the_adversary_is_bit_identical(tiny_dirs, tmp_path, monkeypatch):
-    cfg = config(steps=6, checkpoint_every=3)
+    cfg = config(adv={"attacks": ["inversion", "tokens"]}, steps=6, checkpoint_every=3)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", cfg)
 
     calls, real_loss = [], distill.sdd_loss
@@ -134,14 +153,19 @@ def test_a_plain_checkpoint_does_not_resume_as_robust(tiny_dirs, tmp_path):
 
 @pytest.mark.parametrize("kind", ["sd2", "sdxl"])
 def test_robust_erasure_runs_on_other_architectures(tiny_dirs, tmp_path, kind):
-    result = erase(str(tiny_dirs[kind]), CONCEPTS, tmp_path / kind, config(steps=3, train_method="full"))
+    cfg = config(adv={"attacks": ["inversion", "tokens"]}, steps=3, train_method="full")
+    result = erase(str(tiny_dirs[kind]), CONCEPTS, tmp_path / kind, cfg)
     assert result.steps == 3 and result.final_loss is not None
-    assert json.loads(result.manifest.read_text())["adversarial"]["pool"] >= 1
+    summary = json.loads(result.manifest.read_text())["adversarial"]
+    assert summary["attacks"] == 2 and summary["pool"] >= 2 and len(summary["prefixes"]) == 1
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("fraction", 1.5, "adversarial.fraction"),
     ("every", 0, "adversarial.every"),
+    ("attacks", ["inversion", "guess"], "adversarial.attacks"),
+    ("attacks", [], "adversarial.attacks"),
+    ("prefix_tokens", 0, "adversarial.prefix_tokens"),
     ("retention_prompts", ["ok", " "], "adversarial.retention_prompts"),
     ("unknown", 1, "adversarial.unknown"),
 ])
