@@ -198,7 +198,9 @@ def test_erase_config_with_a_bad_value(tmp_path, field, value):
 def test_evaluate_params_with_a_bad_value(tmp_path, field, value):
     params = tmp_path / "eval.yaml"
     params.write_text(yaml.safe_dump({field: value}))
-    assert_user_error(cli("evaluate", "--model", NO_MODEL, "--base", NO_MODEL, "--prompts", str(tmp_path / "p"),
+    prompts = tmp_path / "eval.jsonl"  # a valid prompt file: the params file is what fails
+    prompts.write_text(json.dumps({"prompt": "a red circle", "seed": 0}) + "\n")
+    assert_user_error(cli("evaluate", "--model", NO_MODEL, "--base", NO_MODEL, "--prompts", str(prompts),
                           "--out", str(tmp_path / "o"), "--params", str(params)), field)
 
 
@@ -223,11 +225,13 @@ def test_cli_random_params_files(scratch, content):
     """Whatever the file holds, both commands stop with one line (never a traceback, never a run)."""
     path = scratch / "cli.yaml"
     path.write_bytes(content)
-    # An unknown toy concept / a missing prompt set stops a run whose random settings happen to be valid.
+    empty_prompts = scratch / "empty.jsonl"  # exists, so the command gets as far as reading the params file
+    empty_prompts.write_bytes(b"")
+    # An unknown toy concept / an empty prompt set stops a run whose random settings happen to be valid.
     assert_user_error(cli("erase", "--model", "toy", "--concept", "not-a-toy-concept", "--out",
                           str(scratch / "out"), "--config", str(path)))
     assert_user_error(cli("evaluate", "--model", NO_MODEL, "--base", NO_MODEL, "--prompts",
-                          str(scratch / "missing.jsonl"), "--out", str(scratch / "o"), "--params", str(path)))
+                          str(empty_prompts), "--out", str(scratch / "o"), "--params", str(path)))
     assert not (scratch / "out").exists()
 
 
