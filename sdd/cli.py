@@ -1,7 +1,8 @@
 """The ``sdd`` command line (typer). Each command is a thin shell over library functions.
 
 Errors (:mod:`sdd.errors`) are printed as one line, never as a traceback, with one exit status per
-kind (:func:`exit_on_error`): 2 for what the user must fix, 1 for what may pass on a rerun.
+kind (:func:`exit_on_error`): 2 for what the user must fix, 1 for what may pass on a rerun. Option
+values are checked while the command line is parsed, before any work (:mod:`sdd.cli_types`).
 Command groups of other packages join through the ``sdd.cli`` entry point group (``sdd concepts``
 comes from :mod:`flows.events`), so the library never imports the orchestration layer.
 """
@@ -15,9 +16,17 @@ from pathlib import Path
 from typing import Literal
 
 import typer
-from typer._click.core import ParameterSource
 
-from sdd.cli_types import InputDir, InputFile, InputPath, OneLineErrors, OutputDir, PathOrURI, Text, parameter_name
+from sdd.cli_types import (
+    InputDir,
+    InputFile,
+    InputPath,
+    OneLineErrors,
+    OutputDir,
+    PathOrURI,
+    Text,
+    reject_options_of_other_modes,
+)
 from sdd.errors import ConfigError, SddError, exit_code
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -32,18 +41,6 @@ def exit_on_error() -> Iterator[None]:
     except SddError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(exit_code(e)) from None
-
-
-def reject_options_of_other_modes(ctx: typer.Context, mode_option: str, mode: str, modes: dict[str, str]) -> None:
-    """An option given for another mode than ``mode`` is an error, not silently ignored.
-
-    ``modes`` maps a parameter name to the one mode it applies to.
-    """
-    for param in ctx.command.params:
-        wanted = modes.get(param.name)
-        if wanted is not None and wanted != mode and ctx.get_parameter_source(param.name) in (
-                ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
-            raise ConfigError(f"{parameter_name(param)} applies only to {mode_option} {wanted} (got {mode})")
 
 
 toy_app = typer.Typer(help="The embedded toy world.", no_args_is_help=True)

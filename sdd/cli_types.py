@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from typer._click.core import ParameterSource
 from typer._click.exceptions import BadParameter, ClickException, MissingParameter, NoArgsIsHelpError
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
 from sdd.config import describe_error, shown_value
-from sdd.errors import one_line
+from sdd.errors import ConfigError, one_line
 
 #: Unicode categories no typed value contains: control and format characters, lone surrogates
 #: (undecodable argv bytes) and line or paragraph separators. The rule of concept names, too.
@@ -75,6 +76,18 @@ class OneLineErrors(TyperGroup):
             print("aborted", file=sys.stderr)
             sys.exit(1)
         sys.exit(status if isinstance(status, int) else 0)
+
+
+def reject_options_of_other_modes(ctx: Any, mode_option: str, mode: str, modes: dict[str, str]) -> None:
+    """An option given for another mode than ``mode`` is an error, not silently ignored.
+
+    ``modes`` maps a parameter name to the one mode it applies to.
+    """
+    for param in ctx.command.params:
+        wanted = modes.get(param.name)
+        if wanted is not None and wanted != mode and ctx.get_parameter_source(param.name) in (
+                ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            raise ConfigError(f"{parameter_name(param)} applies only to {mode_option} {wanted} (got {mode})")
 
 
 # --- parsers: typer.Option(parser=...) -----------------------------------------------------------
