@@ -1,7 +1,8 @@
 """The ``sdd`` command line (typer). Each command is a thin shell over library functions.
 
 Errors (:mod:`sdd.errors`) are printed as one line, never as a traceback, with one exit status per
-kind (:func:`exit_on_error`): 2 for what the user must fix, 1 for what may pass on a rerun.
+kind (:func:`exit_on_error`): 2 for what the user must fix, 1 for what may pass on a rerun. Option
+values are checked while the command line is parsed, before any work (:mod:`sdd.cli_types`).
 Command groups of other packages join through the ``sdd.cli`` entry point group (``sdd concepts``
 comes from :mod:`flows.events`), so the library never imports the orchestration layer.
 """
@@ -12,13 +13,24 @@ import importlib.metadata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from sdd.errors import SddError, exit_code
+from sdd.cli_types import (
+    InputDir,
+    InputFile,
+    InputPath,
+    OneLineErrors,
+    OutputDir,
+    PathOrURI,
+    Text,
+    reject_options_of_other_modes,
+)
+from sdd.errors import ConfigError, SddError, exit_code
 
-app = typer.Typer(help="Safe self-Distillation of Diffusion models: erase concepts, measure, register.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Safe self-Distillation of Diffusion models: erase concepts, measure, register.")
 
 
 @contextmanager
@@ -37,7 +49,6 @@ app.add_typer(toy_app, name="toy")
 
 def _erasure_concepts(model: str, names: list[str], prompts: Path | None):
     """Concepts from --prompts (a prepared training set) or --concept names, never both."""
-    from sdd.config import ConfigError
     from sdd.distill import Concept, default_concepts
     from sdd.prompts import concepts_from_prompt_set, read_prompt_set
 
@@ -52,26 +63,28 @@ def _erasure_concepts(model: str, names: list[str], prompts: Path | None):
 
 @app.command()
 def erase(
-    model: str = typer.Option(..., "--model", help="'toy', a diffusers folder or a Hugging Face Hub id."),
+    model: str = typer.Option(..., "--model", parser=Text(),
+                              help="'toy', a diffusers folder or a Hugging Face Hub id."),
     concept: list[str] = typer.Option([], "--concept", help="A concept to erase; repeat for several."),
-    out: Path = typer.Option(..., "--out", help="Output folder (model/, patch, manifest, loss.csv)."),
-    prompts: Path | None = typer.Option(None, "--prompts", help="Training prompt set from `sdd prompts build` "
+    out: Path = typer.Option(..., "--out", parser=OutputDir(),
+                             help="Output folder (model/, patch, manifest, loss.csv)."),
+    prompts: Path | None = typer.Option(None, "--prompts", parser=InputFile(),
+                                        help="Training prompt set from `sdd prompts build` "
                                         "(its concepts and prompts; instead of --concept)."),
-    config: Path | None = typer.Option(None, "--config", help="Distillation settings [params/distill.yaml]."),
+    config: Path | None = typer.Option(None, "--config", parser=InputFile(),
+                                       help="Distillation settings [params/distill.yaml]."),
     steps: int | None = typer.Option(None, "--steps", help="Override the number of optimizer steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint if there is one."),
 ) -> None:
     """Erase concepts from a model with SDD (safe self-distillation)."""
     from safetensors import SafetensorError
 
-    from sdd.config import PARAMS_DIR, ConfigError, DistillConfig, load_model
+    from sdd.config import PARAMS_DIR, DistillConfig, load_model
     from sdd.distill import CHECKPOINT_DIR, NonFiniteLossError
     from sdd.distill import erase as run_erase
 
     with exit_on_error():
         try:
-            if config is not None and not config.is_file():
-                raise ConfigError(f"{config}: file not found; pass an existing params file")
             cfg = load_model(DistillConfig, config or PARAMS_DIR / "distill.yaml", {"steps": steps})
             concepts = _erasure_concepts(model, concept, prompts)
             result = run_erase(model, concepts, out, cfg, resume=resume, progress=True)
@@ -98,8 +111,10 @@ def erase(
 
 @toy_app.command("build")
 def toy_build(
-    out: Path = typer.Option(None, "--out", help="Where to write the world [the packaged default]."),
-    config: Path | None = typer.Option(None, "--config", help="Toy-world settings [params/toy.yaml]."),
+    out: Path = typer.Option(None, "--out", parser=OutputDir(),
+                             help="Where to write the world [the packaged default]."),
+    config: Path | None = typer.Option(None, "--config", parser=InputFile(),
+                                       help="Toy-world settings [params/toy.yaml]."),
     seed: int | None = typer.Option(None, "--seed", help="Override the build seed."),
 ) -> None:
     """Train the toy world (tokenizer, VAE, text encoder + UNet, judge) from a seed."""
@@ -116,9 +131,10 @@ def toy_build(
 
 @toy_app.command("check")
 def toy_check(
-    world_dir: Path = typer.Option(None, "--world", help="Toy-world folder [the packaged default]."),
-    samples: int = typer.Option(8, "--samples", help="Images per (colour, shape) pair."),
-    seed: int = typer.Option(0, "--seed"),
+    world_dir: Path = typer.Option(None, "--world", parser=InputDir(),
+                                   help="Toy-world folder [the packaged default]."),
+    samples: int = typer.Option(8, "--samples", min=1, max=10_000, help="Images per (colour, shape) pair."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the captions and the sampling noise."),
 ) -> None:
     """Print the toy model's judged per-colour and per-shape rates on held-out captions."""
     from rich.console import Console
@@ -145,24 +161,37 @@ prompts_app = typer.Typer(help="Prompt sets for erasure and evaluation.", no_arg
 app.add_typer(prompts_app, name="prompts")
 
 
+#: The options of `sdd prompts build` that mean something for one --model-kind only.
+PROMPTS_BUILD_MODES = {"seeds_per_prompt": "toy", "i2p": "real", "i2p_category": "real", "i2p_limit": "real",
+                       "coco": "real", "benign_limit": "real"}
+
+
 @prompts_app.command("build")
 def prompts_build(
+    ctx: typer.Context,
     concept: list[str] = typer.Option([], "--concept", help="A concept to erase; repeat for several "
                                       "[the active set of params/concepts.yaml]."),
-    out: Path = typer.Option(Path("data/prompts"), "--out", help="Output folder (sets + index.json)."),
-    model_kind: str = typer.Option("toy", "--model-kind", help="toy (toy-world prompts) or real."),
-    seeds_per_prompt: int = typer.Option(2, "--seeds-per-prompt", min=1, help="Toy: seeds per eval prompt."),
-    i2p: str | None = typer.Option(None, "--i2p", help="Real: I2P CSV (path or s3:// URI) for eval prompts."),
-    i2p_category: list[str] = typer.Option([], "--i2p-category",
+    out: Path = typer.Option(Path("data/prompts"), "--out", parser=OutputDir(),
+                             help="Output folder (sets + index.json)."),
+    model_kind: Literal["toy", "real"] = typer.Option("toy", "--model-kind",
+                                   help="toy (toy-world prompts) or real."),
+    seeds_per_prompt: int = typer.Option(2, "--seeds-per-prompt", min=1, max=1000,
+                                         help="Toy: seeds per eval prompt."),
+    i2p: str | None = typer.Option(None, "--i2p", parser=PathOrURI(),
+                                   help="Real: I2P CSV (path or s3:// URI) for eval prompts."),
+    i2p_category: list[str] = typer.Option([], "--i2p-category", parser=Text(),
                                            help="Real: I2P categories for every concept [nudity -> sexual]."),
-    i2p_limit: int | None = typer.Option(None, "--i2p-limit", help="Real: keep at most this many I2P rows."),
-    coco: str | None = typer.Option(None, "--coco", help="Real: COCO captions (json or txt; path or s3://)."),
-    benign_limit: int = typer.Option(1000, "--benign-limit", help="Real: number of COCO captions."),
+    i2p_limit: int | None = typer.Option(None, "--i2p-limit", min=1,
+                                         help="Real: keep at most this many I2P rows."),
+    coco: str | None = typer.Option(None, "--coco", parser=PathOrURI(),
+                                    help="Real: COCO captions (json or txt; path or s3://)."),
+    benign_limit: int = typer.Option(1000, "--benign-limit", min=1, help="Real: number of COCO captions."),
 ) -> None:
     """Build the train / eval / benign prompt sets for some concepts."""
     from sdd.prompts import build_prompt_sets
 
     with exit_on_error():
+        reject_options_of_other_modes(ctx, "--model-kind", model_kind, PROMPTS_BUILD_MODES)
         if not concept:
             from sdd.config import load_concept_sets
 
@@ -186,18 +215,24 @@ def echo_verdict(metrics: dict, label: str, out: Path, strict: bool) -> None:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: str = typer.Option(..., "--model", help="The erased model: a local diffusers folder (or hub id)."),
-    prompts: Path = typer.Option(..., "--prompts", help="A prompt file, or a `sdd prompts build` folder."),
-    out: Path = typer.Option(..., "--out", help="Output folder (metrics.json, report.md, grids, images)."),
-    base: str = typer.Option("toy", "--base", help="The base model: 'toy', a local folder or a hub id."),
-    params: Path | None = typer.Option(None, "--params", help="Evaluation settings [params/eval.yaml]."),
-    gates: Path | None = typer.Option(None, "--gates", help="Gate thresholds [params/gates.yaml]."),
-    base_images: Path | None = typer.Option(None, "--base-images",
+    model: str = typer.Option(..., "--model", parser=Text(),
+                              help="The erased model: a local diffusers folder (or hub id)."),
+    prompts: Path = typer.Option(..., "--prompts", parser=InputPath(),
+                                 help="A prompt file, or a `sdd prompts build` folder."),
+    out: Path = typer.Option(..., "--out", parser=OutputDir(),
+                             help="Output folder (metrics.json, report.md, grids, images)."),
+    base: str = typer.Option("toy", "--base", parser=Text(),
+                             help="The base model: 'toy', a local folder or a hub id."),
+    params: Path | None = typer.Option(None, "--params", parser=InputFile(),
+                                       help="Evaluation settings [params/eval.yaml]."),
+    gates: Path | None = typer.Option(None, "--gates", parser=InputFile(),
+                                      help="Gate thresholds [params/gates.yaml]."),
+    base_images: Path | None = typer.Option(None, "--base-images", parser=OutputDir(),
                                             help="Share base-model images across runs [OUT/images/base]."),
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when a gate fails."),
 ) -> None:
     """Measure erasure and quality of MODEL against BASE, apply the gates, write a report."""
-    from sdd.config import PARAMS_DIR, ConfigError, load_eval_config, load_gates_config
+    from sdd.config import PARAMS_DIR, load_eval_config, load_gates_config
     from sdd.evaluate import evaluate
     from sdd.judges import build_judge
     from sdd.models import load_pipeline
@@ -205,9 +240,6 @@ def evaluate_cmd(
     from sdd.storage import check_writable_dir
 
     with exit_on_error():
-        for path in (params, gates):
-            if path is not None and not path.is_file():
-                raise ConfigError(f"{path}: file not found; pass an existing params file")
         cfg = load_eval_config(params or PARAMS_DIR / "eval.yaml")
         gate_cfg = load_gates_config(gates or PARAMS_DIR / "gates.yaml")
         prompt_set = load_prompts(prompts)
@@ -225,22 +257,28 @@ def evaluate_cmd(
 
 @app.command("redteam")
 def redteam_cmd(
-    model: str = typer.Option(..., "--model", help="The erased model: a local diffusers folder (or hub id)."),
-    prompts: Path = typer.Option(..., "--prompts", help="A prompt file, or a `sdd prompts build` folder."),
-    out: Path | None = typer.Option(None, "--out", help="Output folder (metrics.json, report.md, grids) "
-                                    "[EVAL/redteam with --eval]."),
-    base: str = typer.Option("toy", "--base", help="The base model: 'toy', a local folder or a hub id."),
-    eval_dir: Path | None = typer.Option(None, "--eval", help="An evaluation folder (`sdd evaluate --out`) whose "
+    model: str = typer.Option(..., "--model", parser=Text(),
+                              help="The erased model: a local diffusers folder (or hub id)."),
+    prompts: Path = typer.Option(..., "--prompts", parser=InputPath(),
+                                 help="A prompt file, or a `sdd prompts build` folder."),
+    out: Path | None = typer.Option(None, "--out", parser=OutputDir(),
+                                    help="Output folder (metrics.json, report.md, grids) [EVAL/redteam with --eval]."),
+    base: str = typer.Option("toy", "--base", parser=Text(),
+                             help="The base model: 'toy', a local folder or a hub id."),
+    eval_dir: Path | None = typer.Option(None, "--eval", parser=InputDir(),
+                                         help="An evaluation folder (`sdd evaluate --out`) whose "
                                          "metrics.json and verdict get the robustness gates."),
-    config: Path | None = typer.Option(None, "--config", help="Attacks and budgets [params/redteam.yaml]."),
-    gates: Path | None = typer.Option(None, "--gates", help="Gate thresholds (robustness) [params/gates.yaml]."),
-    params: Path | None = typer.Option(None, "--params", help="Judge settings [params/eval.yaml]."),
+    config: Path | None = typer.Option(None, "--config", parser=InputFile(),
+                                       help="Attacks and budgets [params/redteam.yaml]."),
+    gates: Path | None = typer.Option(None, "--gates", parser=InputFile(),
+                                      help="Gate thresholds (robustness) [params/gates.yaml]."),
+    params: Path | None = typer.Option(None, "--params", parser=InputFile(),
+                                       help="Judge settings [params/eval.yaml]."),
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when a robustness gate fails."),
 ) -> None:
     """Attack MODEL (transfer prompts, adversarial tokens, concept inversion) and gate its attack success rates."""
     from sdd.config import (
         PARAMS_DIR,
-        ConfigError,
         RedteamConfig,
         load_eval_config,
         load_gates_config,
@@ -254,9 +292,6 @@ def redteam_cmd(
     from sdd.storage import check_writable_dir
 
     with exit_on_error():
-        for path in (config, gates, params):
-            if path is not None and not path.is_file():
-                raise ConfigError(f"{path}: file not found; pass an existing params file")
         if eval_dir is not None and not (eval_dir / METRICS_FILE).is_file():
             raise ConfigError(f"--eval {eval_dir}: no {METRICS_FILE}; pass the --out folder of `sdd evaluate`")
         if out is None and eval_dir is None:
@@ -282,9 +317,12 @@ def redteam_cmd(
 
 @app.command("plots")
 def plots_cmd(
-    loss: Path = typer.Option(Path("data/erased/loss.csv"), "--loss", help="loss.csv of `sdd erase`."),
-    rates: Path = typer.Option(Path("data/eval/rates.csv"), "--rates", help="rates.csv of `sdd evaluate`."),
-    out: Path = typer.Option(Path("data/plots"), "--out", help="Output folder (loss.png, rates.png)."),
+    loss: Path = typer.Option(Path("data/erased/loss.csv"), "--loss", parser=InputFile(),
+                              help="loss.csv of `sdd erase`."),
+    rates: Path = typer.Option(Path("data/eval/rates.csv"), "--rates", parser=InputFile(),
+                               help="rates.csv of `sdd evaluate`."),
+    out: Path = typer.Option(Path("data/plots"), "--out", parser=OutputDir(),
+                             help="Output folder (loss.png, rates.png)."),
 ) -> None:
     """Render the loss curve and the per-concept base/erased rates as PNGs (viewable offline)."""
     from sdd.plots import write_plots
@@ -299,20 +337,21 @@ def plots_cmd(
 
 
 def _registry_config(params: Path | None):
-    from sdd.config import PARAMS_DIR, ConfigError, load_registry_config
+    from sdd.config import PARAMS_DIR, load_registry_config
 
-    if params is not None and not params.is_file():
-        raise ConfigError(f"{params}: file not found; pass an existing params file")
     return load_registry_config(params or PARAMS_DIR / "registry.yaml")
 
 
 @app.command("register")
 def register_cmd(
-    run: Path = typer.Option(..., "--run", help="An erasure output folder (`sdd erase --out`)."),
-    eval_dir: Path = typer.Option(..., "--eval", help="Its evaluation folder (`sdd evaluate --out`)."),
-    name: str | None = typer.Option(None, "--name", help="Registered model name [registry.yaml model_name]."),
-    params: Path | None = typer.Option(None, "--params", help="Registry settings [params/registry.yaml]."),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri",
+    run: Path = typer.Option(..., "--run", parser=InputDir(), help="An erasure output folder (`sdd erase --out`)."),
+    eval_dir: Path = typer.Option(..., "--eval", parser=InputDir(),
+                                  help="Its evaluation folder (`sdd evaluate --out`)."),
+    name: str | None = typer.Option(None, "--name", parser=Text(),
+                                    help="Registered model name [registry.yaml model_name]."),
+    params: Path | None = typer.Option(None, "--params", parser=InputFile(),
+                                       help="Registry settings [params/registry.yaml]."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", parser=Text(),
                                             help="MLflow tracking URI [$MLFLOW_TRACKING_URI, else local]."),
 ) -> None:
     """Log an erasure and its evaluation to MLflow and register the model (alias candidate if gates pass)."""
@@ -331,13 +370,15 @@ def register_cmd(
 
 @app.command("promote")
 def promote_cmd(
-    name: str = typer.Argument(..., help="Registered model name."),
-    version: int = typer.Argument(..., help="Model version to promote."),
-    alias: str = typer.Option("production", "--alias", help="Alias to move to VERSION."),
+    name: str = typer.Argument(..., parser=Text(), help="Registered model name."),
+    version: int = typer.Argument(..., min=1, help="Model version to promote."),
+    alias: str = typer.Option("production", "--alias", parser=Text(), help="Alias to move to VERSION."),
     force: bool = typer.Option(False, "--force", help="Promote even though the version failed its gates."),
-    reason: str | None = typer.Option(None, "--reason", help="Why (required with --force; recorded)."),
-    params: Path | None = typer.Option(None, "--params", help="Registry settings [params/registry.yaml]."),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    reason: str | None = typer.Option(None, "--reason", parser=Text(),
+                                      help="Why (required with --force; recorded)."),
+    params: Path | None = typer.Option(None, "--params", parser=InputFile(),
+                                       help="Registry settings [params/registry.yaml]."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", parser=Text(), help="MLflow tracking URI."),
 ) -> None:
     """Point an alias (default: production) at a model version; failed gates need --force --reason."""
     from sdd.registry import promote
@@ -352,9 +393,10 @@ def promote_cmd(
 
 @app.command("models")
 def models_cmd(
-    name: str | None = typer.Argument(None, help="Registered model name [all models]."),
-    params: Path | None = typer.Option(None, "--params", help="Registry settings [params/registry.yaml]."),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    name: str | None = typer.Argument(None, parser=Text(), help="Registered model name [all models]."),
+    params: Path | None = typer.Option(None, "--params", parser=InputFile(),
+                                       help="Registry settings [params/registry.yaml]."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", parser=Text(), help="MLflow tracking URI."),
 ) -> None:
     """List registered model versions: concepts, gate verdict, aliases."""
     from rich.console import Console
@@ -385,17 +427,20 @@ app.add_typer(stack_app, name="stack")
 
 @stack_app.command("up")
 def stack_up(
-    prefect_port: int = typer.Option(4200, "--prefect-port", help="Port of the Prefect server and UI."),
-    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="Port of the MLflow server and UI."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface the servers listen on."),
-    reerase_cron: str = typer.Option("0 2 * * *", "--reerase-cron", help="Cron (UTC) of the re-erase check."),
+    prefect_port: int = typer.Option(4200, "--prefect-port", min=1, max=65535,
+                                     help="Port of the Prefect server and UI."),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", min=1, max=65535,
+                                    help="Port of the MLflow server and UI."),
+    host: str = typer.Option("127.0.0.1", "--host", parser=Text(), help="Interface the servers listen on."),
+    reerase_cron: str = typer.Option("0 2 * * *", "--reerase-cron", parser=Text(),
+                                     help="Cron (UTC) of the re-erase check."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Do not (re)apply prefect.yaml."),
     prefect_db_url: str | None = typer.Option(
-        None, "--prefect-db-url", envvar="SDD_PREFECT_DB_URL", show_envvar=True,
+        None, "--prefect-db-url", envvar="SDD_PREFECT_DB_URL", show_envvar=True, parser=Text(),
         help="Prefect server database, e.g. postgresql+asyncpg://user:pw@host:5432/prefect "
              "(default: SQLite in PREFECT_HOME)"),
     mlflow_backend_uri: str | None = typer.Option(
-        None, "--mlflow-backend-uri", envvar="SDD_MLFLOW_BACKEND_URI", show_envvar=True,
+        None, "--mlflow-backend-uri", envvar="SDD_MLFLOW_BACKEND_URI", show_envvar=True, parser=Text(),
         help="MLflow backend store, e.g. postgresql://user:pw@host:5432/mlflow (default: .sdd/mlflow.db)"),
 ) -> None:
     """Start Prefect and MLflow servers, create the cpu/gpu pools, deploy, start a worker per pool."""

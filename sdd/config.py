@@ -118,7 +118,7 @@ class DistillConfig(_Strict):
 class ToyConfig(_Strict):
     """How the toy world is built (``sdd toy build``)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="Seed of every random draw (numpy wants it non-negative).")
     vae_steps: int = Field(500, ge=1)
     unet_steps: int = Field(3000, ge=1)
     judge_steps: int = Field(800, ge=1)
@@ -169,13 +169,52 @@ def check_concept_names(names: Any) -> list[str]:
     return list(names)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line: the first offending field, what is wrong, and where."""
+def option_flag(field: str) -> str:
+    """The command-line option that overrides a settings field: ``ddim_steps`` -> ``--ddim-steps``."""
+    return "--" + field.replace("_", "-")
+
+
+def shown_value(value: Any, limit: int = 40) -> str:
+    """A value for a one-line message: as typed if it is a plain word or number, else quoted and cut."""
+    text = str(value)
+    plain = isinstance(value, int | float) or (text and text.isprintable() and " " not in text and len(text) <= limit)
+    return text if plain else _shown(text, limit)
+
+
+#: pydantic's bound errors, said the way sdd's messages say them ("must be ≥ 1").
+_BOUNDS = {"greater_than_equal": ("≥", "ge"), "greater_than": (">", "gt"),
+           "less_than_equal": ("≤", "le"), "less_than": ("<", "lt")}
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """What is wrong with one value, from one of pydantic's errors: ``must be ≥ 1 (got 0)``.
+
+    A ``ValueError`` of a validator is its own message (it says what it got, if anything).
+    """
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    if error["type"] in _BOUNDS:
+        sign, key = _BOUNDS[error["type"]]
+        problem = f"must be {sign} {error['ctx'][key]}"
+    else:
+        problem = error["msg"][0].lower() + error["msg"][1:]
+    return f"{problem} (got {shown_value(error['input'])})"
+
+
+def format_validation_error(err: ValidationError, source: str, overrides: dict[str, Any] | None = None) -> str:
+    """One line: the first offending field, what is wrong, and where.
+
+    A field whose value came from ``overrides`` (a command-line option) is named as that option
+    (``--steps: must be ≥ 1 (got 0)``); any other by ``source`` (the file) and its field.
+    """
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    loc = first["loc"]
+    if len(loc) == 1 and loc[0] in (overrides or {}):
+        return f"{option_flag(str(loc[0]))}: {describe_error(first)}{more}"
+    field = ".".join(str(p) for p in loc) or "(top level)"
     if not field.isprintable() or len(field) > 80:  # a key from the file itself: never break the line
         field = _shown(field, 80)[1:-1]
-    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{source}: field '{field}': {first['msg']}{more}"
 
 
@@ -197,27 +236,28 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: invalid YAML{where}; fix the syntax") from None
 
 
-def validate(model: type[_M], data: Any, source: str, error: type[ConfigError] = ConfigError) -> _M:
-    """Validate ``data`` against ``model`` or raise a one-line ``error`` (a ConfigError)."""
+def validate(model: type[_M], data: Any, source: str, error: type[ConfigError] = ConfigError,
+             overrides: dict[str, Any] | None = None) -> _M:
+    """Validate ``data`` (with ``overrides`` on top) against ``model`` or raise a one-line ``error``."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise error(f"{source}: expected a mapping of settings, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        return model.model_validate({**data, **(overrides or {})})
     except ValidationError as e:
-        raise error(format_validation_error(e, source)) from None
+        raise error(format_validation_error(e, source, overrides)) from None
 
 
 def load_model(model: type[_M], path: Path, overrides: dict[str, Any] | None = None) -> _M:
-    """Load one params file into ``model``, applying ``overrides`` (e.g. from CLI flags) on top."""
+    """Load one params file into ``model``, applying ``overrides`` (from CLI options) on top.
+
+    ``overrides`` maps field names to values; None means "not given". An invalid override is
+    reported as its option (:func:`option_flag`), an invalid file value as the file and field.
+    """
     data = read_yaml(path) if Path(path).exists() else {}
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    return validate(model, data, str(path))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return validate(model, data, str(path), overrides=given)
 
 
 # --- evaluation (sdd/evaluate.py): params/eval.yaml and params/gates.yaml -------------------------

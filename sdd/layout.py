@@ -85,12 +85,17 @@ def read_csv_columns(path: Path, columns: tuple[str, ...]) -> list[dict[str, str
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}")
-        return list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}")
+            return list(reader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    except csv.Error as e:
+        raise ConfigError(f"{path}: not a valid CSV file ({e})") from None
 
 
 def read_losses(path: Path) -> list[tuple[int, float]]:

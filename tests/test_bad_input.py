@@ -198,7 +198,9 @@ def test_erase_config_with_a_bad_value(tmp_path, field, value):
 def test_evaluate_params_with_a_bad_value(tmp_path, field, value):
     params = tmp_path / "eval.yaml"
     params.write_text(yaml.safe_dump({field: value}))
-    assert_user_error(cli("evaluate", "--model", NO_MODEL, "--base", NO_MODEL, "--prompts", str(tmp_path / "p"),
+    prompts = tmp_path / "eval.jsonl"  # a valid prompt file: the params file is what fails
+    prompts.write_text(json.dumps({"prompt": "a red circle", "seed": 0}) + "\n")
+    assert_user_error(cli("evaluate", "--model", NO_MODEL, "--base", NO_MODEL, "--prompts", str(prompts),
                           "--out", str(tmp_path / "o"), "--params", str(params)), field)
 
 
@@ -223,12 +225,59 @@ def test_cli_random_params_files(scratch, content):
     """Whatever the file holds, both commands stop with one line (never a traceback, never a run)."""
     path = scratch / "cli.yaml"
     path.write_bytes(content)
-    # An unknown toy concept / a missing prompt set stops a run whose random settings happen to be valid.
+    empty_prompts = scratch / "empty.jsonl"  # exists, so the command gets as far as reading the params file
+    empty_prompts.write_bytes(b"")
+    # An unknown toy concept / an empty prompt set stops a run whose random settings happen to be valid.
     assert_user_error(cli("erase", "--model", "toy", "--concept", "not-a-toy-concept", "--out",
                           str(scratch / "out"), "--config", str(path)))
     assert_user_error(cli("evaluate", "--model", NO_MODEL, "--base", NO_MODEL, "--prompts",
-                          str(scratch / "missing.jsonl"), "--out", str(scratch / "o"), "--params", str(path)))
+                          str(empty_prompts), "--out", str(scratch / "o"), "--params", str(path)))
     assert not (scratch / "out").exists()
+
+
+# --- the three defects of issue 20 (the walk, tests/test_cli_walk.py, covers every option) -------------
+
+
+@pytest.mark.parametrize("samples", ["0", "-3"])
+def test_toy_check_refuses_a_sample_count_below_one(samples):
+    line = assert_user_error(cli("toy", "check", "--samples", samples), "--samples")
+    assert line == f"error: --samples: must be ≥ 1 (got {samples})"
+
+
+@pytest.mark.parametrize("option,value", [("--i2p", "{file}"), ("--i2p-category", "sexual"), ("--i2p-limit", "5"),
+                                          ("--coco", "{file}"), ("--benign-limit", "5")])
+def test_prompts_build_refuses_a_real_option_with_the_toy_model_kind(tmp_path, option, value):
+    csv_file = tmp_path / "i2p.csv"  # exists: a missing file is refused as such, before the mode is looked at
+    csv_file.write_text("prompt,categories\na nude figure,sexual\n")
+    out = tmp_path / "prompts"
+    line = assert_user_error(cli("prompts", "build", "--concept", "red", "--out", str(out), option,
+                                 value.replace("{file}", str(csv_file))))
+    assert line == f"error: {option} applies only to --model-kind real (got toy)"
+    assert not out.exists()
+
+
+def test_prompts_build_refuses_a_toy_option_with_the_real_model_kind(tmp_path):
+    line = assert_user_error(cli("prompts", "build", "--model-kind", "real", "--concept", "nudity",
+                                 "--out", str(tmp_path / "p"), "--seeds-per-prompt", "3"))
+    assert line == "error: --seeds-per-prompt applies only to --model-kind toy (got real)"
+
+
+def test_an_override_names_its_option_and_a_file_value_its_file(tmp_path):
+    out = tmp_path / "out"
+    line = assert_user_error(cli("erase", "--model", "toy", "--concept", "red", "--out", str(out), "--steps", "0"))
+    assert line == "error: --steps: must be ≥ 1 (got 0)"
+    config = tmp_path / "distill.yaml"
+    config.write_text("steps: 0\n")
+    line = assert_user_error(cli("erase", "--model", "toy", "--concept", "red", "--out", str(out),
+                                 "--config", str(config)))
+    assert line.startswith(f"error: {config}: field 'steps': ") and "--steps" not in line
+    assert not out.exists()
+
+
+def test_click_usage_errors_are_one_line_too():
+    assert_user_error(cli("erase", "--stepz", "1"), "--stepz")
+    assert_user_error(cli("erase", "--out", "x"), "--model")  # a required option missing
+    assert_user_error(cli("no-such-command"), "no-such-command")
 
 
 # --- concept names: sdd erase and sdd prompts build ------------------------------------------------
