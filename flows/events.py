@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 
+from sdd.cli_types import InputFile, Text
 from sdd.concepts import concepts_updated_payload
 from sdd.errors import ConfigError
 
@@ -47,8 +48,9 @@ concepts_app = typer.Typer(help="Concept sets (params/concepts.yaml).", no_args_
 
 @concepts_app.command("publish")
 def concepts_publish(
-    file: Path = typer.Option(Path("params/concepts.yaml"), "--file", help="The concept sets file."),
-    api_url: str | None = typer.Option(None, "--api-url",
+    file: Path = typer.Option(Path("params/concepts.yaml"), "--file", parser=InputFile(),
+                              help="The concept sets file."),
+    api_url: str | None = typer.Option(None, "--api-url", parser=Text(),
                                        help="Prefect API [$PREFECT_API_URL, else the local stack's]."),
 ) -> None:
     """Validate the concept sets and emit `sdd.concepts.updated`, which triggers the re-erase flow."""

@@ -100,12 +100,7 @@ ACCEPTED: dict[tuple[str, str, str], str] = {
 
 #: Bad values still accepted, each with the reason it is not fixed here: strict xfails, so fixing
 #: one fails the walk until its line is removed.
-NOT_YET: dict[tuple[str, str, str], str] = {
-    ("concepts publish", "--api-url", "blank"): "flows/events.py is being changed on another branch; "
-                                                "its --api-url needs parser=Text()",
-    ("concepts publish", "--api-url", "control-characters"): "as for blank",
-    ("concepts publish", "--api-url", "10000-chars"): "as for blank",
-}
+NOT_YET: dict[tuple[str, str, str], str] = {}  # (command, option, value) -> why it is still accepted
 
 
 # --- the walk ---------------------------------------------------------------------------------------
