@@ -37,6 +37,12 @@ SETTINGS: dict[str, dict] = {
     "out-600-tok": {"train_method": "xattn_out", "steps": 600, "adversarial": {"attacks": ["inversion", "tokens"]}},
     "out-600-tok-e25": {"train_method": "xattn_out", "steps": 600,
                         "adversarial": {"attacks": ["inversion", "tokens"], "every": 25, "pool_size": 16}},
+    "out-800-tok-e25-r3": {"train_method": "xattn_out", "steps": 800,
+                           "adversarial": {"attacks": ["inversion", "tokens"], "every": 25, "pool_size": 16,
+                                           "retention_weight": 3.0}},
+    "out-600-tok-e20-r3": {"train_method": "xattn_out", "steps": 600,
+                           "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 24,
+                                           "retention_weight": 3.0}},
     # Not measured yet (docs/robust-erasure.md, what is left):
     "xattn-e100": {"adversarial": {"every": 100}},  # half the attacks: fits the 10-minute demo
     "xattn-f75": {"adversarial": {"fraction": 0.75}},

@@ -265,7 +265,8 @@ def test_cli_evaluate_end_to_end(tmp_path, toy):
     assert missing.exit_code == 2 and "file not found" in missing.output
     bad = runner.invoke(app, ["evaluate", "--model", str(model), "--prompts", str(tmp_path / "none.jsonl"),
                               "--out", str(tmp_path / "o2"), "--base", str(model)])
-    assert bad.exit_code == 2 and "none.jsonl: file not found" in bad.output
+    assert bad.exit_code == 2 and bad.output.startswith("error: --prompts: ")
+    assert "none.jsonl: no such path" in bad.output
 
 
 def test_rates_csv_quotes_concept_names_with_commas():

@@ -8,11 +8,12 @@ the same concepts with the same settings as an earlier one gets every stage from
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import GATES_OFF, TINY
+from helpers import GATES_OFF, PROJECT, TINY
 from tiny_models import one_thread
 
 from flows.params import DistillSettings, EvalSettings, GateSettings
@@ -259,10 +260,12 @@ def test_cli_stack_status_and_publish_say_what_is_missing(tmp_path, monkeypatch)
     runner = CliRunner()
     result = runner.invoke(app, ["stack", "status"])
     assert result.exit_code == 1 and "not running" in result.output
-    result = runner.invoke(app, ["concepts", "publish"])
-    assert result.exit_code == 2 and "no Prefect API" in result.output
     result = runner.invoke(app, ["concepts", "publish", "--api-url", "http://127.0.0.1:9/api"])
-    assert result.exit_code == 2 and "file not found" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and result.output.startswith("error: --file: params/concepts.yaml: file not found")
+    (tmp_path / "params").mkdir()
+    shutil.copy(PROJECT / "params/concepts.yaml", tmp_path / "params/concepts.yaml")
+    result = runner.invoke(app, ["concepts", "publish"])
+    assert result.exit_code == 2 and "no Prefect API" in result.output and "Traceback" not in result.output
 
 
 def test_zombie_automation_is_a_valid_prefect_automation_and_flow_runs_send_heartbeats(tmp_path):
