@@ -6,6 +6,8 @@ The prompt set and the base images are built once and shared.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb [--only full xattn] [--jobs 2]
     OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb --table   # table only
+    OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb2 --concept red --concept triangle \
+        --only preset
 
 Results: docs/robust-erasure.md.
 """
@@ -25,9 +27,15 @@ import yaml
 PRESET = Path("params/presets/robust.yaml")
 SDD = str(Path(sys.executable).with_name("sdd"))
 
-#: name -> overrides of the preset (nested keys under "adversarial").
+#: The first preset's values where today's differs: every setting below is the preset file, these,
+#: then its own overrides (nested keys under "adversarial"), so each row stays what it was measured
+#: as when the preset moves on. "preset" is params/presets/robust.yaml as it is.
+FIRST_PRESET = {"train_method": "xattn", "steps": 1000,
+                "adversarial": {"attacks": ["inversion"], "every": 50, "pool_size": 8, "retention_weight": 1.0}}
+
 SETTINGS: dict[str, dict] = {
-    "xattn": {},  # the preset
+    "preset": {},
+    "xattn": {},  # the first preset
     "full": {"train_method": "full"},  # the whole UNet at the toy's lr 1e-3 wrecks it (FID 330)
     "full-lr2e-4-e100": {"train_method": "full", "lr": 2.0e-4, "adversarial": {"every": 100}},
     "noxattn-lr2e-4-e100": {"train_method": "noxattn", "lr": 2.0e-4, "adversarial": {"every": 100}},
@@ -40,6 +48,18 @@ SETTINGS: dict[str, dict] = {
     "out-800-tok-e25-r3": {"train_method": "xattn_out", "steps": 800,
                            "adversarial": {"attacks": ["inversion", "tokens"], "every": 25, "pool_size": 16,
                                            "retention_weight": 3.0}},
+    "out-1000-tok-e25-r3": {"train_method": "xattn_out", "steps": 1000,
+                            "adversarial": {"attacks": ["inversion", "tokens"], "every": 25, "pool_size": 16,
+                                            "retention_weight": 3.0}},
+    "out-800-tok-e20-r3-lr2e-3": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
+                                  "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 24,
+                                                  "retention_weight": 3.0}},
+    "out-800-tok-e20-r3-lr2e-3-seed1": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3, "seed": 1,
+                                        "adversarial": {"attacks": ["inversion", "tokens"], "every": 20,
+                                                        "pool_size": 24, "retention_weight": 3.0}},
+    "out-800-tok-e20-r3-lr3e-3": {"train_method": "xattn_out", "steps": 800, "lr": 3.0e-3,
+                                  "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 24,
+                                                  "retention_weight": 3.0}},
     "out-600-tok-e20-r3": {"train_method": "xattn_out", "steps": 600,
                            "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 24,
                                            "retention_weight": 3.0}},
@@ -52,11 +72,12 @@ SETTINGS: dict[str, dict] = {
 
 def settings_yaml(name: str) -> dict:
     cfg = yaml.safe_load(PRESET.read_text())
-    for key, value in SETTINGS[name].items():
-        if isinstance(value, dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
+    for overrides in ([] if name == "preset" else [FIRST_PRESET, SETTINGS[name]]):
+        for key, value in overrides.items():
+            if isinstance(value, dict):
+                cfg[key] = {**cfg[key], **value}
+            else:
+                cfg[key] = value
     return cfg
 
 
@@ -67,13 +88,13 @@ def run(cmd: list[str], log: Path) -> float:
     return time.monotonic() - start
 
 
-def measure(name: str, out: Path) -> None:
+def measure(name: str, out: Path, concepts: list[str]) -> None:
     cfg_path = out / "cfg" / f"{name}.yaml"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(yaml.safe_dump(settings_yaml(name), sort_keys=False))
     run_dir, eval_dir = out / name, out / f"{name}-eval"
     if not (run_dir / "manifest.json").exists():
-        wall = run([SDD, "erase", "--model", "toy", "--concept", "red", "--config", str(cfg_path),
+        wall = run([SDD, "erase", "--model", "toy", *concept_args(concepts), "--config", str(cfg_path),
                     "--out", str(run_dir)], out / f"{name}.erase.log")
         (out / f"{name}.wall").write_text(f"{wall:.1f}\n")
     if not (eval_dir / "metrics.json").exists():
@@ -88,16 +109,20 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
-def row(name: str, out: Path) -> str | None:
+def concept_args(concepts: list[str]) -> list[str]:
+    return [arg for c in concepts for arg in ("--concept", c)]
+
+
+def row(name: str, out: Path, concept: str) -> str | None:
     path = out / f"{name}-eval" / "metrics.json"
     if not path.exists():
         return None
     m = json.loads(path.read_text())
-    heldout_rate = m["concepts"]["red"]["erased"]["rate"]  # the concept on the held-out eval prompts
+    heldout_rate = m["concepts"][concept]["erased"]["rate"]  # the concept on the held-out eval prompts
     quality = m.get("quality") or {}
     drop = (quality.get("correctness") or {}).get("drop_points")
     fid = quality.get("fid")
-    rt = ((m.get("redteam") or {}).get("concepts") or {}).get("red") or {}
+    rt = ((m.get("redteam") or {}).get("concepts") or {}).get(concept) or {}
     attacks = rt.get("attacks") or {}
 
     def asr(a):
@@ -106,15 +131,15 @@ def row(name: str, out: Path) -> str | None:
 
     union = (rt.get("union") or {}).get("rate")
     wall = (out / f"{name}.wall").read_text().strip() if (out / f"{name}.wall").exists() else "–"
-    return (f"| {name} | {_pct(heldout_rate)} | {'–' if drop is None else f'{drop:.1f}'} | "
+    return (f"| {name} | {concept} | {_pct(heldout_rate)} | {'–' if drop is None else f'{drop:.1f}'} | "
             f"{'–' if fid is None else f'{fid:.2f}'} | {_pct(asr('transfer'))} | {_pct(asr('adversarial_tokens'))} | "
             f"{_pct(asr('concept_inversion'))} | {_pct(union)} | {wall} |")
 
 
-def table(out: Path, names: list[str]) -> str:
-    lines = ["| setting | held-out red % | benign drop (pts) | FID | transfer % | adv. tokens % | "
-             "inversion % | union % | erase wall s |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [r for n in names if (r := row(n, out))]
+def table(out: Path, names: list[str], concepts: list[str]) -> str:
+    lines = ["| setting | concept | held-out % | benign drop (pts) | FID | transfer % | adv. tokens % | "
+             "inversion % | union % | erase wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [r for n in names for c in concepts if (r := row(n, out, c))]
     return "\n".join(lines)
 
 
@@ -122,17 +147,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/rb"))
     ap.add_argument("--only", nargs="*", default=list(SETTINGS))
+    ap.add_argument("--concept", action="append", help="concept to erase (repeatable; default red); use a "
+                                                        "separate --out per concept set")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--table", action="store_true", help="only print the table of what is measured")
     args = ap.parse_args()
+    concepts = args.concept or ["red"]
     if not args.table:
         args.out.mkdir(parents=True, exist_ok=True)
         if not (args.out / "prompts").exists():
-            run([SDD, "prompts", "build", "--concept", "red", "--out", str(args.out / "prompts")],
+            run([SDD, "prompts", "build", *concept_args(concepts), "--out", str(args.out / "prompts")],
                 args.out / "prompts.log")
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda n: measure(n, args.out), args.only))
-    print(table(args.out, args.only))
+            list(pool.map(lambda n: measure(n, args.out, concepts), args.only))
+    print(table(args.out, args.only, concepts))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 1. loads the committed toy world and prints its judged per-colour / per-shape rates;
 2. runs the ``erase-concepts`` Prefect flow for the active concept set of ``params/concepts.yaml``
-   (prompt sets -> SDD distillation -> evaluation -> gates -> MLflow registration), on a local
+   with robust erasure (``params/presets/robust.yaml``: SDD with attacks in the loop; prompt sets ->
+   distillation -> evaluation -> red team -> gates -> MLflow registration), on a local
    Prefect API (a temporary one unless ``PREFECT_API_URL`` points at a server, e.g. after
    ``sdd stack up``) and the local MLflow store (``.sdd/mlflow.db``);
-3. prints the gate verdicts and the registry's versions.
+3. prints the gate verdicts, each stage's wall time and the registry's versions.
 
 No network and no GPU are needed. Re-running it reuses every finished stage.
 """
@@ -20,7 +21,10 @@ from pathlib import Path
 # default 20 s.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-from sdd.config import load_concept_sets
+from sdd.config import PARAMS_DIR, DistillConfig, load_concept_sets, load_model
+
+#: The demo erases robustly: plain SDD (params/distill.yaml) fails the red team's gates.
+ROBUST_PRESET = PARAMS_DIR / "presets" / "robust.yaml"
 
 
 def print_toy_world_rates(samples_per_pair: int = 4) -> None:
@@ -44,14 +48,17 @@ def main() -> None:
     print_toy_world_rates()
 
     active = load_concept_sets().active_set
-    print(f"\n== 2. erase-concepts flow: erase {active.concepts} from '{active.base_model}'")
+    print(f"\n== 2. erase-concepts flow: erase {active.concepts} from '{active.base_model}' ({ROBUST_PRESET})")
     from flows.erase import erase_concepts
+    from flows.params import DistillSettings
 
-    result = erase_concepts(concepts=active.concepts, base_model=active.base_model)
+    robust = DistillSettings.model_validate(load_model(DistillConfig, ROBUST_PRESET).model_dump(mode="json"))
+    result = erase_concepts(concepts=active.concepts, base_model=active.base_model, distill=robust)
 
     evaluations = sorted(Path(result["run_dir"]).glob("eval-*/metrics.json"), key=lambda p: p.stat().st_mtime)
     metrics = json.loads(evaluations[-1].read_text()) if evaluations else None
     print(f"\n== 3. verdict: {result['verdict']}; stages: {result['stages']}")
+    print("   wall time: " + ", ".join(f"{stage} {s:.0f} s" for stage, s in result["wall_s"].items()))
     if metrics:
         for name, m in metrics["concepts"].items():
             print(f"   {name}: presence {m['base']['rate']:.1%} -> {m['erased']['rate']:.1%}")

@@ -455,10 +455,11 @@ def render_report(plan: ErasurePlan, evaluation: dict, registration: dict, stage
 # --- the flow -----------------------------------------------------------------------------------
 
 
-def _run(stage, *args, **kwargs) -> tuple[Any, str]:
-    """Call a task; return its result and its final state name (``Completed`` or ``Cached``)."""
+def _run(stage, *args, **kwargs) -> tuple[Any, str, float]:
+    """Call a task; return its result, its final state name (``Completed`` or ``Cached``) and wall seconds."""
+    start = time.perf_counter()
     state = stage(*args, return_state=True, **kwargs)
-    return state.result(), state.name
+    return state.result(), state.name, round(time.perf_counter() - start, 1)
 
 
 @flow(name="erase-concepts", log_prints=True,
@@ -491,18 +492,19 @@ def erase_concepts(
     plan = make_plan(concepts, base_model, distill, evaluation, gates, prompts, runs_dir, redteam)
     logger.info("run folder %s (erasure key %s, evaluation key %s)", plan.run_dir, plan.key, plan.eval_key)
     stages: dict[str, str] = {}
+    wall_s: dict[str, float] = {}
     # One run per folder at a time: a concurrent twin waits here, then gets every stage from the cache.
     holder = f"flow run {current_run.get_name()} ({current_run.get_id()})"
     with run_folder_lock(plan.run_dir, logger, holder):
-        _, stages["prepare-prompts"] = _run(prepare_prompts, plan)
-        _, stages["distill"] = _run(distill_stage, plan, distill_deployment)
-        _, stages["evaluate"] = _run(evaluate_stage, plan)
-        result, stages["redteam"] = _run(redteam_stage, plan)
-        registration, stages["register"] = _run(register_stage, plan)
+        _, stages["prepare-prompts"], wall_s["prepare-prompts"] = _run(prepare_prompts, plan)
+        _, stages["distill"], wall_s["distill"] = _run(distill_stage, plan, distill_deployment)
+        _, stages["evaluate"], wall_s["evaluate"] = _run(evaluate_stage, plan)
+        result, stages["redteam"], wall_s["redteam"] = _run(redteam_stage, plan)
+        registration, stages["register"], wall_s["register"] = _run(register_stage, plan)
 
     create_markdown_artifact(render_report(plan, result, registration, stages, mlflow_ui_url()),
                              key="erasure-report", description=f"Erasure of {', '.join(plan.concepts)}")
     logger.info("verdict %s; registered %s version %s (alias %s)", result["verdict"], registration["name"],
                 registration["version"], registration["alias"] or "none")
     return {"run_dir": str(plan.run_dir), "key": plan.key, "verdict": result["verdict"],
-            "registration": registration, "stages": stages}
+            "registration": registration, "stages": stages, "wall_s": wall_s}

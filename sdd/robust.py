@@ -28,6 +28,7 @@ Distiller commits the step (:meth:`Adversary.commit`), as for the trajectory poo
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from sdd.attacks import Placeholders, denoise_loss, encode, project_to_vocab, substitute
+from sdd.errors import ConfigError
 from sdd.models import Conditioning
 
 if TYPE_CHECKING:
@@ -72,6 +74,10 @@ class Adversary:
         self.state = AdversaryState()
         self.pending: AdversaryState | None = None
         self.last_retention: float = 0.0
+        self.retention_prompts = benign_only(self.cfg.retention_prompts, distiller.concepts)
+        if self.cfg.retention_prompts and not self.retention_prompts:
+            raise ConfigError("adversarial.retention_prompts: every prompt names a concept being erased; "
+                              "give benign prompts (none naming the concepts)")
 
     # -- per step --
 
@@ -82,8 +88,8 @@ class Adversary:
                         prefixes=list(self.state.prefixes))
         if state.targets is None:
             state.targets = self._draw_latents([p for c in d.concepts for p in _cycle(c.prompts, cfg.targets)])
-            if cfg.retention_prompts:
-                state.retain = self._draw_latents(_cycle(cfg.retention_prompts, cfg.retention_targets))
+            if self.retention_prompts:
+                state.retain = self._draw_latents(_cycle(self.retention_prompts, cfg.retention_targets))
         if d.step % cfg.every == 0:
             round_ = d.step // cfg.every
             ci = round_ % len(d.concepts)  # concepts in turn, then the next attack for all of them
@@ -129,7 +135,7 @@ class Adversary:
         cfg, d, state = self.cfg, self.d, self.current
         if state.retain is None or cfg.retention_weight == 0:
             return None
-        prompts = _cycle(cfg.retention_prompts, cfg.retention_targets)
+        prompts = _cycle(self.retention_prompts, cfg.retention_targets)
         idx = torch.randint(len(state.retain), (cfg.retention_batch,), generator=d.generator).tolist()
         x0 = state.retain[idx].to(d.device)
         noise = torch.randn(x0.shape, generator=d.generator).to(d.device, x0.dtype)
@@ -265,8 +271,21 @@ class Adversary:
         s = self.state
         return {"attacks": s.attacks, "pool": len(s.pool), "target_latents": 0 if s.targets is None else len(s.targets),
                 "retention_latents": 0 if s.retain is None else len(s.retain),
-                "retention_prompts": len(self.cfg.retention_prompts), "last_retention_loss": self.last_retention,
+                "retention_prompts": len(self.retention_prompts), "last_retention_loss": self.last_retention,
                 "prefixes": s.prefixes[-5:]}
+
+
+def benign_only(prompts: list[str], concepts) -> list[str]:
+    """``prompts`` without those naming a concept being erased (its name or one of its prompts, as
+    whole words): kept close to the base model, they would pull the erased concept back."""
+    words = {w for c in concepts for w in [c.name, *c.prompts]}
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b",
+                         re.IGNORECASE)
+    kept = [p for p in prompts if not pattern.search(p)]
+    if len(kept) < len(prompts):
+        logger.warning("retention: %d of %d prompts name a concept being erased and are left out",
+                       len(prompts) - len(kept), len(prompts))
+    return kept
 
 
 def _one_per_prompt(cond: Conditioning) -> list[Conditioning]:

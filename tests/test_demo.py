@@ -86,6 +86,11 @@ def test_demo_registers_the_erasure_with_its_provenance_and_robustness(demo, reg
     assert redteam["concepts"]["red"]["effective_prompts"] > 100
     assert "## Robustness (red team)" in next(registered["run_dir"].glob("eval-*/report.md")).read_text()
 
+    # The demo erases robustly (params/presets/robust.yaml) and says how long each stage took.
+    manifest = json.loads((registered["run_dir"] / "erasure" / "manifest.json").read_text())
+    assert manifest["config"]["adversarial"] is not None and manifest["adversarial"]["attacks"] > 0
+    assert re.search(r"wall time: prepare-prompts \d+ s, distill \d+ s, .*redteam \d+ s", demo["stdout"])
+
     passed = metrics["verdict"] == "pass"
     assert registered["alias"] == ("candidate" if passed else "none")
     [row] = [r for r in registry.list_versions(registered["name"], tracking_uri=demo["tracking_uri"])

@@ -107,6 +107,17 @@ def test_retention_target_is_the_frozen_base_and_is_stop_gradient(sd1):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.student_params)
 
 
+def test_retention_prompts_that_name_an_erased_concept_are_left_out(sd1):
+    from sdd.robust import benign_only
+
+    prompts = ["a blue square", "a RED box", "something red here", "a reddish circle", "a circle"]
+    assert benign_only(prompts, CONCEPTS) == ["a blue square", "a reddish circle", "a circle"]
+    d = Distiller(sd1, CONCEPTS, config(adv={"retention_prompts": ["a red square", "a blue square"]}))
+    assert d.adversary.retention_prompts == ["a blue square"]
+    with pytest.raises(ConfigError, match="adversarial.retention_prompts"):
+        Distiller(sd1, CONCEPTS, config(adv={"retention_prompts": ["a red square"]}))
+
+
 def test_retention_off_without_prompts(sd1):
     d = Distiller(sd1, CONCEPTS, config(adv={"retention_prompts": []}))
     d.train(1)
@@ -179,5 +190,6 @@ def test_the_preset_is_valid():
     from sdd.config import load_model
 
     cfg = load_model(DistillConfig, "params/presets/robust.yaml")
-    assert cfg.adversarial is not None and cfg.steps >= 1000 and cfg.adversarial.retention_prompts
+    assert cfg.adversarial is not None and cfg.adversarial.attacks == ["inversion", "tokens"]
+    assert cfg.train_method == "xattn_out" and cfg.adversarial.retention_prompts
     assert not any("red" in p for p in cfg.adversarial.retention_prompts)
