@@ -78,6 +78,13 @@ SETTINGS: dict[str, dict] = {
                                                               "pool_size": 24, "retention_weight": 3.0,
                                                               "warm_start": False, "inversion_steps": 100,
                                                               "prefix_steps": 60}},
+    # Keep every conditioning found (40 attacks x 2-3 prompts): the model must not forget old attacks.
+    "cold100-pool96": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
+                       "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
+                                       "retention_weight": 3.0, "warm_start": False, "inversion_steps": 100}},
+    "cold100-pool96-seed2": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3, "seed": 2,
+                             "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
+                                             "retention_weight": 3.0, "warm_start": False, "inversion_steps": 100}},
     "out-600-tok-e20-r3": {"train_method": "xattn_out", "steps": 600,
                            "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 24,
                                            "retention_weight": 3.0}},
