@@ -91,6 +91,10 @@ class StackError(TransientError):
     """A server or worker of the local stack did not start, answer or register in time; one line."""
 
 
+class WorkerExitedError(StackError):
+    """A worker of the local stack exited before its first heartbeat (sdd.stack starts it once more)."""
+
+
 class ShardError(TransientError):
     """Shard results that cannot be merged (missing, duplicated or mismatched); one line saying which."""
 

@@ -136,9 +136,14 @@ class ToyConceptJudge(BaseJudge):
         colors, shapes = [], []
         for i in range(0, len(images), self.batch_size):
             x = to_tensor(images[i:i + self.batch_size], world.IMAGE_SIZE).to(self.device)
+            n = len(x)
+            # Always a full batch (the last image repeated): CPU kernels pick their algorithm by batch
+            # size, so a short batch can change an image's scores in the last bits, and a sharded
+            # evaluation (other batch boundaries) would then differ from a single-process one.
+            x = torch.cat([x, x[-1:].expand(self.batch_size - n, *x.shape[1:])])
             pc, ps = self.model.classify(x)
-            colors.append(pc.cpu())
-            shapes.append(ps.cpu())
+            colors.append(pc[:n].cpu())
+            shapes.append(ps[:n].cpu())
         if not colors:
             return torch.zeros(0, len(world.COLOR_NAMES)), torch.zeros(0, len(world.SHAPE_NAMES))
         return torch.cat(colors), torch.cat(shapes)

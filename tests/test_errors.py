@@ -58,3 +58,26 @@ def test_every_stage_of_erase_concepts_retries_only_what_is_not_the_user_s():
 
     stages = [erase.prepare_prompts, erase.distill_stage, erase.evaluate_stage, erase.register_stage]
     assert all(stage.retry_condition_fn is erase._not_a_user_error for stage in stages)
+
+
+def test_exit_status_says_how_a_spawned_process_ended(tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    from sdd.stack import exit_status, is_alive, spawn
+
+    exited = spawn("exits", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), tmp_path, tmp_path)
+    sleeper = spawn("sleeps", [sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), tmp_path,
+                    tmp_path)
+    assert exit_status(sleeper) == "still running"
+    os.kill(sleeper["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while is_alive(exited) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert exit_status(exited) == "exit code 3"
+    while (status := exit_status(sleeper)) == "still running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status == "killed by SIGKILL"  # reaped now: a later call cannot tell
+    assert exit_status(sleeper) == "exit status unknown"
