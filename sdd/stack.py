@@ -431,9 +431,9 @@ def _start_workers(cfg: StackConfig, env: dict[str, str]) -> None:
         try:
             wait_for_worker(cfg, pool, record)
         except WorkerExitedError as exited:
-            # Seen twice in ~20 full test runs on a busy 2-core box: a fresh worker gone before its
-            # first heartbeat, with nothing in its log. It is started once more, and how the first
-            # one ended goes to the log; a second exit is an error.
+            # Seen now and then in full test runs on a busy 2-core box, cause not yet known: a fresh
+            # worker gone before its first heartbeat, with nothing in its log. It is started once
+            # more, and how the first one ended goes to the log; a second exit is an error.
             with open(record["log"], "a") as log:
                 log.write(f"\nsdd stack: {str(exited).split(';')[0]} at startup; starting it once more\n")
             wait_for_worker(cfg, pool, start(pool))
