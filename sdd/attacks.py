@@ -299,6 +299,22 @@ def project_to_vocab(ph: Placeholders, soft: list[torch.Tensor], allowed: torch.
     return allowed[dist.argmin(-1)]
 
 
+def straight_through(ph: Placeholders, soft: list[torch.Tensor], allowed: torch.Tensor) -> torch.Tensor:
+    """One PEZ forward: the placeholders carry the nearest real tokens' rows, while gradients flow
+    to the soft rows (straight-through). The chosen vocabulary ids."""
+    ids = project_to_vocab(ph, soft, allowed)
+    for e, (slot, s) in enumerate(zip(ph.slots, soft, strict=True)):
+        hard = slot.vocab.detach()[ids].float()
+        ph.set_rows(e, s + (hard - s).detach())
+    return ids
+
+
+def set_tokens(ph: Placeholders, ids: torch.Tensor) -> None:
+    """The placeholders carry real vocabulary rows ``ids``: the prompt is real text again."""
+    for e, slot in enumerate(ph.slots):
+        ph.set_rows(e, slot.vocab.detach()[ids])
+
+
 def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> AttackResult:
     """k prefix tokens per prompt, optimised jointly over a subsample of prompts (independent rows)."""
     result = AttackResult("adversarial_tokens")
@@ -321,10 +337,7 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
         done: dict[int, tuple[bool, Image.Image, list[int]]] = {}
         ids = start
         for step in range(1, cfg.steps + 1):
-            ids = project_to_vocab(ph, soft, allowed)
-            for e, (slot, s) in enumerate(zip(ph.slots, soft, strict=True)):
-                hard = slot.vocab.detach()[ids].float()
-                ph.set_rows(e, s + (hard - s).detach())  # forward the real tokens, step the soft ones
+            ids = straight_through(ph, soft, allowed)
             batch = [p for p in active for _ in range(cfg.batch_size)]
             lat = ctx.latents[[chosen[p] for p in batch]]
             loss = denoise_loss(ctx.pipe, sched, lat, encode(ctx.pipe, [prompts[p] for p in batch]), gen,
@@ -335,8 +348,7 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
             result.gradient_steps += len(active)
             if step % cfg.check_every == 0 or step == cfg.steps:
                 ids = project_to_vocab(ph, soft, allowed)
-                for e, slot in enumerate(ph.slots):
-                    ph.set_rows(e, slot.vocab.detach()[ids])
+                set_tokens(ph, ids)
                 images = ctx.draw([prompts[p] for p in active], [ctx.rows[chosen[p]] for p in active])
                 result.generations += len(active)
                 for p, im, hit in zip(list(active), images, ctx.present(images), strict=True):
@@ -358,10 +370,15 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
 # --- concept inversion (textual inversion on the erased model) -----------------------------------
 
 
+def words_pattern(words: Sequence[str]) -> re.Pattern:
+    """Any of ``words`` as a whole word, case-insensitive; longest first, so phrases win over their parts."""
+    return re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b",
+                      re.IGNORECASE)
+
+
 def substitute(prompt: str, words: Sequence[str], token: str) -> str:
     """``prompt`` with every concept word replaced by ``token``; ``token`` prepended if none occurs."""
-    pattern = r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b"
-    out, n = re.subn(pattern, token, prompt, flags=re.IGNORECASE)
+    out, n = words_pattern(words).subn(token, prompt)
     return out if n else f"{token} {prompt}"
 
 

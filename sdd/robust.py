@@ -28,7 +28,6 @@ Distiller commits the step (:meth:`Adversary.commit`), as for the trajectory poo
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -36,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from sdd.attacks import Placeholders, denoise_loss, encode, project_to_vocab, substitute
+from sdd.attacks import (Placeholders, denoise_loss, encode, project_to_vocab, set_tokens, straight_through,
+                         substitute, words_pattern)
 from sdd.errors import ConfigError
 from sdd.models import Conditioning
 
@@ -215,9 +215,7 @@ class Adversary:
             soft = [slot.vocab.detach()[start].float().clone().requires_grad_(True) for slot in ph.slots]
             opt = torch.optim.Adam(soft, lr=cfg.prefix_lr)
             for _ in range(cfg.prefix_steps):
-                ids = project_to_vocab(ph, soft, allowed)
-                for e, (slot, row) in enumerate(zip(ph.slots, soft, strict=True)):
-                    ph.set_rows(e, row + (slot.vocab.detach()[ids].float() - row).detach())  # straight-through
+                straight_through(ph, soft, allowed)
                 pick = torch.randint(len(prompts), (cfg.inversion_batch,), generator=gen).tolist()
                 loss = denoise_loss(d.pipe, self.noise_scheduler, targets[pick],
                                     encode(d.pipe, [prefixed[i] for i in pick]), gen)
@@ -225,8 +223,7 @@ class Adversary:
                     row.grad = g
                 opt.step()
             ids = project_to_vocab(ph, soft, allowed)
-            for e, slot in enumerate(ph.slots):
-                ph.set_rows(e, slot.vocab.detach()[ids])  # the real tokens' rows: the prefix is real text
+            set_tokens(ph, ids)
             with torch.no_grad():
                 cond = encode(d.pipe, list(dict.fromkeys(prefixed)))
         prefix = tok.decode(ids.tolist()).strip()
@@ -278,9 +275,7 @@ class Adversary:
 def benign_only(prompts: list[str], concepts) -> list[str]:
     """``prompts`` without those naming a concept being erased (its name or one of its prompts, as
     whole words): kept close to the base model, they would pull the erased concept back."""
-    words = {w for c in concepts for w in [c.name, *c.prompts]}
-    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b",
-                         re.IGNORECASE)
+    pattern = words_pattern({w for c in concepts for w in [c.name, *c.prompts]})
     kept = [p for p in prompts if not pattern.search(p)]
     if len(kept) < len(prompts):
         logger.warning("retention: %d of %d prompts name a concept being erased and are left out",
