@@ -89,6 +89,13 @@ SETTINGS: dict[str, dict] = {
                            "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 24,
                                            "retention_weight": 3.0}},
     # Not measured yet (docs/robust-erasure.md, what is left):
+    # Held-out leakage varies 2-10 % between seeds of the preset (the demo's safety gate is 5 %):
+    "f25": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
+            "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96, "fraction": 0.25,
+                            "retention_weight": 3.0, "warm_start": False, "inversion_steps": 100}},
+    "r1": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
+           "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
+                           "retention_weight": 1.0, "warm_start": False, "inversion_steps": 100}},
     "xattn-e100": {"adversarial": {"every": 100}},  # half the attacks: fits the 10-minute demo
     "xattn-f75": {"adversarial": {"fraction": 0.75}},
     "plain-xattn-1000": {"adversarial": None},  # control: the same run without the adversary
@@ -96,6 +103,8 @@ SETTINGS: dict[str, dict] = {
 
 
 def settings_yaml(name: str) -> dict:
+    """A setting's config; ``name@N`` is setting ``name`` with seed N (``--seeds``)."""
+    name, _, seed = name.partition("@")
     cfg = yaml.safe_load(PRESET.read_text())
     for overrides in ([] if name == "preset" else [FIRST_PRESET, SETTINGS[name]]):
         for key, value in overrides.items():
@@ -103,6 +112,8 @@ def settings_yaml(name: str) -> dict:
                 cfg[key] = {**cfg[key], **value}
             else:
                 cfg[key] = value
+    if seed:
+        cfg["seed"] = int(seed)
     return cfg
 
 
@@ -113,7 +124,7 @@ def run(cmd: list[str], log: Path) -> float:
     return time.monotonic() - start
 
 
-def measure(name: str, out: Path, concepts: list[str]) -> None:
+def measure(name: str, out: Path, concepts: list[str], redteam: bool = True) -> None:
     cfg_path = out / "cfg" / f"{name}.yaml"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(yaml.safe_dump(settings_yaml(name), sort_keys=False))
@@ -125,7 +136,7 @@ def measure(name: str, out: Path, concepts: list[str]) -> None:
     if not (eval_dir / "metrics.json").exists():
         run([SDD, "evaluate", "--base", "toy", "--model", str(run_dir / "model"), "--prompts", str(out / "prompts"),
              "--out", str(eval_dir), "--base-images", str(out / "base-images")], out / f"{name}.eval.log")
-    if "redteam" not in json.loads((eval_dir / "metrics.json").read_text()):
+    if redteam and "redteam" not in json.loads((eval_dir / "metrics.json").read_text()):
         run([SDD, "redteam", "--base", "toy", "--model", str(run_dir / "model"), "--prompts", str(out / "prompts"),
              "--eval", str(eval_dir)], out / f"{name}.redteam.log")
 
@@ -174,18 +185,21 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=list(SETTINGS))
     ap.add_argument("--concept", action="append", help="concept to erase (repeatable; default red); use a "
                                                         "separate --out per concept set")
+    ap.add_argument("--seeds", type=int, nargs="*", help="run each setting once per seed (rows name@seed)")
+    ap.add_argument("--no-redteam", action="store_true", help="erase and evaluate only (held-out, benign drop, FID)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--table", action="store_true", help="only print the table of what is measured")
     args = ap.parse_args()
     concepts = args.concept or ["red"]
+    names = [f"{n}@{s}" for n in args.only for s in args.seeds] if args.seeds else args.only
     if not args.table:
         args.out.mkdir(parents=True, exist_ok=True)
         if not (args.out / "prompts").exists():
             run([SDD, "prompts", "build", *concept_args(concepts), "--out", str(args.out / "prompts")],
                 args.out / "prompts.log")
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda n: measure(n, args.out, concepts), args.only))
-    print(table(args.out, args.only, concepts))
+            list(pool.map(lambda n: measure(n, args.out, concepts, not args.no_redteam), names))
+    print(table(args.out, names, concepts))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 1. loads the committed toy world and prints its judged per-colour / per-shape rates;
 2. runs the ``erase-concepts`` Prefect flow for the active concept set of ``params/concepts.yaml``
-   with robust erasure (``params/presets/robust.yaml``: SDD with attacks in the loop; prompt sets ->
-   distillation -> evaluation -> red team -> gates -> MLflow registration), on a local
+   with the settings of ``params/`` (prompt sets -> SDD distillation -> evaluation -> red team ->
+   gates -> MLflow registration), as the deployments run it, on a local
    Prefect API (a temporary one unless ``PREFECT_API_URL`` points at a server, e.g. after
    ``sdd stack up``) and the local MLflow store (``.sdd/mlflow.db``);
 3. prints the gate verdicts, each stage's wall time and the registry's versions.
@@ -21,10 +21,7 @@ from pathlib import Path
 # default 20 s.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-from sdd.config import PARAMS_DIR, DistillConfig, load_concept_sets, load_model
-
-#: The demo erases robustly: plain SDD (params/distill.yaml) fails the red team's gates.
-ROBUST_PRESET = PARAMS_DIR / "presets" / "robust.yaml"
+from sdd.config import load_concept_sets
 
 
 def print_toy_world_rates(samples_per_pair: int = 4) -> None:
@@ -48,12 +45,13 @@ def main() -> None:
     print_toy_world_rates()
 
     active = load_concept_sets().active_set
-    print(f"\n== 2. erase-concepts flow: erase {active.concepts} from '{active.base_model}' ({ROBUST_PRESET})")
+    print(f"\n== 2. erase-concepts flow: erase {active.concepts} from '{active.base_model}' (params/distill.yaml)")
     from flows.erase import erase_concepts
-    from flows.params import DistillSettings
 
-    robust = DistillSettings.model_validate(load_model(DistillConfig, ROBUST_PRESET).model_dump(mode="json"))
-    result = erase_concepts(concepts=active.concepts, base_model=active.base_model, distill=robust)
+    # Plain SDD, as the deployments run it. The robust preset (params/presets/robust.yaml) is not the
+    # default: its held-out leakage varies 2-10 % between seeds and machines around the 5 % safety
+    # gate (docs/robust-erasure.md), and a demo must not pass or fail by chance.
+    result = erase_concepts(concepts=active.concepts, base_model=active.base_model)
 
     evaluations = sorted(Path(result["run_dir"]).glob("eval-*/metrics.json"), key=lambda p: p.stat().st_mtime)
     metrics = json.loads(evaluations[-1].read_text()) if evaluations else None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from helpers import sdd_command
 
 from sdd import registry
@@ -86,9 +87,10 @@ def test_demo_registers_the_erasure_with_its_provenance_and_robustness(demo, reg
     assert redteam["concepts"]["red"]["effective_prompts"] > 100
     assert "## Robustness (red team)" in next(registered["run_dir"].glob("eval-*/report.md")).read_text()
 
-    # The demo erases robustly (params/presets/robust.yaml) and says how long each stage took.
+    # The demo erases as the deployments do (params/distill.yaml) and says how long each stage took.
     manifest = json.loads((registered["run_dir"] / "erasure" / "manifest.json").read_text())
-    assert manifest["config"]["adversarial"] is not None and manifest["adversarial"]["attacks"] > 0
+    distill = yaml.safe_load((REPO / "params" / "distill.yaml").read_text())
+    assert {k: manifest["config"][k] for k in distill} == distill
     assert re.search(r"wall time: prepare-prompts \d+ s, distill \d+ s, .*redteam \d+ s", demo["stdout"])
 
     passed = metrics["verdict"] == "pass"
