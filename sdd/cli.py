@@ -13,7 +13,7 @@ import importlib.metadata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
@@ -28,6 +28,12 @@ from sdd.cli_types import (
     reject_options_of_other_modes,
 )
 from sdd.errors import ConfigError, SddError, exit_code
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text as RichText
+
+    from sdd.registry.promotion import VersionRow
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Safe self-Distillation of Diffusion models: erase concepts, measure, register.")
@@ -400,7 +406,6 @@ def models_cmd(
 ) -> None:
     """List registered model versions: concepts, gate verdict, aliases."""
     from rich.console import Console
-    from rich.table import Table
 
     from sdd.registry import list_models, list_versions
 
@@ -408,14 +413,61 @@ def models_cmd(
         cfg = _registry_config(params)
         names = [name] if name else list_models(cfg, tracking_uri=tracking_uri)
         rows = [r for n in names for r in list_versions(n, cfg, tracking_uri=tracking_uri)]
-    table = Table(title=f"registered models ({len(rows)} versions)")
-    for column in ("model", "version", "concepts", "gates", "aliases", "created", "run"):
-        table.add_column(column, justify="right" if column == "version" else "left")
-    for r in rows:
-        gates = f"[green]{r.gates}[/green]" if r.gates == "passed" else f"[red]{r.gates}[/red]"
-        table.add_row(r.name, str(r.version), r.concepts, gates + (" (forced)" if r.forced else ""),
-                      ", ".join(r.aliases), r.created, (r.run_id or "")[:12])
-    Console().print(table)
+    console = Console()
+    console.print(versions_table(rows, console.width))
+
+
+#: The columns of ``sdd models``: True for identifiers, which are never cut; the others wrap.
+VERSION_COLUMNS = {"model": True, "version": True, "concepts": False, "gates": False, "aliases": True,
+                   "created (UTC)": True, "run": True}
+COLUMN_GAP = 2  # the padding between two columns of the table below
+
+
+def versions_table(rows: list[VersionRow], width: int) -> Table:
+    """A rich Table of registered versions for a ``width``-column terminal.
+
+    Identifiers stay on one line when they all fit beside the longest word of each text column;
+    otherwise they fold onto more lines, so no character of a name, date or alias is ever lost.
+    """
+    from rich import box
+    from rich.table import Table
+
+    cells = [_version_cells(r) for r in rows]
+    whole = _narrowest(cells) <= width
+    versions = f"{len(rows)} version" + ("" if len(rows) == 1 else "s")
+    table = Table(title=f"registered models ({versions})", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, collapse_padding=True)
+    for column, identifier in VERSION_COLUMNS.items():
+        table.add_column(column, justify="right" if column == "version" else "left",
+                         no_wrap=identifier and whole, overflow="fold")
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def _version_cells(r: VersionRow) -> list[RichText]:
+    """One version's cells: aliases one per line, concepts spaced so they wrap, the date to the minute."""
+    import datetime as dt
+
+    from rich.text import Text
+
+    created = dt.datetime.fromisoformat(r.created).strftime("%Y-%m-%d %H:%M") if r.created else ""
+    gates = Text(r.gates, style="green" if r.gates == "passed" else "red") + (" (forced)" if r.forced else "")
+    concepts = ", ".join(c.strip() for c in r.concepts.split(","))
+    return [Text(r.name), Text(str(r.version)), Text(concepts), gates, Text("\n".join(r.aliases)),
+            Text(created), Text((r.run_id or "")[:8])]
+
+
+def _narrowest(cells: list[list[RichText]]) -> int:
+    """Columns needed to show every identifier whole and each text column's longest word."""
+    from rich.cells import cell_len
+
+    widths = []
+    for i, (header, identifier) in enumerate(VERSION_COLUMNS.items()):
+        lines = [header] + [line for row in cells for line in row[i].plain.splitlines()]
+        parts = lines if identifier else [w for line in lines for w in line.split()]
+        widths.append(max(map(cell_len, parts)))
+    return sum(widths) + COLUMN_GAP * (len(widths) - 1)
 
 
 # --- the local orchestration stack (sdd/stack.py) ------------------------------------------------

@@ -10,7 +10,8 @@ An **erasure output folder** (``sdd erase --out``, written by :mod:`sdd.distill`
 
 An **evaluation folder** (``sdd evaluate --out``, written by :mod:`sdd.evaluate` and :mod:`sdd.report`)::
 
-    metrics.json  report.md  rates.csv  judgements.jsonl  grids/*.png
+    metrics.json  report.md  rates.csv  judgements.jsonl
+    grids/<stem>.png                  one per concept (:func:`concept_stem`), and benign.png
     images/base/  images/erased/      generated images (base: shareable with --base-images)
     shards.json                       sharded runs only (:mod:`sdd.shards`)
     registration.json                 the flow's registry record (:mod:`flows.erase`)
@@ -25,7 +26,9 @@ Engine, evaluation, registry and flows take these names from here. Only the stan
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,27 @@ SHARDS_FILE = "shards.json"
 REGISTRATION_FILE = "registration.json"
 REDTEAM_DIR = "redteam"
 ROLES = ("base", "erased")
+BENIGN_STEM = "benign"  # grids/benign.png: the benign prompts' grid
+#: Stems of files that are no concept's: :func:`concept_stem` never returns one of these.
+RESERVED_STEMS = frozenset({BENIGN_STEM})
+MAX_STEM_LEN = 80
+_HASHED = re.compile(r".*-[0-9a-f]{8}")
+
+
+def concept_stem(name: str, prefix: str = "") -> str:
+    """The file-name stem of concept ``name``'s files: ``prefix`` + [a-z0-9-], at most 80 characters.
+
+    A name that already is such a stem (``red``, ``van-gogh``) is kept as it is; any other
+    (``van gogh``, ``Van-Gogh``, ``benign``, a long one) is slugged and gets the first 8 hex digits
+    of the sha256 of the exact name, so different names never share a file. Kept names never end
+    in ``-`` + 8 hex digits, so a kept name cannot equal a hashed one.
+    """
+    plain = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "concept"
+    room = MAX_STEM_LEN - len(prefix)
+    if plain == name and len(plain) <= room and plain not in RESERVED_STEMS and not _HASHED.fullmatch(plain):
+        return prefix + plain
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{prefix}{plain[:room - 9].rstrip('-')}-{digest}"
 
 
 def image_dirs(eval_dir: Path, base_images: Path | None = None) -> dict[str, Path]:

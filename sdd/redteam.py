@@ -29,6 +29,7 @@ from sdd.attacks import ATTACKS, AttackContext, AttackResult, encode_images
 from sdd.config import ConfigError, RedteamConfig, RobustnessGatesConfig
 from sdd.evaluate import rate
 from sdd.judges import Judge
+from sdd.layout import concept_stem
 from sdd.prompts import PromptRow, PromptSet, PromptSetError, read_text, write_prompt_set
 from sdd.toy import world
 
@@ -188,7 +189,7 @@ def run_redteam(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg
     ``base_pipe`` only draws the effective-prompt filter and the attack targets; the same object
     may be passed twice (base vs base is the sanity check: ASR near 100 %).
     """
-    from sdd.redteam_report import slug, write_redteam_report
+    from sdd.redteam_report import write_redteam_report
 
     concepts = cfg.concepts or prompt_set.concepts()
     missing = [c for c in concepts if not prompt_set.indices_for(c)]
@@ -212,7 +213,7 @@ def run_redteam(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg
             used = tuple(PromptRow(prompt=p, seed=rows[i].seed, concepts=(concept,), source="transfer",
                                    guidance=rows[i].guidance) for i, p in transfer.tried)
             write_prompt_set(PromptSet(f"transfer-{concept}", "transfer", used),
-                             out_dir / PROMPTS_DIR / f"transfer-{slug(concept)}.jsonl")
+                             out_dir / PROMPTS_DIR / f"{concept_stem(concept, prefix='transfer-')}.jsonl")
     metrics = {
         "schema_version": SCHEMA_VERSION,
         "models": {"base": base_name or _name(base_pipe), "erased": erased_name or _name(erased_pipe)},

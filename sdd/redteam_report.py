@@ -6,23 +6,16 @@ the erased model's image, and each attack's image (blank where an attack did not
 
 from __future__ import annotations
 
-import hashlib
-import re
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from sdd.layout import GRIDS_DIR, concept_stem
 from sdd.report import image_grid, spread
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
 LABELS = {"adversarial_tokens": "adv tokens", "concept_inversion": "inversion"}  # fit the grid's label column
-
-
-def slug(text: str) -> str:
-    """A file-name-safe stem: [a-z0-9-], long names cut and suffixed with a hash."""
-    stem = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "concept"
-    return stem if len(stem) <= 60 else f"{stem[:51]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def _blank(like: Image.Image) -> Image.Image:
@@ -41,7 +34,7 @@ def write_attack_grid(concept: str, art: dict[str, Any], out_dir: Path, n: int) 
         where = {i: k for k, i in enumerate(r.rows)}
         label = LABELS.get(name, name[:10])
         rows[label] = [r.images[where[i]] if i in where else _blank(art["base"][i]) for i in shown]
-    file = f"grids/redteam-{slug(concept)}.png"
+    file = f"{GRIDS_DIR}/{concept_stem(concept, prefix='redteam-')}.png"
     with atomic_path(out_dir / file) as tmp:
         image_grid(rows).save(tmp, format="PNG")
     columns = [{"prompt": art["rows"][i].prompt, "seed": art["rows"][i].seed} for i in shown]

@@ -7,10 +7,8 @@ the bottom row, column by column from the same prompt and seed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from sdd.generate import load_images
-from sdd.layout import GRIDS_DIR, METRICS_FILE, RATES_FILE, REPORT_FILE
+from sdd.layout import BENIGN_STEM, GRIDS_DIR, METRICS_FILE, RATES_FILE, REPORT_FILE, concept_stem
 from sdd.prompts import PromptSet, spread
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
@@ -40,31 +38,31 @@ def image_grid(rows: dict[str, Sequence[Image.Image]], cell: int | None = None) 
     return grid
 
 
-def _slug(text: str) -> str:
-    """A file-name-safe stem for ``text``: [a-z0-9-], at most 80 characters (long ones end in a hash)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "concept"
-    if len(slug) <= 80:
-        return slug
-    return f"{slug[:71]}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+def write_grid(prompt_set: PromptSet, indices: Sequence[int], base_paths: Sequence[Path],
+               erased_paths: Sequence[Path], out_dir: Path, stem: str, n: int) -> dict[str, Any]:
+    """``grids/<stem>.png``: base row over erased row for up to ``n`` of ``indices``; returns file and rows."""
+    shown = spread(indices, n)
+    grid = image_grid({"base": load_images([base_paths[i] for i in shown]),
+                       "erased": load_images([erased_paths[i] for i in shown])})
+    file = f"{GRIDS_DIR}/{stem}.png"
+    with atomic_path(out_dir / file) as tmp:
+        grid.save(tmp, format="PNG")
+    return {"file": file, "rows": [{"prompt": prompt_set.rows[i].prompt, "seed": prompt_set.rows[i].seed}
+                                   for i in shown]}
 
 
 def write_grids(prompt_set: PromptSet, base_paths: Sequence[Path], erased_paths: Sequence[Path],
-                out_dir: Path, n: int = 8) -> dict[str, dict[str, Any]]:
-    """One before/after grid per concept (and one for benign prompts); returns file and rows shown."""
-    groups = {c: prompt_set.indices_for(c) for c in prompt_set.concepts()}
-    if prompt_set.benign_indices():
-        groups["benign"] = prompt_set.benign_indices()
-    grids = {}
-    for name, indices in groups.items():
-        shown = spread(indices, n)
-        grid = image_grid({"base": load_images([base_paths[i] for i in shown]),
-                           "erased": load_images([erased_paths[i] for i in shown])})
-        file = f"{GRIDS_DIR}/{_slug(name)}.png"
-        with atomic_path(out_dir / file) as tmp:
-            grid.save(tmp, format="PNG")
-        shown_rows = [{"prompt": prompt_set.rows[i].prompt, "seed": prompt_set.rows[i].seed} for i in shown]
-        grids[name] = {"file": file, "rows": shown_rows}
-    return grids
+                out_dir: Path, n: int = 8) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """One before/after grid per concept, and one of the benign prompts (None without any).
+
+    The benign grid is returned apart, so that a concept named ``benign`` keeps its own grid.
+    """
+    grids = {c: write_grid(prompt_set, prompt_set.indices_for(c), base_paths, erased_paths, out_dir,
+                           concept_stem(c), n) for c in prompt_set.concepts()}
+    benign = prompt_set.benign_indices()
+    if not benign:
+        return grids, None
+    return grids, write_grid(prompt_set, benign, base_paths, erased_paths, out_dir, BENIGN_STEM, n)
 
 
 def _pct(x: float | None) -> str:
@@ -119,7 +117,10 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         gate = f"{c['gate']} ({c['concept']})" if c["concept"] else c["gate"]
         lines.append(f"| {gate} | {c['status']} | {c['reason']} |")
     lines += ["", "## Before / after", ""]
-    for name, g in metrics.get("grids", {}).items():
+    grids = list(metrics.get("grids", {}).items())
+    if metrics.get("benign_grid"):
+        grids.append(("benign prompts", metrics["benign_grid"]))
+    for name, g in grids:
         lines += [f"### {name}", "", f"![{name}]({g['file']})", "",
                   "Columns: " + "; ".join(f"`{r['prompt']}` (seed {r['seed']})" for r in g["rows"]), ""]
     return "\n".join(lines) + "\n"
@@ -144,9 +145,13 @@ def robustness_section(redteam: dict[str, Any] | None) -> list[str]:
 
 def write_report(metrics: dict[str, Any], prompt_set: PromptSet, base_paths: Sequence[Path],
                  erased_paths: Sequence[Path], out_dir: Path, grid_images: int = 8) -> None:
-    """Write the grids, then ``metrics.json`` and ``report.md`` (metrics gain a ``grids`` entry)."""
+    """Write the grids, then ``metrics.json`` and ``report.md``.
+
+    Metrics gain ``grids`` (``{concept: {file, rows}}``) and ``benign_grid`` (None without benign prompts).
+    """
     out_dir = Path(out_dir)
-    metrics["grids"] = write_grids(prompt_set, base_paths, erased_paths, out_dir, grid_images)
+    metrics["grids"], metrics["benign_grid"] = write_grids(prompt_set, base_paths, erased_paths, out_dir,
+                                                           grid_images)
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     write_text_atomic(out_dir / REPORT_FILE, render_markdown(metrics))
     write_text_atomic(out_dir / RATES_FILE, rates_csv(metrics))

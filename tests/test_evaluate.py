@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, ImageColor
 from tiny_models import save_tiny_pipeline
 from typer.testing import CliRunner
 
@@ -204,6 +204,7 @@ def test_metrics_equal_a_hand_count(tmp_path, toy):
     assert rates[0] == "concept,model,rate" and rates[2] == "red,erased,0.250000"
     grid = Image.open(tmp_path / on_disk["grids"]["red"]["file"])
     assert grid.size[1] == 2 * 96 and (tmp_path / "grids" / "benign.png").is_file()
+    assert on_disk["benign_grid"]["file"] == "grids/benign.png" and "benign" not in on_disk["grids"]
 
     # a second run reuses every image
     again = evaluate(base, erased, ps, toy, cfg, GatesConfig(), tmp_path, progress=False)
@@ -221,6 +222,34 @@ def test_identical_models_have_zero_fid_and_no_reduction(tmp_path, toy):
     assert metrics["quality"]["correctness"]["drop_points"] == 0.0
     assert metrics["quality"]["fid"] == pytest.approx(0.0, abs=1e-3)
     assert metrics["verdict"] == "pass"
+
+
+def test_concepts_that_slug_alike_get_grids_of_their_own(tmp_path):
+    """`van gogh`, `van-gogh` and a concept named `benign` never overwrite each other's or the benign grid."""
+    from sdd.report import LABEL_WIDTH, render_markdown, write_grids
+
+    colours = {"van gogh": "red", "van-gogh": "green", "benign": "blue", None: "yellow"}
+    rows, paths = [], []
+    for i, (concept, colour) in enumerate(colours.items()):
+        rows.append(PromptRow(prompt=f"prompt {i}", seed=i, concepts=(concept,) if concept else ()))
+        paths.append(tmp_path / "images" / f"{i}.png")
+        paths[-1].parent.mkdir(exist_ok=True)
+        Image.new("RGB", (32, 32), colour).save(paths[-1])
+    grids, benign = write_grids(PromptSet("p", "eval", tuple(rows)), paths, paths, tmp_path / "out", n=1)
+
+    files = {name: g["file"] for name, g in {**grids, None: benign}.items()}
+    assert files[None] == "grids/benign.png" and files["van-gogh"] == "grids/van-gogh.png"
+    assert len(set(files.values())) == 4 and sorted(p.name for p in (tmp_path / "out" / "grids").iterdir()) == \
+        sorted(f.removeprefix("grids/") for f in files.values())
+    for name, file in files.items():  # each file shows its own group's images, so none was overwritten
+        with Image.open(tmp_path / "out" / file) as grid:
+            assert grid.convert("RGB").getpixel((LABEL_WIDTH + 5, 5)) == ImageColor.getrgb(colours[name])
+    metrics = {"verdict": "pass", "concepts": {}, "models": {"base": {"name": "b"}, "erased": {"name": "e"}},
+               "prompt_set": {"name": "p", "rows": 4, "sha256": "0" * 64}, "quality": {"n": 1, "notes": []},
+               "generation": {"num_inference_steps": 2, "guidance_scale": 5.0}, "judge": {"name": "j", "settings": {}},
+               "gates": {"checks": []}, "grids": grids, "benign_grid": benign}
+    report = render_markdown(metrics)
+    assert all(f"({file})" in report for file in files.values()) and "### benign prompts" in report
 
 
 # --- CLI ----------------------------------------------------------------------------------------

@@ -433,6 +433,30 @@ def test_cli_register_promote_and_models(erased_dir, eval_pass, eval_fail, cfg, 
     assert "staging" in result.output and "candidate" in result.output and "failed" in result.output
 
 
+def test_cli_models_fits_80_columns_without_cutting_identifiers(monkeypatch):
+    """At 80 columns every name, version, alias, date and run id is shown whole, on one line."""
+    from sdd.registry.promotion import VersionRow
+
+    rows = [VersionRow("sdd-erased", 12, "red,triangle", "passed", "pass", ["candidate", "staging"],
+                       "0123456789abcdef0123456789abcdef", "2026-12-05T10:11:12+00:00", True),
+            VersionRow("sdd-erased", 11, "red", "failed", "fail", [], "fedcba9876543210fedcba9876543210",
+                       "2026-12-04T09:00:00+00:00", False)]
+    monkeypatch.setattr(registry, "list_models", lambda *a, **k: ["sdd-erased"])
+    monkeypatch.setattr(registry, "list_versions", lambda *a, **k: rows)
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in result.output
+    first = next(line for line in lines if line.startswith("sdd-erased") and " 12 " in line)
+    assert "2026-12-05 10:11" in first and "candidate" in first and "01234567" in first
+    assert any(line.split()[-2:] == ["09:00", "fedcba98"] for line in lines) and "staging" in result.output
+
+    rows[0].name = "sdd-erased-" + "x" * 70  # too long for 80 columns: folded onto more lines, never cut
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "…" not in result.output and max(map(len, result.output.splitlines())) <= 80
+    assert result.output.count("x") == 70
+
+
 def test_cli_register_bad_folder_is_one_line(tmp_path, cfg):
     result = CliRunner().invoke(app, ["register", "--run", str(tmp_path), "--eval", str(tmp_path)],
                                 env={"MLFLOW_TRACKING_URI": cfg.tracking_uri})

@@ -5,12 +5,13 @@ and a secret in the environment never reaches MLflow or the manifest.
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sdd.config import ConfigError
@@ -106,14 +107,28 @@ HOSTILE = ["../../etc/passwd", "/abs/path", "..", ".", "a/../../b", "..\\..\\win
 
 
 @settings(max_examples=200, deadline=None)
-@given(name=st.text(max_size=300) | st.sampled_from(HOSTILE))
-def test_report_grid_file_names_are_slugs_inside_the_grids_folder(name):
-    from sdd.report import _slug
+@given(name=st.text(max_size=300) | st.sampled_from(HOSTILE), prefix=st.sampled_from(["", "redteam-", "transfer-"]))
+def test_report_grid_file_names_are_slugs_inside_the_grids_folder(name, prefix):
+    from sdd.layout import RESERVED_STEMS, concept_stem
 
-    slug = _slug(name)
+    slug = concept_stem(name, prefix)
+    assert slug.startswith(prefix) and slug not in RESERVED_STEMS
     assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug) and len(slug) <= 80, slug
     root = Path("/srv/out/grids")
     assert (root / f"{slug}.png").resolve().parent == root
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.text(max_size=100), b=st.text(max_size=100))
+@example(a="van gogh", b="van-gogh")
+@example(a="Red", b="red")
+@example(a="benign", b="benign!")
+@example(a="x" * 90, b="x" * 91)
+@example(a="red!", b="red-" + hashlib.sha256(b"red!").hexdigest()[:8])  # a name spelled like a hashed stem
+def test_different_concept_names_get_different_file_stems(a, b):
+    from sdd.layout import concept_stem
+
+    assert (concept_stem(a) == concept_stem(b)) == (a == b)
 
 
 @pytest.mark.parametrize("name", HOSTILE)
