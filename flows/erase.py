@@ -80,6 +80,7 @@ from sdd.layout import (
     read_manifest,
     read_metrics,
 )
+from sdd.progress import ProgressLog
 from sdd.prompts import limit_rows
 from sdd.storage import write_json_atomic
 
@@ -248,10 +249,11 @@ def prepare_prompts(plan: ErasurePlan) -> dict[str, Any]:
 
 
 class DistillProgress:
-    """``on_step`` callback of :func:`sdd.distill.erase` that keeps a Prefect progress artifact current.
+    """``on_step`` callback of :func:`sdd.distill.erase`: a progress artifact and a log line.
 
-    The artifact is updated at most every ``every_s`` seconds (and at the last step), so a long run
-    does not send one API call per optimizer step.
+    Both are updated at most every ``every_s`` seconds (and at the last step), so a long run does
+    not send one API call per optimizer step; the log line (step/total, rate, ETA, loss) is what the
+    flow's log and the terminal of ``make demo`` show.
     """
 
     def __init__(self, total_steps: int, what: str, every_s: float = 5.0):
@@ -259,8 +261,11 @@ class DistillProgress:
         self.last_update = 0.0
         self.artifact_id = create_progress_artifact(progress=0.0, key="distill-progress",
                                                     description=f"Distilling {what}: starting")
+        # start=None: a resumed run's first step is wherever its checkpoint left it.
+        self.log = ProgressLog(f"distill {what}", total_steps, get_run_logger().info, start=None, every_s=every_s)
 
     def __call__(self, step: int, loss: float) -> None:
+        self.log(step, f"loss {loss:.4g}")
         now = time.monotonic()
         if step < self.total and now - self.last_update < self.every_s:
             return
@@ -331,7 +336,8 @@ def evaluate_stage(plan: ErasurePlan) -> dict[str, Any]:
         model_dir = plan.erasure_dir / MODEL_DIR
         evaluate(load_pipeline(plan.base_model), load_pipeline(str(model_dir)), prompt_set,
                  build_judge(plan.evaluation.judge), plan.evaluation, plan.gates, plan.eval_dir,
-                 base_name=plan.base_model, erased_name=str(model_dir), progress=False)
+                 base_name=plan.base_model, erased_name=str(model_dir), progress=False,
+                 log=get_run_logger().info)
     return evaluation_summary(plan.eval_dir)
 
 

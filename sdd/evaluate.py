@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -271,14 +271,15 @@ def model_infos(base_pipe, erased_pipe, base_name: str | None, erased_name: str 
 
 
 def generate_both(base_pipe, erased_pipe, prompt_set: PromptSet, folders: dict[str, Path], cfg: EvalConfig,
-                  models: dict[str, dict], *, progress: bool = False, desc: str = "generate") -> dict[str, list[Path]]:
+                  models: dict[str, dict], *, progress: bool = False, desc: str = "generate",
+                  log: Callable[[str], None] | None = None) -> dict[str, list[Path]]:
     """Every row drawn by both models into ``folders`` (resumable; see :func:`sdd.generate.generate`)."""
     paths: dict[str, list[Path]] = {}
     for role, pipe in zip(ROLES, (base_pipe, erased_pipe), strict=True):
         settings = GenerationSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.height, cfg.width,
                                       model_id=models[role].get("unet_sha256"))
         paths[role] = generate(pipe, prompt_set, folders[role], settings, cfg.batch_size, progress=progress,
-                               desc=f"{desc} ({role})") if prompt_set.rows else []
+                               desc=f"{desc} ({role})", log=log) if prompt_set.rows else []
     return paths
 
 
@@ -371,7 +372,7 @@ def metrics_document(models: dict, prompt_set: PromptSet, judge: Judge, cfg: Eva
 def evaluate(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg: EvalConfig,
              gates: GatesConfig, out_dir: Path, *, base_name: str | None = None,
              erased_name: str | None = None, base_images: Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Generate with both models (resumable, under ``out_dir/images``), measure, gate and report.
 
     ``base_images`` shares the base model's images between evaluations (default
@@ -381,7 +382,7 @@ def evaluate(base_pipe, erased_pipe, prompt_set: PromptSet, judge: Judge, cfg: E
     out_dir = Path(out_dir)
     models = model_infos(base_pipe, erased_pipe, base_name, erased_name)
     paths = generate_both(base_pipe, erased_pipe, prompt_set, image_dirs(out_dir, base_images), cfg, models,
-                          progress=progress)
+                          progress=progress, log=log)
     measured = measure(prompt_set, paths["base"], paths["erased"], judge, cfg, out_dir / JUDGEMENTS_FILE)
     return write_evaluation(out_dir, models, prompt_set, judge, cfg, gates, measured, paths)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sdd.config import ConfigError, EvalConfig
+from sdd.progress import ProgressLog
 from sdd.prompts import PromptRow, PromptSet
 from sdd.storage import atomic_path, write_json_atomic
 
@@ -111,8 +112,11 @@ def _batches(rows: list[tuple[str, PromptRow]], settings: GenerationSettings, ba
 
 def generate(pipe, prompts: PromptSet | Sequence[PromptRow], out_dir: Path,
              settings: GenerationSettings = GenerationSettings(), batch_size: int = 8,
-             progress: bool = True, desc: str = "generate", **pipe_kwargs) -> list[Path]:
+             progress: bool = True, desc: str = "generate", log: Callable[[str], None] | None = None,
+             **pipe_kwargs) -> list[Path]:
     """Generate one image per row into ``out_dir``, skipping rows already there; returns their paths.
+
+    ``log`` (e.g. a flow's logger) also gets a progress line every few seconds (:mod:`sdd.progress`).
 
     ``pipe`` is any diffusers text-to-image pipeline (SD, SDXL, base or erased) called as
     ``pipe(prompt=[...], generator=[...], num_inference_steps=..., guidance_scale=..., output_type="pil")``.
@@ -128,6 +132,8 @@ def generate(pipe, prompts: PromptSet | Sequence[PromptRow], out_dir: Path,
     todo = list({k: (k, r) for k, r in zip(keys, rows, strict=True) if k not in done}.values())
     size = {k: v for k, v in (("height", settings.height), ("width", settings.width)) if v is not None}
     total = len(set(keys))
+    finished = total - len(todo)
+    logged = ProgressLog(desc, total, log, unit="images", start=finished) if log else None
     with tqdm(total=total, initial=total - len(todo), desc=desc, unit="img",
               disable=not progress) as bar:
         for guidance, batch in _batches(todo, settings, batch_size):
@@ -144,6 +150,9 @@ def generate(pipe, prompts: PromptSet | Sequence[PromptRow], out_dir: Path,
                                 "guidance": guidance})
             _append_index(out_dir, records)
             bar.update(len(batch))
+            finished += len(batch)
+            if logged:
+                logged(finished)
     return [out_dir / "images" / f"{k}.png" for k in keys]
 
 

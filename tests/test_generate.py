@@ -70,6 +70,16 @@ def test_resume_generates_only_missing_rows(tmp_path, pipe):
     assert counting.calls == []
 
 
+def test_progress_reaches_a_log_when_one_is_given(tmp_path, pipe):
+    """A flow passes its logger: the stage ends with a line saying how many images, at what rate."""
+    generate(pipe, rows(2), tmp_path, SETTINGS, batch_size=2, progress=False)
+    lines = []
+    generate(pipe, rows(5), tmp_path, SETTINGS, batch_size=2, progress=False, desc="generate (erased)",
+             log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("generate (erased): 5/5 images (100 %), "), lines
+    assert "images/s, done in" in lines[0]
+
+
 def test_other_settings_in_the_same_folder_are_refused(tmp_path, pipe):
     generate(pipe, rows(1), tmp_path, SETTINGS, progress=False)
     with pytest.raises(ConfigError, match="num_inference_steps"):
