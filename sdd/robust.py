@@ -35,8 +35,16 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from sdd.attacks import (Placeholders, denoise_loss, encode, project_to_vocab, set_tokens, straight_through,
-                         substitute, words_pattern)
+from sdd.attacks import (
+    Placeholders,
+    denoise_loss,
+    encode,
+    project_to_vocab,
+    set_tokens,
+    straight_through,
+    substitute,
+    words_pattern,
+)
 from sdd.errors import ConfigError
 from sdd.models import Conditioning
 
