@@ -82,6 +82,8 @@ TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
     "noxattn": lambda name: "attn2" not in name,
     "full": lambda name: True,
 }
+# With several concepts, the teacher samples towards one prompt of each, joined with this.
+SAMPLING_SEPARATOR = ", "
 # Settings that may change between a checkpoint and its resumption.
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
 
@@ -265,6 +267,13 @@ class Distiller:
         if self.truncated_prompts:
             logger.warning("%d concept prompt(s) exceed the text encoder's %d tokens and are truncated, e.g. %.80r",
                            len(self.truncated_prompts), self.conditioner.max_tokens, self.truncated_prompts[0])
+        self.sampling_truncation = self.conditioner.truncated_joins([c.prompts for c in self.concepts],
+                                                                    SAMPLING_SEPARATOR)
+        if self.sampling_truncation.cut and len(self.concepts) > 1:  # one concept: warned about just above
+            logger.warning("%d of %d sampling prompt(s) (one prompt per concept, joined with %r) exceed the text "
+                           "encoder's %d tokens and are truncated, e.g. %.80r", self.sampling_truncation.cut,
+                           self.sampling_truncation.possible, SAMPLING_SEPARATOR, self.conditioner.max_tokens,
+                           self.sampling_truncation.longest)
         self.latent_shape = latent_shape(pipe, config.resolution)
 
         self.generator = torch.Generator("cpu").manual_seed(config.seed)
@@ -325,7 +334,7 @@ class Distiller:
         return self.rng.choice(self.concepts[i].prompts)
 
     def _sampling_prompt(self) -> str:
-        return ", ".join(self.rng.choice(c.prompts) for c in self.concepts)
+        return SAMPLING_SEPARATOR.join(self.rng.choice(c.prompts) for c in self.concepts)
 
     def _noise(self, n: int) -> torch.Tensor:
         noise = torch.randn((n, *self.latent_shape), generator=self.generator)

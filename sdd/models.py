@@ -16,8 +16,11 @@ import contextlib
 import hashlib
 import json
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -157,6 +160,14 @@ class Conditioning:
                             {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added})
 
 
+class JoinedTruncation(NamedTuple):
+    """:meth:`Conditioner.truncated_joins`: joined prompts too long, all possible ones, the longest one."""
+
+    cut: int
+    possible: int
+    longest: str
+
+
 class Conditioner:
     """Encodes prompts for ``pipe.unet`` with the pipeline's own ``encode_prompt``.
 
@@ -179,16 +190,49 @@ class Conditioner:
         return self.pipe.unet.device
 
     @property
+    def tokenizers(self) -> list:
+        """The pipeline's tokenizers (SDXL has two)."""
+        return [t for t in (getattr(self.pipe, n, None) for n in ("tokenizer", "tokenizer_2")) if t is not None]
+
+    @property
     def max_tokens(self) -> int:
         """The text encoder's limit in tokens (the smallest of the pipeline's tokenizers)."""
-        tokenizers = [getattr(self.pipe, n, None) for n in ("tokenizer", "tokenizer_2")]
-        return min(t.model_max_length for t in tokenizers if t is not None)
+        return min(t.model_max_length for t in self.tokenizers)
+
+    def token_counts(self, prompt: str) -> tuple[int, ...]:
+        """The tokens of ``prompt`` for each tokenizer, begin and end tokens included."""
+        return tuple(len(t(prompt, truncation=False).input_ids) for t in self.tokenizers)
+
+    def _too_long(self, counts: tuple[int, ...]) -> bool:
+        return any(n > t.model_max_length for n, t in zip(counts, self.tokenizers, strict=True))
 
     def truncated(self, prompts: list[str]) -> list[str]:
         """The distinct ``prompts`` longer than :attr:`max_tokens`: the text encoder sees only their start."""
-        tokenizers = [t for t in (getattr(self.pipe, n, None) for n in ("tokenizer", "tokenizer_2")) if t]
-        return [p for p in dict.fromkeys(prompts)
-                if any(len(t(p, truncation=False).input_ids) > t.model_max_length for t in tokenizers)]
+        return [p for p in dict.fromkeys(prompts) if self._too_long(self.token_counts(p))]
+
+    def truncated_joins(self, groups: Sequence[Sequence[str]], separator: str) -> JoinedTruncation:
+        """Of the prompts that join one prompt of each group with ``separator``: how many are too long.
+
+        There are as many as the product of the groups' sizes, exponential in the number of groups,
+        so rather than tokenizing each we add up token counts: CLIP's tokenizer splits words at
+        ``", "``, so a joined prompt has its parts' tokens (less their begin/end tokens) plus one
+        separator's per join. Counting the combinations over the limit is then a convolution of the
+        groups' token-count histograms (at most a few hundred distinct totals): cheap, and exact
+        unless punctuation ending a part merges with the separator ("!!, "): a token off per such join.
+        """
+        counts = [{p: self.token_counts(p) for p in dict.fromkeys(g)} for g in groups]
+        bare = self.token_counts("")  # begin + end
+        sep = [n - b for n, b in zip(self.token_counts(separator), bare, strict=True)]
+        totals = Counter({tuple(b - s for b, s in zip(bare, sep, strict=True)): 1})  # no separator before the first
+        for group in counts:
+            parts = Counter(tuple(n - b + s for n, b, s in zip(c, bare, sep, strict=True)) for c in group.values())
+            joined: Counter[tuple[int, ...]] = Counter()
+            for total, ways in totals.items():
+                for part, more in parts.items():
+                    joined[tuple(a + b for a, b in zip(total, part, strict=True))] += ways * more
+            totals = joined
+        longest = separator.join(max(group, key=group.__getitem__) for group in counts)
+        return JoinedTruncation(sum(n for t, n in totals.items() if self._too_long(t)), sum(totals.values()), longest)
 
     def _pack(self, embeds: torch.Tensor, pooled: torch.Tensor | None) -> Conditioning:
         if not self.sdxl:

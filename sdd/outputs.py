@@ -135,6 +135,9 @@ def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
                                "numel": sum(p.numel() for p in distiller.teacher_params)},
         "loss": loss_summary(distiller.losses),
         "truncated_prompts": len(distiller.truncated_prompts),  # concept prompts cut to the token limit
+        # Prompts the teacher samples with (several concepts: every join of one prompt per concept) cut.
+        "truncated_sampling_prompts": distiller.sampling_truncation.cut,
+        "sampling_prompts": distiller.sampling_truncation.possible,
         "text_max_tokens": distiller.conditioner.max_tokens,
         "outputs": {"model": MODEL_DIR, "patch": PATCH_FILE, "loss": LOSS_FILE},
         "versions": _versions(),

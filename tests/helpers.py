@@ -1,7 +1,7 @@
 """Helpers shared by several test modules (fixtures shared by several are in ``conftest.py``).
 
 * running ``sdd`` as a subprocess: :func:`sdd_command`, :func:`sdd_env`;
-* tiny flow settings: :data:`TINY`, :data:`GATES_OFF`;
+* tiny flow settings: :data:`TINY`, :data:`GATES_OFF`; a small toy prompt set: :func:`toy_prompt_set`;
 * the real local stack (``stack`` fixture in ``conftest.py``) driven like the UI: :func:`api`,
   :func:`create_run`, :func:`wait_for_run`, :func:`runs_of`, :func:`artifact_text`, :func:`registry`.
 """
@@ -35,6 +35,14 @@ TINY = {"distill": {"steps": 2, "ddim_steps": 5, "batch_size": 2, "checkpoint_ev
         "redteam": {"num_inference_steps": 2, "transfer": {"per_prompt": 1},
                     "adversarial_tokens": {"steps": 2, "max_prompts": 2, "check_every": 1},
                     "concept_inversion": {"steps": 2, "images": 2, "batch_size": 2}}}
+
+
+def toy_prompt_set(n: int = 16):
+    """``n`` rows spread over the toy world's eval (concept ``red``) and benign prompts, one seed each."""
+    from sdd.prompts import concat, limit_rows, toy_benign_prompts, toy_eval_prompts
+
+    full = concat("toy-red", [toy_eval_prompts(["red"], 1), toy_benign_prompts(["red"], 1)])
+    return limit_rows(full, n)
 
 
 # Two steps cannot erase anything; with every gate off the verdict is "pass", so a candidate is set.

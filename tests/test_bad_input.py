@@ -419,26 +419,63 @@ def test_evaluate_rejects_a_broken_prompt_folder(tmp_path, index):
 # --- prompts longer than the text encoder's limit ---------------------------------------------------
 
 
-def test_long_prompts_are_warned_about_and_counted_in_the_manifest(tmp_path, caplog):
-    """The toy tokenizer keeps 24 tokens: a longer concept prompt is truncated, logged and recorded."""
-    import torch
+def erase_one_step(concepts, out: Path):
+    from sdd.distill import erase
 
-    from sdd.distill import Concept, erase
+    return erase("toy", concepts, out, DistillConfig(steps=1, batch_size=1, ddim_steps=2, checkpoint_every=1))
+
+
+def test_long_prompts_are_warned_about_and_counted_in_the_manifest(tmp_path, caplog, one_torch_thread):
+    """The toy tokenizer keeps 24 tokens: a longer concept prompt is truncated, logged and recorded."""
+    from sdd.distill import Concept
 
     long_prompt = "a red " + " ".join(["crimson scarlet red"] * 12) + " shape"
     concepts = [Concept("red", ["a red shape", long_prompt])]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with caplog.at_level(logging.WARNING, logger="sdd.distill"):
-            result = erase("toy", concepts, tmp_path / "out",
-                           DistillConfig(steps=1, batch_size=1, ddim_steps=2, checkpoint_every=1))
-    finally:
-        torch.set_num_threads(threads)
+    with caplog.at_level(logging.WARNING, logger="sdd.distill"):
+        result = erase_one_step(concepts, tmp_path / "out")
     manifest = json.loads(result.manifest.read_text())
     assert manifest["text_max_tokens"] == 24
     assert manifest["truncated_prompts"] == 1
-    assert any("truncated" in r.getMessage() and "24 tokens" in r.getMessage() for r in caplog.records)
+    # With one concept, the sampling prompts are its prompts: counted, but warned about once only.
+    assert (manifest["truncated_sampling_prompts"], manifest["sampling_prompts"]) == (1, 2)
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "sdd.distill" and "truncated" in r.getMessage()]
+    assert "24 tokens" in warning
+
+
+RED_LONG = "a " + "red " * 12 + "shape"  # 16 tokens (begin and end included) of the toy tokenizer's 24
+DISC_LONG = "a " + "disc " * 8 + "circle"  # 12 tokens; joined to RED_LONG with ", ": 26
+
+
+def test_composite_sampling_prompts_over_the_limit_are_warned_about_and_counted(tmp_path, caplog,
+                                                                                 one_torch_thread):
+    """Each concept prompt fits, but one of the four sampling prompts (one per concept, joined) does not."""
+    from sdd.distill import Concept
+
+    concepts = [Concept("red", ["a red shape", RED_LONG]), Concept("circle", ["a circle", DISC_LONG])]
+    with caplog.at_level(logging.WARNING, logger="sdd.distill"):
+        result = erase_one_step(concepts, tmp_path / "out")
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["truncated_prompts"] == 0
+    assert (manifest["truncated_sampling_prompts"], manifest["sampling_prompts"]) == (1, 4)
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "sdd.distill" and "truncated" in r.getMessage()]
+    assert "1 of 4 sampling prompt" in warning and "24 tokens" in warning and RED_LONG[:40] in warning
+
+
+def test_composite_prompts_are_counted_as_tokenizing_each_would():
+    """The count adds token counts up instead of tokenizing every join: it must agree with doing so."""
+    import itertools
+
+    from sdd.models import Conditioner, load_pipeline
+
+    conditioner = Conditioner(load_pipeline("toy", device="cpu"))
+    groups = [["a red shape", RED_LONG], ["a circle", DISC_LONG], ["a square", "a blue square", "a square"]]
+    joined = [", ".join(parts) for parts in itertools.product(*(dict.fromkeys(g) for g in groups))]
+    found = conditioner.truncated_joins(groups, ", ")
+    assert found.possible == len(joined) == 8
+    assert found.cut == len(conditioner.truncated(joined)) == 2
+    assert found.longest == f"{RED_LONG}, {DISC_LONG}, a blue square"
+    assert conditioner.truncated_joins(groups[:2], ", ") == (1, 4, f"{RED_LONG}, {DISC_LONG}")
+    assert conditioner.truncated_joins(groups[:1], ", ") == (0, 2, RED_LONG)
 
 
 def test_prompts_within_the_limit_are_not_counted(tmp_path):

@@ -1,9 +1,12 @@
-"""Faults with real processes: `sdd erase` killed with SIGKILL and resumed, and outputs that cannot be written.
+"""Faults with real processes: `sdd erase` and `sdd evaluate` killed with SIGKILL and resumed, and outputs
+that cannot be written.
 
-The kill test runs the CLI as a subprocess on the toy model with tiny settings, kills it at a
+The erase kill test runs the CLI as a subprocess on the toy model with tiny settings, kills it at a
 random moment after its first checkpoint, resumes it with ``--resume`` and checks that the final
 ``patch.safetensors`` is bit-for-bit the one an uninterrupted run writes (README: resuming is
-bit-identical on CPU). The write-failure tests make writes fail for real: an output path below a
+bit-identical on CPU). The evaluate kill test kills ``sdd evaluate`` once some images are in a
+generation index, reruns it, and checks that no finished image was drawn again and that the metrics
+are those of an uninterrupted evaluation. The write-failure tests make writes fail for real: an output path below a
 regular file (root ignores permission bits, so chmod is no test here) and a file-size limit
 (``RLIMIT_FSIZE``, as on a full disk: writes fail with EFBIG) in the middle of writing the model.
 """
@@ -23,12 +26,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import sdd_command, sdd_env
+from helpers import sdd_command, sdd_env, toy_prompt_set
 from typer.testing import CliRunner
 
 from sdd.cli import app
 from sdd.config import DistillConfig
 from sdd.distill import CHECKPOINT_DIR, PATCH_FILE, default_concepts, erase
+from sdd.generate import INDEX_FILE, read_index
+from sdd.layout import image_dirs
+from sdd.prompts import write_prompt_set
 
 REPO = Path(__file__).resolve().parents[1]
 # Self-attention training keeps the checkpoint (~1.9 MB) well below the model's UNet (~9.3 MB), so the
@@ -109,6 +115,85 @@ def test_kill_9_after_a_checkpoint_then_resume_is_bit_identical(tmp_path, params
     assert manifest["steps"] == TINY["steps"]
     assert (out / "loss.csv").read_text() == (reference / "loss.csv").read_text()
     assert not list(out.glob(".*.tmp")), "a temporary folder of an interrupted write was left behind"
+
+
+# 16 rows in batches of 4: 4 pipeline calls per model; the kill waits for 1 to 3 of them.
+EVAL_ROWS = 16
+EVAL_PARAMS = {"num_inference_steps": 5, "batch_size": 4, "grid_images": 2}
+
+
+def indexed_keys(folder: Path) -> list[str]:
+    """The keys of the index's complete lines, in order, duplicates kept (an image drawn twice is there twice)."""
+    path = folder / INDEX_FILE
+    lines = path.read_bytes().split(b"\n")[:-1] if path.is_file() else []  # [-1]: "" or a line being written
+    return [json.loads(line)["key"] for line in lines]
+
+
+def image_stamps(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """Inode, mtime and digest of each finished image: one drawn again is a new file (an atomic rename)."""
+    stamps = {}
+    for record in read_index(folder).values():
+        path = folder / record["file"]
+        stamps[record["file"]] = (path.stat().st_ino, path.stat().st_mtime_ns, digest(path))
+    return stamps
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_kill_9_of_evaluate_mid_generation_then_rerun_resumes_with_the_same_metrics(tmp_path, erased_toy):
+    seed = int(os.environ.get("SDD_FAULT_SEED", random.randrange(10**6)))
+    rng = random.Random(seed)
+    role = rng.choice(["base", "erased"])  # killed while drawing this model's images
+    at_least = rng.randrange(1, EVAL_ROWS // EVAL_PARAMS["batch_size"]) * EVAL_PARAMS["batch_size"]
+    prompts, params = tmp_path / "prompts.jsonl", tmp_path / "eval.yaml"
+    write_prompt_set(toy_prompt_set(EVAL_ROWS), prompts)
+    params.write_text(yaml.safe_dump(EVAL_PARAMS))
+    out, reference = tmp_path / "resumed", tmp_path / "uninterrupted"
+
+    def command(folder: Path) -> list[str]:
+        return sdd_command("evaluate", "--base", "toy", "--model", str(erased_toy), "--prompts", str(prompts),
+                           "--out", str(folder), "--params", str(params))
+
+    # The uninterrupted run goes alongside the one to kill: the kill waits on the index, not on the clock.
+    with open(tmp_path / "reference.log", "wb") as ref_log, open(tmp_path / "killed.log", "wb") as log:
+        uninterrupted = subprocess.Popen(command(reference), cwd=REPO, env=sdd_env(), stdout=ref_log,
+                                         stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command(out), cwd=REPO, env=sdd_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    folder = image_dirs(out)[role]
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+        while len(indexed_keys(folder)) < at_least and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert uninterrupted.wait(timeout=SUBPROCESS_TIMEOUT_S) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    finally:
+        for p in (proc, uninterrupted):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    context = f"seed {seed}, killed in {role} after {at_least} images: {(tmp_path / 'killed.log').read_text()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL, context
+    assert at_least <= len(indexed_keys(folder)) < EVAL_ROWS, context
+    assert not (out / "metrics.json").exists(), context
+    finished = {r: image_stamps(f) for r, f in image_dirs(out).items()}
+
+    rerun = subprocess.run(command(out), cwd=REPO, env=sdd_env(), capture_output=True, text=True,
+                           timeout=SUBPROCESS_TIMEOUT_S)
+    assert rerun.returncode == 0, f"{context}\n{rerun.stderr[-3000:]}"
+    for r, f in image_dirs(out).items():
+        after = image_stamps(f)
+        assert {k: after.get(k) for k in finished[r]} == finished[r], f"{context}: {r} images drawn again"
+        keys = indexed_keys(f)
+        assert len(keys) == len(set(keys)) == EVAL_ROWS, f"{context}: {r} index {len(keys)} lines"
+        assert {k: v[2] for k, v in after.items()} == \
+            {k: v[2] for k, v in image_stamps(image_dirs(reference)[r]).items()}, f"{context}: {r} images differ"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads((reference / "metrics.json").read_text()), context
+    assert metrics["concepts"]["red"]["n"] > 0 and metrics["quality"]["n"] > 0  # both kinds of rows drawn
+    assert (out / "judgements.jsonl").read_bytes() == (reference / "judgements.jsonl").read_bytes()
 
 
 def test_output_below_a_regular_file_is_one_line_error_before_any_work(tmp_path, params_file, monkeypatch):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import toy_prompt_set
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -412,13 +413,6 @@ def test_k8s_readme_commands_use_the_files_that_exist():
 # --- sharded evaluation -----------------------------------------------------------------------------
 
 
-def toy_prompt_set(n: int = 16):
-    from sdd.prompts import concat, limit_rows, toy_benign_prompts, toy_eval_prompts
-
-    full = concat("toy-red", [toy_eval_prompts(["red"], 1), toy_benign_prompts(["red"], 1)])
-    return limit_rows(full, n)
-
-
 def test_split_is_deterministic_balanced_and_keeps_identical_rows_together():
     from sdd.prompts import PromptRow, PromptSet
     from sdd.shards import ShardError, split
@@ -477,24 +471,6 @@ def test_merge_restores_row_order_and_rejects_incomplete_or_mixed_results():
         merge(ps, [results[0], other, results[2]])
     with pytest.raises(ShardError, match="another prompt set"):
         merge(toy_prompt_set(15), results)
-
-
-@pytest.fixture(scope="module")
-def erased_toy(tmp_path_factory) -> Path:
-    """The toy pipeline with seeded noise on its cross-attention keys and values: a stand-in erased model."""
-    import torch
-
-    from sdd.models import load_pipeline
-
-    pipe = load_pipeline("toy", device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in pipe.unet.named_parameters():
-            if ".attn2.to_k." in name or ".attn2.to_v." in name:
-                p.add_(0.5 * p.std() * torch.randn(p.shape, generator=g))
-    folder = tmp_path_factory.mktemp("erased") / "model"
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
