@@ -46,22 +46,6 @@ def toy_prompts(n: int, path: Path):
     return load_prompts(path)
 
 
-def erased_toy(folder: Path) -> Path:
-    """The toy pipeline with seeded noise on its cross-attention: a stand-in erased model."""
-    import torch
-
-    from sdd.models import load_pipeline
-
-    pipe = load_pipeline("toy", device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in pipe.unet.named_parameters():
-            if ".attn2.to_k." in name or ".attn2.to_v." in name:
-                p.add_(0.5 * p.std() * torch.randn(p.shape, generator=g))
-    pipe.save_pretrained(folder)
-    return folder
-
-
 @contextlib.contextmanager
 def prefect_api():
     if os.environ.get("PREFECT_API_URL"):
@@ -93,12 +77,13 @@ def main() -> None:
     from sdd.evaluate import evaluate
     from sdd.judges import build_judge
     from sdd.models import load_pipeline
+    from sdd.toy import save_standin_erased
 
     cfg = EvalConfig(num_inference_steps=args.steps, batch_size=8, grid_images=2)
     gates = GatesConfig()
     with tempfile.TemporaryDirectory() as tmp, prefect_api() as api:
         tmp = Path(tmp)
-        erased = erased_toy(tmp / "erased")
+        erased = save_standin_erased(tmp / "erased")
         ps = toy_prompts(args.rows, tmp / "prompts.jsonl")
         images = 2 * len(ps)
         print(f"# sharded evaluation on the toy world: {len(ps)} rows x 2 models = {images} images, "

@@ -32,17 +32,15 @@ class ProgressLog:
                  start: int | None = 0, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
         self.what, self.total, self.log, self.unit, self.every_s, self.clock = what, total, log, unit, every_s, clock
         self.start, self.started = start, clock()
-        self.last_logged: float | None = None
+        self.last_logged = self.started  # so a short stage logs once, at its end
 
     def __call__(self, done: int, note: str = "") -> None:
         now = self.clock()
         if self.start is None:
             self.start = done - 1
         finished = done >= self.total
-        if not finished and self.last_logged is not None and now - self.last_logged < self.every_s:
+        if not finished and now - self.last_logged < self.every_s:
             return
-        if not finished and self.last_logged is None and now - self.started < self.every_s:
-            return  # a short stage logs once, at its end
         self.last_logged = now
         self.log(self.line(done, now) + (f", {note}" if note else ""))
 

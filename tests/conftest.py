@@ -30,19 +30,9 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def erased_toy(tmp_path_factory) -> Path:
     """The toy pipeline with seeded noise on its cross-attention keys and values: a stand-in erased model."""
-    import torch
+    from sdd.toy import save_standin_erased
 
-    from sdd.models import load_pipeline
-
-    pipe = load_pipeline("toy", device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in pipe.unet.named_parameters():
-            if ".attn2.to_k." in name or ".attn2.to_v." in name:
-                p.add_(0.5 * p.std() * torch.randn(p.shape, generator=g))
-    folder = tmp_path_factory.mktemp("erased") / "model"
-    pipe.save_pretrained(folder)
-    return folder
+    return save_standin_erased(tmp_path_factory.mktemp("erased") / "model")
 
 
 @pytest.fixture(scope="module")
