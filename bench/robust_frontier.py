@@ -96,6 +96,13 @@ SETTINGS: dict[str, dict] = {
     "r1": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
            "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
                            "retention_weight": 1.0, "warm_start": False, "inversion_steps": 100}},
+    # The lr decays to 0 (cosine): the min-max game ends at a settled point, not wherever it stood.
+    "cos": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3, "lr_schedule": "cosine",
+            "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
+                            "retention_weight": 3.0, "warm_start": False, "inversion_steps": 100}},
+    "cos-lr4e-3": {"train_method": "xattn_out", "steps": 800, "lr": 4.0e-3, "lr_schedule": "cosine",
+                   "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
+                                   "retention_weight": 3.0, "warm_start": False, "inversion_steps": 100}},
     # Control: plain SDD exactly as params/distill.yaml (what make demo and the deployments run).
     "plain": {"steps": 320, "lr": 1.0e-3, "train_method": "xattn", "checkpoint_every": 20, "adversarial": None},
     "xattn-e100": {"adversarial": {"every": 100}},  # half the attacks: fits the 10-minute demo

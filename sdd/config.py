@@ -75,7 +75,11 @@ class DistillConfig(_Strict):
     """
 
     steps: int = Field(1500, ge=1, description="Optimizer steps (training samples at batch 1).")
-    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (constant schedule).")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (peak, with a schedule).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over `steps` (diffusers.optimization.get_scheduler); "
+                                "cosine/linear decay it to 0 by the last step.")
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the schedule.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")

@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -257,6 +258,8 @@ class Distiller:
 
         self.optimizer = torch.optim.AdamW(self.student_params, lr=config.lr, betas=config.betas,
                                            eps=config.eps, weight_decay=config.weight_decay)
+        self.lr_scheduler = get_scheduler(config.lr_schedule, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                          num_training_steps=config.steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.mixed_precision == "fp16")
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         self.scheduler.set_timesteps(config.ddim_steps, device=self.device)
@@ -428,6 +431,7 @@ class Distiller:
         torch.nn.utils.clip_grad_norm_(self.student_params, self.config.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.teacher_params, self.student_params, self.config.ema_decay)
         if pool is not None:
@@ -519,7 +523,8 @@ class Distiller:
         tensors["rng.torch"] = self.generator.get_state()
         tensors["loss"] = torch.tensor(self.losses, dtype=torch.float64)
         meta = {"step": self.step, **self.identity(), "python_rng": self.rng.getstate(),
-                "param_groups": optim["param_groups"], "grad_scaler": self.scaler.state_dict()}
+                "param_groups": optim["param_groups"], "grad_scaler": self.scaler.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict()}
         if self.pool is not None:
             tensors["pool.latents"] = self.pool.latents
             tensors["pool.ks"] = torch.tensor(self.pool.ks, dtype=torch.int64)
@@ -562,6 +567,8 @@ class Distiller:
                 state.setdefault(int(index), {})[name] = value
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         self.scaler.load_state_dict(meta["grad_scaler"])
+        if "lr_scheduler" in meta:  # checkpoints from before lr schedules were constant-lr
+            self.lr_scheduler.load_state_dict(meta["lr_scheduler"])
         version, internal, gauss = meta["python_rng"]
         self.set_rng_state((tensors["rng.torch"], (version, tuple(internal), gauss)))
         self.losses = tensors["loss"].tolist()

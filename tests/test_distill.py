@@ -339,6 +339,14 @@ def test_attention_choices_agree(sd1, attention):
     assert other.train_step() == pytest.approx(base.train_step(), rel=1e-4)
 
 
+def test_cosine_schedule_decays_the_lr_to_zero_by_the_last_step(tiny_dirs, tmp_path):
+    config = fast_config(steps=4, batch_size=1, checkpoint_every=4, lr=1e-3, lr_schedule="cosine")
+    erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "run", config)
+    state = json.loads((tmp_path / "run/checkpoint/state.json").read_text())
+    assert state["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert state["lr_scheduler"]["last_epoch"] == 4 and state["lr_scheduler"]["base_lrs"] == [1e-3]
+
+
 def test_bf16_frozen_weights_need_bf16_compute():
     with pytest.raises(ValueError, match="frozen_dtype"):
         DistillConfig(frozen_dtype="bf16", mixed_precision="no")
@@ -365,9 +373,10 @@ def _assert_same_run(a, b):
     assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
 
 
-@pytest.mark.parametrize("sampler", ["pool", "reference"])
-def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatch, sampler):
-    config = fast_config(steps=8, batch_size=2, checkpoint_every=3, sampler=sampler)
+@pytest.mark.parametrize(("sampler", "lr_schedule"), [("pool", "constant"), ("reference", "constant"),
+                                                      ("pool", "cosine")])
+def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatch, sampler, lr_schedule):
+    config = fast_config(steps=8, batch_size=2, checkpoint_every=3, sampler=sampler, lr_schedule=lr_schedule)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", config)
 
     # Interrupt in the middle of step 5, after its random draws and its teacher sampling.
