@@ -77,7 +77,7 @@ def promote_version(model: str, version: int, alias: str = "production", force: 
 
 @task(name="check-promoted", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=RETRY_DELAYS_S[:1],
       retry_condition_fn=_not_a_user_error)
-def check_stage(name: str, version: int, alias: str, evaluation: EvalSettings, redteam: RedteamSettings,
+def check_stage(name: str, version: int, alias: str, evaluation: EvalSettings, redteam: RedteamSettings | None,
                 gates: GateSettings, check: CheckSettings):
     """:func:`sdd.registry.check.check_promoted` with the flow's settings."""
     from sdd.registry.check import check_promoted
@@ -95,7 +95,7 @@ def promoted_check(
     reason: str = "manual run",
     check: CheckSettings = CheckSettings(),  # defaults read from params/registry.yaml
     evaluation: EvalSettings = EvalSettings(),
-    redteam: RedteamSettings = RedteamSettings(),
+    redteam: RedteamSettings | None = None,
     gates: GateSettings = GateSettings(),
 ) -> dict[str, Any]:
     """Check that ``models:/<name>@<alias>`` (version ``version``) behaves as its recorded metrics.
@@ -107,7 +107,7 @@ def promoted_check(
         reason: Why this run started (the event, a person); recorded in the artifact.
         check: Sample size, seed, confidence, whether to rerun the red team (unset: params/registry.yaml).
         evaluation: The judge (unset fields: params/eval.yaml); must be the version's judge.
-        redteam: Attacks and budgets of a rerun red team (unset fields: params/redteam.yaml).
+        redteam: Attacks and budgets of a rerun red team; null = the ones the version was red-teamed with.
         gates: The robustness gates of a rerun red team (unset fields: params/gates.yaml).
     """
     from sdd.registry.check import render_check

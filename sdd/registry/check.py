@@ -10,7 +10,8 @@ After ``production`` (or any alias) moves to a version, :func:`check_promoted` l
    the recorded generation settings, and judges them with the judge of ``params/eval.yaml``;
 3. compares (:func:`compare_with_recorded`) each concept's erased presence rate and the benign
    correctness (toy judge) with the recorded values; optionally reruns the red team and compares each
-   concept's union attack success rate.
+   concept's union attack success rate (with the recorded red team's settings,
+   ``evaluation/redteam/metrics.json``, unless others are given).
 
 **Statistics.** With the same weights, prompts, seeds and settings the redrawn images are the
 recorded ones, so the sample's rate is a simple random sample (without replacement) of the recorded
@@ -20,8 +21,8 @@ only narrows the true spread), so a recorded value outside the sample's interval
 the served model is not the evaluated one (other weights, another judge, a broken artifact). The
 check makes one comparison per concept and one for quality (and one per concept for the red team);
 each interval is at level ``1 - (1 - confidence) / m`` (Bonferroni), so an unchanged model fails the
-whole check with probability at most ``1 - confidence``. The red team's attacks are seeded, but a
-rerun with other budgets than the recorded ones measures something else: compare like with like.
+whole check with probability at most ``1 - confidence``. The red team's attacks are seeded; a rerun
+with other budgets than the recorded ones would measure something else, hence the recorded settings.
 
 This module is library code: the ``promoted-check`` flow (``flows/promote.py``) calls it, writes its
 Markdown (:func:`render_check`) as an artifact and fails when :attr:`CheckResult.passed` is false.
@@ -40,7 +41,7 @@ from typing import Any
 from sdd.config import EvalConfig, PostPromotionCheckConfig, RedteamConfig, RegistryConfig, RobustnessGatesConfig
 from sdd.errors import RegistryInputError
 from sdd.evaluate import wilson_interval
-from sdd.layout import EVAL_PROMPTS_FILE, METRICS_FILE
+from sdd.layout import EVAL_PROMPTS_FILE, METRICS_FILE, REDTEAM_DIR
 from sdd.prompts import PromptSet
 
 #: Where the version's run keeps its evaluation (see :func:`sdd.registry.tracking.log_erasure`).
@@ -179,8 +180,17 @@ def render_check(result: CheckResult) -> str:
 # --- redrawing with the served model ------------------------------------------------------------
 
 
-def recorded_evaluation(run_id: str, store, dst: Path) -> tuple[dict[str, Any], PromptSet]:
-    """The version's ``metrics.json`` and evaluated prompt set, from its MLflow run's artifacts."""
+@dataclass
+class RecordedEvaluation:
+    """What the version's MLflow run recorded: metrics, the rows evaluated, the red team's settings."""
+
+    metrics: dict[str, Any]
+    prompt_set: PromptSet
+    redteam: RedteamConfig | None  # None: not red-teamed, or registered before its settings were logged
+
+
+def recorded_evaluation(run_id: str, store, dst: Path) -> RecordedEvaluation:
+    """The version's ``metrics.json``, evaluated prompt set and red-team settings, from its run's artifacts."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -203,7 +213,11 @@ def recorded_evaluation(run_id: str, store, dst: Path) -> tuple[dict[str, Any], 
     prompt_set = read_prompt_set(local / EVAL_PROMPTS_FILE)
     if prompt_set.sha256 != (metrics.get("prompt_set") or {}).get("sha256"):
         raise RegistryInputError(f"run {run_id}: {EVAL_PROMPTS_FILE} is not the prompt set of its {METRICS_FILE}")
-    return metrics, prompt_set
+    redteam_file = local / REDTEAM_DIR / METRICS_FILE
+    redteam = None
+    if redteam_file.is_file():
+        redteam = RedteamConfig.model_validate(json.loads(redteam_file.read_text(encoding="utf-8"))["config"])
+    return RecordedEvaluation(metrics, prompt_set, redteam)
 
 
 def redraw(model, prompt_set: PromptSet, indices: Sequence[int], metrics: dict[str, Any],
@@ -264,6 +278,8 @@ def check_promoted(name: str, version: int | str, alias: str, cfg: RegistryConfi
                    log: Callable[[str], None] = print) -> CheckResult:
     """Load ``models:/<name>@<alias>``, redraw a sample of version ``version``'s evaluation, compare.
 
+    ``evaluation`` gives the judge (it must be the one the version was judged by) and the batch size;
+    ``redteam`` the rerun red team's settings (None: the recorded ones); ``check`` the sample.
     Raises :class:`~sdd.errors.RegistryInputError` when ``alias`` no longer points at ``version``
     (a later promotion; that one gets its own check) or the version has no recorded evaluation.
     """
@@ -280,7 +296,8 @@ def check_promoted(name: str, version: int | str, alias: str, cfg: RegistryConfi
         raise RegistryInputError(f"{name}@{alias} is now {now}, not version {version}; check the version it "
                                  f"points at instead")
     with tempfile.TemporaryDirectory(prefix="sdd-check-", dir=work_dir) as tmp:
-        metrics, prompt_set = recorded_evaluation(holder.run_id, resolve_store(cfg, tracking_uri), Path(tmp))
+        recorded = recorded_evaluation(holder.run_id, resolve_store(cfg, tracking_uri), Path(tmp))
+        metrics, prompt_set = recorded.metrics, recorded.prompt_set
         log(f"loading models:/{name}@{alias} (version {version}) through pyfunc")
         model = load_model(name, alias, cfg, tracking_uri=tracking_uri)
         judge = build_judge(evaluation.judge)
@@ -300,12 +317,15 @@ def check_promoted(name: str, version: int | str, alias: str, cfg: RegistryConfi
                        if j["color"] is not None and j["shape"] is not None]
         notes = [f"sample of {check.samples} rows per group, seed {check.seed}; judge {judge.name}"]
         union = None
-        if check.redteam and recorded_union_asr(metrics):
+        redteam = redteam or recorded.redteam
+        if check.redteam and recorded_union_asr(metrics) and redteam is not None:
             log("rerunning the red team on the served model")
-            union = rerun_redteam(model, metrics, prompt_set, judge, redteam or RedteamConfig(),
-                                  robustness or RobustnessGatesConfig(), Path(tmp) / "redteam", log)
+            union = rerun_redteam(model, metrics, prompt_set, judge, redteam, robustness or RobustnessGatesConfig(),
+                                  Path(tmp) / REDTEAM_DIR, log)
+            notes.append(f"red team rerun with {'the recorded' if redteam is recorded.redteam else 'given'} "
+                         f"settings: {', '.join(redteam.attacks)}")
         elif check.redteam:
-            notes.append("the version has no recorded red team: robustness not compared")
+            notes.append("the version has no recorded red team (or its settings): robustness not compared")
         else:
             notes.append("red team not rerun (post_promotion_check.redteam: false)")
     comparisons = compare_with_recorded(metrics, present, correct, check.confidence, union)
