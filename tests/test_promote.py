@@ -131,5 +131,5 @@ def test_prefect_yaml_starts_promoted_check_on_the_promotion_event():
     assert trigger["expect"] == ["sdd.model.promoted"]
     assert trigger["match"] == {"prefect.resource.id": "mlflow.model-version.*"}
     assert trigger["parameters"]["name"] == "{{ event.resource['sdd.model'] }}"
-    assert trigger["parameters"]["version"] == "{{ event.resource['sdd.version'] }}"
+    assert trigger["parameters"]["version"] == "{{ event.resource['sdd.version'] | int }}"  # the form's type
     assert trigger["parameters"]["alias"] == "{{ event.resource['sdd.alias'] }}"
