@@ -102,6 +102,13 @@ assert event is not None, "events disabled"
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def automation_failures(stack, automation: str) -> list[str]:
+    """Why ``automation``'s actions failed (``prefect.automation.action.failed`` events), if they did."""
+    events = api(stack, "POST", "/events/filter",
+                 {"filter": {"event": {"name": ["prefect.automation.action.failed"]}}, "limit": 50})["events"]
+    return [e["payload"].get("reason", "") for e in events if e["resource"].get("prefect.resource.name") == automation]
+
+
 def test_promoted_check_runs_on_the_promotion_event_and_passes_on_the_demo_model(stack):
     runs_dir = str(stack["root"] / "runs")
     tiny = {**TINY, "gates": GATES_OFF, "runs_dir": runs_dir}
@@ -126,6 +133,7 @@ def test_promoted_check_runs_on_the_promotion_event_and_passes_on_the_demo_model
     while not triggered and time.monotonic() < deadline:
         triggered = [r for r in runs_of(stack, "promoted-check/promoted-check")
                      if r["parameters"].get("reason", "").startswith(f"event {PROMOTED}")]
+        assert not (failed := automation_failures(stack, "promoted-check-on-model-promoted")), failed
         time.sleep(2)
     assert triggered, "the event trigger started no promoted-check run"
     parameters = triggered[0]["parameters"]
