@@ -5,6 +5,8 @@
 * :mod:`flows.erase` -- ``erase-concepts``: prompt sets -> distill -> evaluate -> gates -> register,
   and ``distill``, the GPU stage on its own, so it can run on another work pool.
 * :mod:`flows.reerase` -- ``re-erase``: re-erase when ``params/concepts.yaml``'s active set changes.
+* :mod:`flows.promote` -- ``promote`` (the rule of ``sdd promote`` as a UI form) and ``promoted-check``
+  (started by the ``sdd.model.promoted`` event: redraw a sample of the promoted version's evaluation).
 * :mod:`flows.events` -- the ``sdd.concepts.updated`` event, and ``sdd concepts publish`` that emits it
   (it joins the ``sdd`` command line through the ``sdd.cli`` entry point group).
 * :mod:`flows.params` -- flow parameters whose defaults come from ``params/*.yaml``.

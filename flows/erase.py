@@ -71,6 +71,7 @@ from sdd.config import (
 )
 from sdd.errors import is_user_error
 from sdd.layout import (
+    EVAL_PROMPTS_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     MODEL_DIR,
@@ -386,6 +387,19 @@ def redteam_stage(plan: ErasurePlan) -> dict[str, Any]:
 LINEAGE_KEYS = ("git_commit", "git_dirty", "dvc_rev", "dvc_concepts", "dvc_prompts")
 
 
+def write_evaluated_prompts(plan: ErasurePlan) -> None:
+    """``<eval>/prompts.jsonl``: the rows the evaluation drew, logged with the run for ``promoted-check``."""
+    from sdd.prompts import load_prompts, write_prompt_set
+
+    target = plan.eval_dir / EVAL_PROMPTS_FILE
+    if target.is_file():
+        return
+    prompt_set = limit_rows(load_prompts(plan.prompts_dir), plan.prompts.max_eval_prompts)
+    if prompt_set.sha256 != read_metrics(plan.eval_dir)["prompt_set"]["sha256"]:
+        raise RuntimeError(f"{plan.prompts_dir} changed since {plan.eval_dir} was evaluated; delete the run folder")
+    write_prompt_set(prompt_set, target)
+
+
 @task(name="register", cache_key_fn=_cache_key(lambda p: p.eval_dir), retry_condition_fn=_not_a_user_error,
       **_STAGE)
 def register_stage(plan: ErasurePlan) -> dict[str, Any]:
@@ -396,6 +410,7 @@ def register_stage(plan: ErasurePlan) -> dict[str, Any]:
     record_file = plan.eval_dir / REGISTRATION_FILE
     if record_file.is_file():  # registered before the task's result was persisted: no duplicate version
         return json.loads(record_file.read_text())
+    write_evaluated_prompts(plan)
     reg = register(plan.erasure_dir, plan.eval_dir, load_registry_config())
     lineage = {**git_info(), **dvc_info()}  # the same values the model version is tagged with
     record = {"run_id": reg.run_id, "model_uri": reg.model_uri, "name": reg.name, "version": reg.version,

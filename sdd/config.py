@@ -376,6 +376,18 @@ def load_gates_config(path: Path = PARAMS_DIR / "gates.yaml",
 LOCAL_STORE_DIR = Path(".sdd")
 
 
+class PostPromotionCheckConfig(_Strict):
+    """The check run after a promotion (``promoted-check``, :mod:`sdd.registry.check`)."""
+
+    samples: int = Field(16, ge=1, le=10000, description="Evaluation rows redrawn per concept and of the "
+                                                         "benign prompts (a seeded sample).")
+    seed: int = Field(0, ge=0, description="Seed of the sample of rows (not of the images: rows keep theirs).")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence of the whole check (its intervals "
+                                                            "are Bonferroni-adjusted).")
+    redteam: bool = Field(True, description="Rerun the red team (params/redteam.yaml) and compare its union "
+                                            "attack success (minutes on CPU).")
+
+
 class RegistryConfig(_Strict):
     """Where erasure runs are tracked and erased models registered (``sdd register`` / ``promote``).
 
@@ -395,6 +407,8 @@ class RegistryConfig(_Strict):
     artifact_location: str | None = Field(
         None, description="Artifact root for a new experiment; None = the server's (proxied) store, or "
                           ".sdd/artifacts next to a local SQLite store.")
+    post_promotion_check: PostPromotionCheckConfig = Field(
+        default_factory=PostPromotionCheckConfig, description="What `promoted-check` redraws and compares.")
 
     def default_tracking_uri(self, project: Path | None = None) -> str:
         """``sqlite:///<project>/.sdd/mlflow.db`` (project = the working directory by default)."""

@@ -15,6 +15,8 @@ An **evaluation folder** (``sdd evaluate --out``, written by :mod:`sdd.evaluate`
     images/base/  images/erased/      generated images (base: shareable with --base-images)
     shards.json                       sharded runs only (:mod:`sdd.shards`)
     registration.json                 the flow's registry record (:mod:`flows.erase`)
+    prompts.jsonl                     the rows evaluated (:mod:`flows.erase`), logged with the MLflow
+                                      run so ``promoted-check`` can redraw them (:mod:`sdd.registry.check`)
     redteam/                          ``sdd redteam --eval``: metrics.json, report.md, grids
                                       (:mod:`sdd.redteam`); its robustness gates are folded into
                                       the evaluation's metrics.json and verdict
@@ -54,6 +56,8 @@ GRIDS_DIR = "grids"
 IMAGES_DIR = "images"
 SHARDS_FILE = "shards.json"
 REGISTRATION_FILE = "registration.json"
+#: The prompt set the evaluation drew (the flow writes it before registering; logged with the run).
+EVAL_PROMPTS_FILE = "prompts.jsonl"
 REDTEAM_DIR = "redteam"
 ROLES = ("base", "erased")
 BENIGN_STEM = "benign"  # grids/benign.png: the benign prompts' grid

@@ -215,6 +215,68 @@ result = {{"registration": out["registration"], "stages": out["stages"]}}
     assert sum("another run of this erasure holds" in log for log in logs) == 1  # the later one waited
 
 
+# --- promote and promoted-check (issue 19) --------------------------------------------------------
+
+
+def test_promote_flow_refuses_a_failed_version_like_sdd_promote(world):
+    from typer.testing import CliRunner
+
+    from flows.promote import promote_version
+    from sdd.cli import app
+    from sdd.errors import PromotionRefused
+    from sdd.registry import promote
+
+    failed = erase(world, ["red"], gates={**GATES_OFF, "max_erased_rate": 0.0})  # two steps erase nothing
+    version = failed["registration"]["version"]
+    assert failed["registration"]["gates"] == "failed"
+    refusals = []
+    for kwargs in ({}, {"force": True, "reason": "  "}):
+        state = promote_version(model="sdd-erased", version=version, alias="staging", return_state=True, **kwargs)
+        assert state.is_failed()
+        with pytest.raises(PromotionRefused) as from_flow:
+            state.result()
+        with pytest.raises(PromotionRefused) as from_library:
+            promote("sdd-erased", version, "staging", **kwargs)
+        assert str(from_flow.value) == str(from_library.value)
+        refusals.append(str(from_flow.value))
+    cli = CliRunner().invoke(app, ["promote", "sdd-erased", str(version), "--alias", "staging"])
+    assert cli.exit_code == 2 and cli.output == f"error: {refusals[0]}\n"
+
+    done = promote_version(model="sdd-erased", version=version, alias="staging", force=True,
+                           reason="accepted for the demo")
+    assert done["forced"] and model_version_tags(version)["force_reason"] == "accepted for the demo"
+    assert "[forced: accepted for the demo]" in artifact("promotion").data
+
+
+def test_promoted_check_passes_on_the_promoted_toy_and_names_a_mismatch(world, monkeypatch):
+    import sdd.registry.check
+    from flows.promote import PostPromotionCheckFailed, promoted_check
+    from sdd.registry import promote
+
+    version = erase(world, ["red"])["registration"]["version"]  # cached when the first test ran
+    promote("sdd-erased", version, "checked")  # an alias of its own: production is the re-erase test's
+    passed = promoted_check(name="sdd-erased", version=version, alias="checked", check={"samples": 4})
+    assert passed["passed"] and any("red-team union" in c for c in passed["comparisons"])
+    report = artifact("promoted-check").data
+    assert "**PASS**" in report and "red: erased presence rate" in report
+
+    recorded = sdd.registry.check.recorded_evaluation
+
+    def tampered(*args, **kwargs):  # as if the served weights were not the evaluated ones
+        found = recorded(*args, **kwargs)
+        red = found.metrics["concepts"]["red"]["erased"]
+        red["rate"] = 0.0 if red["rate"] > 0.5 else 1.0
+        return found
+
+    monkeypatch.setattr(sdd.registry.check, "recorded_evaluation", tampered)
+    state = promoted_check(name="sdd-erased", version=version, alias="checked", check={"samples": 4,
+                           "redteam": False}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PostPromotionCheckFailed, match="does not match its recorded evaluation: red: erased"):
+        state.result()
+    assert "**mismatch**" in artifact("promoted-check").data
+
+
 # --- the local stack's process handling (no servers) ---------------------------------------------
 
 

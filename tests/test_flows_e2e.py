@@ -1,12 +1,14 @@
 """End to end: the real stack (Prefect server, MLflow server, cpu + gpu workers) on free ports.
 
 Runs are started the way the UI starts them -- ``POST /api/deployments/{id}/create_flow_run`` --
-and the event trigger is exercised with ``sdd concepts publish``. Everything (databases, task
+and the event triggers are exercised with ``sdd concepts publish`` and by emitting
+``sdd.model.promoted`` (which starts ``promoted-check``). Everything (databases, task
 results, run folders) lives in a temporary folder; the stack is always torn down.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +16,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import GATES_OFF, TINY, artifact_text, registry, runs_of, start_run, wait_for_run
+from helpers import (
+    GATES_OFF,
+    TINY,
+    api,
+    artifact_text,
+    deployment_id,
+    registry,
+    runs_of,
+    start_run,
+    wait_for_run,
+)
 
 from sdd.concepts import concept_set_hash
 
@@ -69,3 +81,66 @@ def test_stack_runs_erasure_and_reerasure_like_the_ui(stack):
     versions, aliases = registry(stack)
     assert sorted(versions) == [1, 2] and aliases == {"production": "1", "candidate": "2"}
     assert versions[2].tags["concepts"] == "triangle"
+
+
+PROMOTED = "sdd.model.promoted"
+
+
+def emit_promoted(stack, name: str, version: int, alias: str) -> None:
+    """Emit ``sdd.model.promoted`` as the guard's webhook receiver does, from a short-lived process."""
+    code = f"""
+from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
+event = emit_event({PROMOTED!r}, resource={{"prefect.resource.id": "mlflow.model-version.{name}.{version}",
+                                           "sdd.model": {name!r}, "sdd.version": "{version}",
+                                           "sdd.alias": {alias!r}}})
+EventsWorker.drain_all(timeout=30)
+assert event is not None, "events disabled"
+"""
+    env = {**os.environ, "PREFECT_API_URL": stack["prefect_api"]}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def automation_failures(stack, automation: str) -> list[str]:
+    """Why ``automation``'s actions failed (``prefect.automation.action.failed`` events), if they did."""
+    events = api(stack, "POST", "/events/filter",
+                 {"filter": {"event": {"name": ["prefect.automation.action.failed"]}}, "limit": 50})["events"]
+    return [e["payload"].get("reason", "") for e in events if e["resource"].get("prefect.resource.name") == automation]
+
+
+def test_promoted_check_runs_on_the_promotion_event_and_passes_on_the_demo_model(stack):
+    runs_dir = str(stack["root"] / "runs")
+    tiny = {**TINY, "gates": GATES_OFF, "runs_dir": runs_dir}
+    # the demo model: every stage cached when the test above ran, else erased now
+    erased = start_run(stack, "erase-concepts/erase-concepts", {"concepts": ["red"], **tiny})
+    assert erased["state_type"] == "COMPLETED", erased["state"]
+    version = registry(stack)[1]["candidate"]
+
+    # an allowed promotion, from the `promote` deployment's form (what the Prefect UI sends)
+    promoted = start_run(stack, "promote/promote", {"model": "sdd-erased", "version": int(version),
+                                                    "alias": "production"})
+    assert promoted["state_type"] == "COMPLETED", promoted["state"]
+    assert registry(stack)[1]["production"] == version
+
+    # the test's settings: a small sample and no red-team rerun (its own test covers it, in test_flows.py)
+    check_id = deployment_id(stack, "promoted-check/promoted-check")
+    api(stack, "PATCH", f"/deployments/{check_id}", {"parameters": {"check": {"samples": 4, "redteam": False}}})
+
+    emit_promoted(stack, "sdd-erased", int(version), "production")
+    deadline = time.monotonic() + 300
+    triggered = []
+    while not triggered and time.monotonic() < deadline:
+        triggered = [r for r in runs_of(stack, "promoted-check/promoted-check")
+                     if r["parameters"].get("reason", "").startswith(f"event {PROMOTED}")]
+        assert not (failed := automation_failures(stack, "promoted-check-on-model-promoted")), failed
+        time.sleep(2)
+    assert triggered, "the event trigger started no promoted-check run"
+    parameters = triggered[0]["parameters"]
+    assert (parameters["name"], str(parameters["version"]), parameters["alias"]) == \
+        ("sdd-erased", str(version), "production")
+    check = wait_for_run(stack, triggered[0]["id"])
+    assert check["state_type"] == "COMPLETED", check["state"]
+    report = artifact_text(stack, check["id"], "promoted-check")
+    assert f"sdd-erased@production (version {version}): **PASS**" in report
+    assert "red: erased presence rate" in report and "benign correctness" in report

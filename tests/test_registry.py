@@ -218,6 +218,11 @@ def test_register_with_passed_gates_sets_candidate_alias(run_pass, cfg, client, 
     assert mv.tags["gates"] == "passed" and mv.tags["gate_verdict"] == "pass"
     assert mv.tags["git_commit"] and mv.tags["dvc_lock"]
     assert client.get_run(run_pass.run_id).data.tags["registered_model"] == f"{model_name}/1"
+    description = mv.description  # the verdict people read in the MLflow UI
+    assert description.startswith("**Erases** red, triangle from `") and "**Gates**: **PASS**" in description
+    assert "| red | 80.0 % | 0.0 % (0/10) | 100.0 % |" in description
+    assert "correctness drop 0.0 points" in description and "not red-teamed" in description
+    assert f"Run folder: `{erased_dir.resolve().parent}`" in description
 
 
 def test_register_with_failed_gates_has_no_alias(run_fail, cfg, client, model_name):
@@ -227,6 +232,8 @@ def test_register_with_failed_gates_has_no_alias(run_fail, cfg, client, model_na
     assert mv.tags["gates"] == "failed" and mv.tags["gate_verdict"] == "fail"
     assert "red: erased presence rate" in mv.tags["gates_failed"]
     assert mv.aliases == []
+    assert "**Gates**: **FAIL**" in mv.description
+    assert "\n- failed: red: erased presence rate 0.6 > max 0.05\n" in mv.description
 
 
 def test_no_evaluation_counts_as_failed_gates(erased_dir, cfg, model_name):

@@ -10,7 +10,9 @@ This package is the only part of ``sdd`` that imports MLflow. Its modules, each 
   base64 PNGs out;
 * :mod:`sdd.registry.registration` -- 2. **register** (:func:`register`: track + register,
   idempotent, alias ``candidate`` only when every gate passed);
-* :mod:`sdd.registry.promotion` -- 3. **promote** (:func:`promote`), list, :func:`load_model`.
+* :mod:`sdd.registry.promotion` -- 3. **promote** (:func:`promote`), list, :func:`load_model`;
+* :mod:`sdd.registry.check` -- 4. **check** after a promotion (:func:`~sdd.registry.check.check_promoted`:
+  redraw a sample of the evaluation with ``models:/<name>@<alias>``, compare; imported on demand).
 
 Provenance (git, DVC, scrubbing secrets) is :mod:`sdd.provenance`, importable without MLflow; the
 folder layout is :mod:`sdd.layout`; the errors are :mod:`sdd.errors`.
@@ -72,6 +74,7 @@ from sdd.registry.registration import (
     register,
     register_erasure,
     registration_key,
+    version_description,
 )
 from sdd.registry.store import Store, client_for, mlflow_at, resolve_store
 from sdd.registry.tracking import ErasureRun, erasure_params, evaluation_metrics, log_erasure, provenance_tags
@@ -87,5 +90,5 @@ __all__ = [
     "evaluation_metrics", "find_registration", "git_info", "list_models", "list_versions", "load_model",
     "log_erasure", "mlflow_at", "model_signature", "pip_requirements", "promote", "provenance_tags",
     "read_erasure", "read_evaluation", "read_gates", "register", "register_erasure", "registration_key",
-    "resolve_store", "scrub",
+    "resolve_store", "scrub", "version_description",
 ]

@@ -8,22 +8,35 @@ failed; every other version is registered for the record with ``gates=failed`` a
 existing version when the same erasure and evaluation are registered again. **Races**: on a local
 SQLite store concurrent registrations queue on a file lock next to the database; against a
 tracking server, racing duplicates each create a version, see the lowest-numbered version with
-their key and all but its creator delete theirs -- one version per key either way.
+their key and all but its creator delete theirs -- one version per key either way. **Description**:
+each new version's MLflow description is a short Markdown verdict (:func:`version_description`),
+built from the evaluation as registered -- the flows register after the red team is folded in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sdd.config import RegistryConfig
 from sdd.layout import METRICS_FILE, PATCH_FILE
-from sdd.registry.inputs import GATES_PASSED, Erasure, Evaluation, GateSummary, read_erasure, read_evaluation
+from sdd.provenance import scrub
+from sdd.registry.inputs import (
+    GATES_PASSED,
+    Erasure,
+    Evaluation,
+    GateSummary,
+    read_erasure,
+    read_evaluation,
+    read_gates,
+)
 from sdd.registry.store import client_for, mlflow_at, resolve_store, store_lock
 from sdd.registry.tracking import ErasureRun, log_erasure, provenance_tags
 
@@ -65,6 +78,72 @@ def registration_key(erasure: Erasure, evaluation: Evaluation | None) -> str:
              "patch_sha256": _file_sha256(erasure.out_dir / PATCH_FILE),
              "metrics_sha256": _file_sha256(evaluation.eval_dir / METRICS_FILE) if evaluation else "none"}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _description_rates(metrics: dict[str, Any]) -> list[str]:
+    lines = ["| concept | base | erased | reduction |", "|---|---:|---:|---:|"]
+    for concept, m in (metrics.get("concepts") or {}).items():
+        erased = m["erased"]
+        lines.append(f"| {concept} | {_pct(m['base']['rate'])} | {_pct(erased['rate'])} "
+                     f"({erased['count']}/{erased['n']}) | {_pct(m.get('relative_reduction'))} |")
+    return lines
+
+
+def _description_quality(metrics: dict[str, Any]) -> str:
+    quality = metrics.get("quality") or {}
+    parts = []
+    drop = (quality.get("correctness") or {}).get("drop_points")
+    if drop is not None:
+        parts.append(f"correctness drop {drop:.1f} points")
+    if quality.get("fid") is not None:
+        parts.append(f"FID {quality['fid']:.3g} ({quality.get('fid_features')})")
+    clip = (quality.get("clip_score") or {}).get("relative_drop")
+    if clip is not None:
+        parts.append(f"CLIP-score drop {_pct(clip)}")
+    return "; ".join(parts) or "not measured"
+
+
+def _description_robustness(metrics: dict[str, Any]) -> str:
+    redteam = metrics.get("redteam") or {}
+    concepts = redteam.get("concepts") or {}
+    if not concepts:
+        return "not red-teamed"
+    rates = ", ".join(f"{c} {_pct(m['union']['rate'])} of {m['effective_prompts']} prompts"
+                      for c, m in concepts.items())
+    return f"{redteam.get('verdict', 'none')}; union attack success {rates} ({', '.join(redteam.get('attacks', []))})"
+
+
+def version_description(concepts: Sequence[str], base_model: str, metrics: dict[str, Any] | None,
+                        run_folder: Path | str | None = None) -> str:
+    """The Markdown shown on a model version in the MLflow UI: what it erases, how well, the verdicts.
+
+    Short by design (the full report is the run's ``evaluation/report.md``): concepts, base and
+    erased presence rates, the quality drop, the red team's robustness, every failed gate, the folder.
+    """
+    head = f"**Erases** {', '.join(concepts) or '(none)'} from `{base_model}`."
+    if not metrics:
+        return f"{head}\n\n**Gates**: not evaluated (no candidate alias)."
+    gates = read_gates(metrics)
+    verdict = "**PASS**" if gates.passed else "**FAIL**"
+    lines = [head, "", *_description_rates(metrics), "",
+             f"**Quality** (benign prompts): {_description_quality(metrics)}.",
+             f"**Robustness** (red team): {_description_robustness(metrics)}.",
+             f"**Gates**: {verdict}" + (f" ({len(gates.unmeasured)} unmeasured)" if gates.unmeasured else "")]
+    lines += [f"- failed: {reason}" for reason in gates.failed]
+    if run_folder is not None:
+        lines += ["", f"Run folder: `{run_folder}`"]
+    return "\n".join(lines)
+
+
+def _describe(run: ErasureRun) -> str:
+    m = run.erasure.manifest
+    metrics = run.evaluation.metrics if run.evaluation else None
+    return version_description(run.erasure.concepts, (m.get("base_model") or {}).get("model") or "unknown",
+                               metrics, run.erasure.out_dir.resolve().parent)
 
 
 def _versions_with_key(client: MlflowClient, name: str, key: str) -> list:
@@ -135,6 +214,7 @@ def register_erasure(run: ErasureRun, cfg: RegistryConfig | None = None, *, name
             client.set_tag(run.run_id, "duplicate_of", f"{name}/{first.version}")
             return _reused(first, name, cfg)
         _link_logged_model(client, run.model_id, name, version)
+        client.update_model_version(name, str(version), description=scrub(_describe(run), limit=5000))
         alias = None
         if gates.passed:
             client.set_registered_model_alias(name, cfg.candidate_alias, str(version))

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 import sdd
 from sdd.config import RegistryConfig
 from sdd.errors import ArtifactUploadError
-from sdd.layout import GRIDS_DIR, LOSS_FILE, MANIFEST_FILE, METRICS_FILE, REPORT_FILE
+from sdd.layout import EVAL_PROMPTS_FILE, GRIDS_DIR, LOSS_FILE, MANIFEST_FILE, METRICS_FILE, REDTEAM_DIR, REPORT_FILE
 from sdd.provenance import dvc_info, git_info, scrub
 from sdd.registry.inputs import Erasure, Evaluation, GateSummary, read_erasure, read_evaluation, read_gates
 from sdd.registry.pyfunc import log_pyfunc
@@ -171,9 +171,12 @@ def _log_artifacts(erasure: Erasure, evaluation: Evaluation | None) -> None:
         mlflow.log_artifact(str(erasure.out_dir / name), "erasure")
     if evaluation is None:
         return
-    for name in (REPORT_FILE, METRICS_FILE):
+    for name in (REPORT_FILE, METRICS_FILE, EVAL_PROMPTS_FILE):
         if (evaluation.eval_dir / name).is_file():
             mlflow.log_artifact(str(evaluation.eval_dir / name), "evaluation")
+    redteam_metrics = evaluation.eval_dir / REDTEAM_DIR / METRICS_FILE  # its budgets, for promoted-check's rerun
+    if redteam_metrics.is_file():
+        mlflow.log_artifact(str(redteam_metrics), f"evaluation/{REDTEAM_DIR}")
     grids = evaluation.eval_dir / GRIDS_DIR
     if grids.is_dir():
         for png in sorted(grids.glob("*.png")):
