@@ -403,18 +403,37 @@ def models_cmd(
     params: Path | None = typer.Option(None, "--params", parser=InputFile(),
                                        help="Registry settings [params/registry.yaml]."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", parser=Text(), help="MLflow tracking URI."),
+    check: bool = typer.Option(False, "--check", help="Check that each protected alias (params/registry.yaml) "
+                               "is on a version the promotion rule allows; exit 1 if not (reverted when "
+                               "guard.revert_on_check is true)."),
 ) -> None:
     """List registered model versions: concepts, gate verdict, aliases."""
     from rich.console import Console
 
     from sdd.registry import list_models, list_versions
 
+    if check:
+        return _check_protected_aliases(name, params, tracking_uri)
     with exit_on_error():
         cfg = _registry_config(params)
         names = [name] if name else list_models(cfg, tracking_uri=tracking_uri)
         rows = [r for n in names for r in list_versions(n, cfg, tracking_uri=tracking_uri)]
     console = Console()
     console.print(versions_table(rows, console.width))
+
+
+def _check_protected_aliases(name: str | None, params: Path | None, tracking_uri: str | None) -> None:
+    """``sdd models --check``: one line per protected alias that breaks the promotion rule, exit 1."""
+    from sdd.registry.guard import check_aliases
+
+    with exit_on_error():
+        cfg = _registry_config(params)
+        found = check_aliases(cfg, tracking_uri=tracking_uri, names=[name] if name else None)
+    for outcome in found:
+        typer.echo(outcome.line())
+    if found:
+        raise typer.Exit(1)
+    typer.echo(f"protected aliases ({', '.join(cfg.protected_aliases)}) all on versions the promotion rule allows")
 
 
 #: The columns of ``sdd models``: True for identifiers, which are never cut; the others wrap.

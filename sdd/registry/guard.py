@@ -42,8 +42,10 @@ from mlflow.entities.webhook import WebhookEvent, WebhookStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sdd.config import RegistryConfig
 from sdd.provenance import scrub
 from sdd.registry.promotion import _alias_holder, promotion_refusal
+from sdd.registry.store import client_for, resolve_store
 
 PROMOTED_EVENT = "sdd.model.promoted"
 REFUSED_EVENT = "sdd.promotion.refused"
@@ -222,3 +224,14 @@ def ensure_webhook(client: MlflowClient, url: str, secret: str, name: str = WEBH
     client.create_webhook(name, url, events, description="sdd promotion guard (sdd/registry/guard.py)",
                           secret=secret)
     return "created"
+
+
+def check_aliases(cfg: RegistryConfig, *, tracking_uri: str | None = None, names: Iterable[str] | None = None,
+                  revert: bool | None = None, send_event: EventSender | None = None) -> list[GuardOutcome]:
+    """:func:`check_protected_aliases` against the configured store (``sdd models --check``, re-erase).
+
+    ``revert`` defaults to ``guard.revert_on_check``; works on a local SQLite store too.
+    """
+    revert = cfg.guard.revert_on_check if revert is None else revert
+    with client_for(resolve_store(cfg, tracking_uri)) as client:
+        return check_protected_aliases(client, cfg.protected_aliases, revert, send_event, names)
