@@ -502,6 +502,10 @@ def stack_up(
                                      help="Port of the Prefect server and UI."),
     mlflow_port: int = typer.Option(5000, "--mlflow-port", min=1, max=65535,
                                     help="Port of the MLflow server and UI."),
+    guard_port: int = typer.Option(5055, "--guard-port", min=1, max=65535,
+                                   help="Port of the promotion guard's webhook receiver."),
+    no_guard: bool = typer.Option(False, "--no-guard", help="Do not start the promotion guard (the nightly "
+                                  "re-erase run and `sdd models --check` still check protected aliases)."),
     host: str = typer.Option("127.0.0.1", "--host", parser=Text(), help="Interface the servers listen on."),
     reerase_cron: str = typer.Option("0 2 * * *", "--reerase-cron", parser=Text(),
                                      help="Cron (UTC) of the re-erase check."),
@@ -519,10 +523,13 @@ def stack_up(
 
     with exit_on_error():
         info = up(StackConfig(host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
+                              guard_port=guard_port, guard=not no_guard,
                               reerase_cron=reerase_cron, deploy=not no_deploy,
                               prefect_db_url=prefect_db_url, mlflow_backend_uri=mlflow_backend_uri))
     typer.echo(f"Prefect UI  {info['prefect_ui']}")
     typer.echo(f"MLflow UI   {info['mlflow_ui']}")
+    if info.get("guard"):
+        typer.echo(f"guard       {info['guard']} (protected aliases: params/registry.yaml)")
     typer.echo(f"workers     {', '.join(info['pools'])} (logs in {info['logs']})")
     typer.echo(f"use it:     export PREFECT_API_URL={info['prefect_api']} "
                f"MLFLOW_TRACKING_URI={info['mlflow_ui']}")

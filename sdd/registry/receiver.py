@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default=str(PARAMS_DIR / "registry.yaml"), help="registry settings")
     parser.add_argument("--host", help="bind address [guard.host]")
     parser.add_argument("--port", type=int, help="port [guard.port]")
+    parser.add_argument("--url", help="URL MLflow posts to, for register-webhook [guard.url]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -227,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "register-webhook":
         client = MlflowClient(uri, cfg.registry_uri or uri)
-        what = ensure_webhook(client, cfg.guard.webhook_url, secret)
+        url = args.url or cfg.guard.webhook_url
+        what = ensure_webhook(client, url, secret)
         violations = check_protected_aliases(client, cfg.protected_aliases)  # records the valid holders
-        print(f"promotion guard webhook {what}: {cfg.guard.webhook_url}; "
+        print(f"promotion guard webhook {what}: {url}; "
               f"{len(violations)} protected alias(es) violate the rule")
         for v in violations:
             print(v.line())
