@@ -7,7 +7,6 @@ Prefect's server accepts that body is checked once in :func:`test_event_body_is_
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -20,12 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import PROJECT
+from servers import free_port, start, stop, wait_until_up
 
 from sdd.registry.guard import PROMOTED_EVENT, REFUSED_EVENT, check_protected_aliases, ensure_webhook, holder_tag
 from sdd.registry.promotion import promotion_refusal
 from sdd.registry.receiver import BadSignature, sign, verify_signature
-from tests.servers import free_port, start, stop, wait_until_up
 
 SECRET = "guard-test-secret-0123456789abcdef"
 PASSED = {"gates": "passed", "gate_verdict": "pass", "gates_failed": "none"}
@@ -95,6 +94,8 @@ class Stack:
         self.root = root
         self.mlflow_url = self.guard_url = ""
         self.procs: dict[str, subprocess.Popen] = {}
+        self.secret = ""
+        self.stop_guard = lambda: None
         self.events = _Events
         _Events.received = []
 
@@ -108,39 +109,38 @@ class Stack:
                 if e["resource"]["prefect.resource.id"] == f"mlflow.model-version.{name}.{version}"]
 
 
-def _fernet_key() -> str:
-    return base64.urlsafe_b64encode(os.urandom(32)).decode()
-
-
 @pytest.fixture(scope="module")
 def guard_stack(tmp_path_factory):
+    """MLflow with the local stack's webhook settings, and the guard as ``sdd stack up`` starts it."""
+    from sdd.stack import StackConfig, guard_secret_file, read_records, start_guard, webhook_env
+    from sdd.stack import stop as stop_record
+
     root = tmp_path_factory.mktemp("guard")
     stack = Stack(root)
     events = ThreadingHTTPServer(("127.0.0.1", 0), _Events)
     threading.Thread(target=events.serve_forever, daemon=True).start()
-    mlflow_port, guard_port = free_port(), free_port()
-    stack.mlflow_url, stack.guard_url = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{guard_port}"
-    (root / "secret").write_text(SECRET)
-    (root / "registry.yaml").write_text(yaml.safe_dump({"guard": {"port": guard_port}}))
-    mlflow_env = {"MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-                  "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": _fernet_key(), "MLFLOW_WEBHOOK_CACHE_TTL": "1",
-                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    guard_env = {"SDD_GUARD_SECRET_FILE": str(root / "secret"), "MLFLOW_TRACKING_URI": stack.mlflow_url,
-                 "PREFECT_API_URL": f"http://127.0.0.1:{events.server_address[1]}/api",
-                 "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cfg = StackConfig(project=PROJECT, state_dir=root / "state", mlflow_port=free_port(), guard_port=free_port(),
+                      mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts", timeout_s=240)
+    stack.mlflow_url, stack.guard_url = cfg.mlflow_url, cfg.guard_url
+    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow_url, "PYTHONPATH": str(PROJECT),
+           "PREFECT_API_URL": f"http://127.0.0.1:{events.server_address[1]}/api"}
+    mlflow_env = {**webhook_env(cfg), "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                  "MLFLOW_DISABLE_TELEMETRY": "true"}
     try:
         stack.procs["mlflow"] = start(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port",
-             str(mlflow_port), "--workers", "1"], mlflow_env, root / "mlflow.log")
-        stack.procs["guard"] = start([sys.executable, "-m", "sdd.registry.receiver", "serve", "--params",
-                                      str(root / "registry.yaml")], guard_env, root / "guard.log")
-        wait_until_up(f"{stack.guard_url}/health", stack.procs["guard"], root / "guard.log", timeout=120)
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.mlflow_store_uri,
+             "--artifacts-destination", str(cfg.mlflow_artifacts), "--host", cfg.host, "--port",
+             str(cfg.mlflow_port), "--workers", "1"], mlflow_env, root / "mlflow.log")
         wait_until_up(f"{stack.mlflow_url}/health", stack.procs["mlflow"], root / "mlflow.log", timeout=240)
-        assert ensure_webhook(stack.client(), f"{stack.guard_url}/webhook", SECRET) == "created"
-        assert ensure_webhook(stack.client(), f"{stack.guard_url}/webhook", SECRET) == "updated"  # idempotent
+        start_guard(cfg, env)  # the receiver, then `register-webhook`
+        stack.secret = guard_secret_file(cfg).read_text()
+        assert oct(guard_secret_file(cfg).stat().st_mode & 0o777) == "0o600"
+        assert ensure_webhook(stack.client(), f"{stack.guard_url}/webhook", stack.secret) == "updated"  # idempotent
+        stack.stop_guard = lambda: [stop_record(r) for r in read_records(cfg.state_dir) if r["name"] == "guard"]
         yield stack
     finally:
+        for record in read_records(cfg.state_dir):
+            stop_record(record)
         for proc in stack.procs.values():
             stop(proc)
         events.shutdown()
@@ -241,8 +241,8 @@ def test_forged_and_replayed_deliveries_change_nothing(guard_stack):
 
     assert post(_headers(body, secret="forged-secret-xxxxxxxx")) == 401
     assert post({"Content-Type": "application/json"}) == 401
-    assert post(_headers(body, ts=int(time.time()) - 3600)) == 401
-    genuine = _headers(body, delivery="d-replayed")
+    assert post(_headers(body, secret=s.secret, ts=int(time.time()) - 3600)) == 401
+    genuine = _headers(body, secret=s.secret, delivery="d-replayed")
     assert post(genuine) == 200  # production is on 1, not 2: nothing to do ("superseded")
     assert post(genuine) == 401  # the same delivery again
     after = {v: _tags(s, name, v) for v in (1, 2)}, s.client().get_registered_model(name).tags, len(s.events.received)
@@ -260,7 +260,7 @@ def test_reconcile_finds_and_reverts_a_violation_made_while_the_receiver_was_dow
     _model(s, name, PASSED, FAILED)
     s.client().set_registered_model_alias(name, "production", "1")
     _wait(lambda: PROMOTED_EVENT in s.event_names(name, 1), "version 1 promoted")
-    stop(s.procs["guard"])
+    s.stop_guard()
     _set_alias_like_the_ui(s, name, "production", 2)
     assert _holder(s, name) == 2  # nobody reverted it
 
@@ -281,6 +281,7 @@ def test_reconcile_finds_and_reverts_a_violation_made_while_the_receiver_was_dow
 # --- the reconcile on a local store (no server), as `sdd models --check` and re-erase use it --------
 
 
+@pytest.mark.slow  # MLflow creates the SQLite schema: ~30 s here
 def test_reconcile_on_a_local_store_reports_reverts_and_fails_the_re_erase_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -310,4 +311,31 @@ def test_reconcile_on_a_local_store_reports_reverts_and_fails_the_re_erase_run(t
 
     reverted = check_aliases(RegistryConfig(tracking_uri=uri, guard={"revert_on_check": True}))
     assert [(v.version, v.action, v.restored) for v in reverted] == [(2, "refused", 1)]
-    assert client.get_registered_model("m").aliases["production"] == "1"
+    assert int(client.get_registered_model("m").aliases["production"]) == 1
+
+
+# --- the event body against a real Prefect server ----------------------------------------------------
+
+
+@pytest.mark.slow  # a Prefect server: ~30-60 s to start here
+def test_event_body_is_accepted_by_prefect(tmp_path):
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from sdd.registry.guard import event_resource
+    from sdd.registry.receiver import prefect_event_sender
+    from sdd.stack import http_json
+
+    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}), \
+            prefect_test_harness(server_startup_timeout=240):
+        api = PREFECT_API_URL.value()
+        prefect_event_sender(api)(REFUSED_EVENT, event_resource("m", 7, "production"), {"sdd.reason": "gates failed"})
+
+        def arrived():
+            page = http_json("POST", f"{api}/events/filter", {"filter": {"event": {"name": [REFUSED_EVENT]}}})
+            return page["events"]
+
+        event = _wait(arrived, f"{REFUSED_EVENT} in Prefect's event feed", timeout=60)[0]
+    assert event["resource"] == {"prefect.resource.id": "mlflow.model-version.m.7", "sdd.model": "m",
+                                 "sdd.version": "7", "sdd.alias": "production"}
+    assert event["payload"] == {"sdd.reason": "gates failed"}

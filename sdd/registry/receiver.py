@@ -13,10 +13,13 @@ the ``guard`` service) listens on ``guard.host:guard.port`` of ``params/registry
 ``python -m sdd.registry.receiver register-webhook`` registers the webhook with MLflow (idempotent)
 and records the current valid holders of protected aliases; the stack's init runs it.
 
-The secret is read from the file ``$SDD_GUARD_SECRET_FILE`` (never a command line or a log), the
-MLflow server from ``$MLFLOW_TRACKING_URI``, and Prefect from ``$PREFECT_API_URL``: events go to
-``POST <api>/events`` as plain HTTP, so ``sdd/`` does not import Prefect. Without a Prefect API the
-guard still reverts and tags, and logs that no event was sent.
+The secret is read from the file ``$SDD_GUARD_SECRET_FILE``, else ``$SDD_GUARD_SECRET`` (never a
+command line or a log); the MLflow server from ``$MLFLOW_TRACKING_URI`` (with
+``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` where MLflow's auth is on: the guard sets aliases and
+tags, so it needs edit rights on every model); Prefect from ``$PREFECT_API_URL`` (and
+``PREFECT_API_AUTH_STRING``): events go to ``POST <api>/events`` as plain HTTP, so ``sdd/`` does not
+import Prefect. Without a Prefect API the guard still reverts and tags, and logs that no event was
+sent.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import os
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,6 +52,7 @@ SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_HEADER = "X-MLflow-Delivery-Id"
 SECRET_FILE_ENV = "SDD_GUARD_SECRET_FILE"
+SECRET_ENV = "SDD_GUARD_SECRET"
 MAX_BODY = 1 << 20
 
 log = logging.getLogger("sdd.guard")
@@ -85,22 +90,44 @@ def verify_signature(secret: str, headers: Any, body: bytes, max_age_s: float, n
 
 
 def read_secret(path: str | Path | None = None) -> str:
+    """The webhook secret: from the file ``path`` / ``$SDD_GUARD_SECRET_FILE`` (the local stack's
+    ``.sdd/stack/guard-secret``), else ``$SDD_GUARD_SECRET`` (the compose stack's ``.env``)."""
     path = path or os.environ.get(SECRET_FILE_ENV)
-    if not path:
-        raise ConfigError(f"no webhook secret: set {SECRET_FILE_ENV} to a file holding it "
-                          f"(`sdd stack up` writes .sdd/stack/guard-secret)")
-    try:
-        secret = Path(path).read_text().strip()
-    except OSError as e:
-        raise ConfigError(f"{SECRET_FILE_ENV}={path}: cannot read ({e.strerror})") from None
+    where = f"{SECRET_FILE_ENV}={path}" if path else SECRET_ENV
+    if path:
+        try:
+            secret = Path(path).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read ({e.strerror})") from None
+    else:
+        secret = os.environ.get(SECRET_ENV, "").strip()
+    if not secret:
+        raise ConfigError(f"no webhook secret: set {SECRET_FILE_ENV} to a file holding it (`sdd stack up` "
+                          f"writes .sdd/stack/guard-secret) or {SECRET_ENV}")
     if len(secret) < 16:
-        raise ConfigError(f"{SECRET_FILE_ENV}={path}: the secret is shorter than 16 characters")
+        raise ConfigError(f"{where}: the webhook secret is shorter than 16 characters; use e.g. openssl rand -hex 24")
     return secret
 
 
-def prefect_event_sender(api_url: str | None) -> EventSender:
-    """Emit an event with ``POST <api_url>/events`` (Prefect 3's REST route); logs when there is no API."""
-    from sdd.stack import http_json
+def _post_json(url: str, body: Any, auth: str | None, attempts: int = 3) -> None:
+    """POST ``body`` as JSON, with HTTP basic auth (``user:password``) when given; retried on failure."""
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    for attempt in range(attempts):
+        try:
+            request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
+            urllib.request.urlopen(request, timeout=10).close()
+            return
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+
+
+def prefect_event_sender(api_url: str | None, auth: str | None = None) -> EventSender:
+    """Emit an event with ``POST <api_url>/events`` (Prefect 3's REST route; ``auth`` is the
+    ``PREFECT_API_AUTH_STRING`` of a server with basic auth); logs when there is no API."""
 
     def send(event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
         if not api_url:
@@ -109,7 +136,7 @@ def prefect_event_sender(api_url: str | None) -> EventSender:
         body = [{"occurred": dt.datetime.now(dt.UTC).isoformat(), "event": event, "resource": resource,
                  "payload": payload, "id": str(uuid.uuid4())}]
         try:
-            http_json("POST", f"{api_url.rstrip('/')}/events", body, timeout=10, retries=3)
+            _post_json(f"{api_url.rstrip('/')}/events", body, auth)
         except OSError as e:  # the revert and the tags stand; the event is the only thing lost
             log.error("event %s for %s not sent: %s", event, resource["prefect.resource.id"], e)
 
@@ -236,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         for v in violations:
             print(v.line())
         return 0
-    server = make_server(cfg, secret, uri, prefect_event_sender(os.environ.get("PREFECT_API_URL")),
-                         args.host, args.port)
+    events = prefect_event_sender(os.environ.get("PREFECT_API_URL"), os.environ.get("PREFECT_API_AUTH_STRING"))
+    server = make_server(cfg, secret, uri, events, args.host, args.port)
     log.info("promotion guard on http://%s:%d/webhook, protecting %s", *server.server_address[:2],
              ", ".join(cfg.protected_aliases))
     try:
