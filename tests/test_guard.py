@@ -220,6 +220,18 @@ def test_a_refused_first_promotion_removes_the_alias(guard_stack):
 
 
 @pytest.mark.slow
+def test_a_removed_alias_is_not_brought_back_by_a_refusal(guard_stack):
+    s, name = guard_stack, "guarded-removed"
+    _model(s, name, PASSED, FAILED)
+    _set_alias_like_the_ui(s, name, "production", 1)
+    _wait(lambda: PROMOTED_EVENT in s.event_names(name, 1), "version 1 promoted")
+    s.client().delete_registered_model_alias(name, "production")  # someone takes production away
+    _wait(lambda: holder_tag("production") not in s.client().get_registered_model(name).tags, "record dropped")
+    _set_alias_like_the_ui(s, name, "production", 2)
+    _wait(lambda: REFUSED_EVENT in s.event_names(name, 2) and _holder(s, name) is None, "alias removed again")
+
+
+@pytest.mark.slow
 def test_forged_and_replayed_deliveries_change_nothing(guard_stack):
     s, name = guard_stack, "guarded-forged"
     _model(s, name, PASSED, FAILED)

@@ -14,7 +14,8 @@ payload is trusted for the model name, version and alias only):
 
 **The previous holder.** MLflow's payload does not say who held the alias before, and by the time
 the webhook arrives the alias has already moved. So the guard records the holder it last allowed on
-the registered model, tag ``guard.<alias>.holder``, and reverts to that. :func:`check_protected_aliases`
+the registered model, tag ``guard.<alias>.holder``, and reverts to that; when the alias is removed
+(``model_version_alias.deleted``) the record goes too (:func:`forget_holder`). :func:`check_protected_aliases`
 (the reconcile: ``sdd models --check``, the nightly ``re-erase`` run) records it too for every
 protected alias on a valid version, so a registry that existed before the guard gets a record. A
 revert moves the alias to the recorded holder, which fires another webhook; that one finds the
@@ -50,6 +51,7 @@ from sdd.registry.store import client_for, resolve_store
 PROMOTED_EVENT = "sdd.model.promoted"
 REFUSED_EVENT = "sdd.promotion.refused"
 ALIAS_CREATED = "model_version_alias.created"
+ALIAS_DELETED = "model_version_alias.deleted"
 WEBHOOK_NAME = "sdd-promotion-guard"
 UNKNOWN_USER = "unknown (MLflow webhooks do not name the user)"
 
@@ -101,6 +103,17 @@ def recorded_holder(client: MlflowClient, name: str, alias: str) -> int | None:
 
 def _record_holder(client: MlflowClient, name: str, alias: str, version: int) -> None:
     client.set_registered_model_tag(name, holder_tag(alias), str(version))
+
+
+def forget_holder(client: MlflowClient, name: str, alias: str, protected: Iterable[str]) -> bool:
+    """After a protected alias was removed: drop the record, so a refused move later removes the
+    alias instead of bringing back a holder someone took away. True when a record was dropped."""
+    if alias not in set(protected) or _alias_holder(client, name, alias) is not None:
+        return False
+    if recorded_holder(client, name, alias) is None:
+        return False
+    client.delete_registered_model_tag(name, holder_tag(alias))
+    return True
 
 
 def _refusal_of(client: MlflowClient, name: str, version: int, alias: str) -> str | None:
@@ -188,6 +201,8 @@ def check_protected_aliases(client: MlflowClient, protected: Iterable[str], reve
     found = []
     for name in models:
         aliases = client.get_registered_model(name).aliases
+        for alias in protected - set(aliases):  # removed while the receiver was down
+            forget_holder(client, name, alias, protected)
         for alias in sorted(protected & set(aliases)):
             version = int(aliases[alias])
             reason = _refusal_of(client, name, version, alias)
@@ -204,12 +219,12 @@ def check_protected_aliases(client: MlflowClient, protected: Iterable[str], reve
 
 
 def ensure_webhook(client: MlflowClient, url: str, secret: str, name: str = WEBHOOK_NAME) -> str:
-    """Register (or update) the guard's webhook for ``model_version_alias.created``; idempotent.
+    """Register (or update) the guard's webhook for ``model_version_alias.created`` / ``.deleted``; idempotent.
 
     Returns ``created`` or ``updated``. The secret is always re-set, so a new secret file (or a new
     encryption key on the server) takes effect.
     """
-    events = [WebhookEvent.from_str(ALIAS_CREATED)]
+    events = [WebhookEvent.from_str(ALIAS_CREATED), WebhookEvent.from_str(ALIAS_DELETED)]
     token = None
     while True:
         page = client.list_webhooks(max_results=100, page_token=token)

@@ -7,7 +7,8 @@ the ``guard`` service) listens on ``guard.host:guard.port`` of ``params/registry
   signs (:func:`verify_signature`: ``X-MLflow-Signature: v1,<base64 HMAC-SHA256 of
   "<delivery id>.<timestamp>.<body>">``); an unsigned, forged, stale (older than ``guard.max_age_s``)
   or replayed delivery is answered 401 and changes nothing. A valid ``model_version_alias.created``
-  goes to :func:`sdd.registry.guard.guard_promotion`, one at a time;
+  goes to :func:`sdd.registry.guard.guard_promotion`, one at a time (a ``.deleted`` one drops the
+  alias's holder record);
 * ``GET /health`` -- 200 when up.
 
 ``python -m sdd.registry.receiver register-webhook`` registers the webhook with MLflow (idempotent)
@@ -46,7 +47,15 @@ from mlflow.tracking import MlflowClient
 
 from sdd.config import PARAMS_DIR, RegistryConfig, load_registry_config
 from sdd.errors import ConfigError
-from sdd.registry.guard import ALIAS_CREATED, EventSender, check_protected_aliases, ensure_webhook, guard_promotion
+from sdd.registry.guard import (
+    ALIAS_CREATED,
+    ALIAS_DELETED,
+    EventSender,
+    check_protected_aliases,
+    ensure_webhook,
+    forget_holder,
+    guard_promotion,
+)
 
 SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
@@ -205,21 +214,25 @@ class GuardHandler(BaseHTTPRequestHandler):
             message = json.loads(body)
             data = message.get("data") or {}
             kind = f"{message.get('entity')}.{message.get('action')}"
-            name, alias, version = str(data["name"]), str(data["alias"]), str(data["version"])
+            name, alias, version = str(data["name"]), str(data["alias"]), str(data.get("version", ""))
         except (ValueError, KeyError, AttributeError, TypeError):
             return self._reply(400, {"error": "not an MLflow webhook payload"})
-        if kind != ALIAS_CREATED or not version.isdigit():
+        if kind not in (ALIAS_CREATED, ALIAS_DELETED) or (kind == ALIAS_CREATED and not version.isdigit()):
             return self._reply(200, {"action": "ignored"})
+        protected = self.server.cfg.protected_aliases
         try:
             with self.server.guard_lock:
-                outcome = guard_promotion(self.server.client, name, alias, version,
-                                          self.server.cfg.protected_aliases, self.server.send_event)
+                if kind == ALIAS_DELETED:
+                    forgot = forget_holder(self.server.client, name, alias, protected)
+                    return self._reply(200, {"action": "forgotten" if forgot else "ignored"})
+                outcome = guard_promotion(self.server.client, name, alias, version, protected,
+                                          self.server.send_event)
         except MlflowException as e:  # a 5xx makes MLflow deliver again (its retries)
             log.error("guarding %s@%s -> %s failed: %s", name, alias, version, e.message.splitlines()[0])
             return self._reply(503, {"error": "registry unavailable"})
         if outcome is None:
             return self._reply(200, {"action": "ignored"})
-        log.warning("%s", outcome.line()) if outcome.action == "refused" else log.info("%s", outcome.line())
+        log.log(logging.WARNING if outcome.action == "refused" else logging.INFO, "%s", outcome.line())
         self._reply(200, {"action": outcome.action, "restored": outcome.restored})
 
 
