@@ -44,6 +44,21 @@ def test_rule_allows_passed_or_forced_for_the_alias_only():
     assert promotion_refusal({**forced, "force_reason": " "}, "production") is not None
 
 
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"protected_aliases": [" "]}, "protected_aliases"), ({"guard": {"port": 0}}, "guard.port"),
+    ({"guard": {"max_age_s": 1}}, "guard.max_age_s"), ({"guard": {"revert": True}}, "guard.revert"),
+])
+def test_bad_guard_settings_are_one_line_errors_naming_the_field(tmp_path, settings, named):
+    import yaml
+
+    from sdd.config import ConfigError, load_registry_config
+
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError, match=named) as err:
+        load_registry_config(tmp_path / "registry.yaml")
+    assert "\n" not in str(err.value)
+
+
 def _headers(body: str, secret: str = SECRET, delivery: str = "d-1", ts: int | None = None) -> dict[str, str]:
     ts = str(int(time.time()) if ts is None else ts)
     return {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": ts,
