@@ -9,6 +9,12 @@ of that set records) and compares it, and the set's base model, with the ``conce
   decision: ``sdd promote``);
 * unchanged: do nothing, and say so in the log and in a Markdown artifact.
 
+First, as the safety net of the promotion guard (:mod:`sdd.registry.guard`), it checks every
+protected alias of ``params/registry.yaml`` (:func:`check_protected`): one on a version the
+promotion rule refuses (moved while the guard's receiver was down) is reported in the log and a
+``protected-aliases`` artifact, moved back when ``guard.revert_on_check`` is true, and fails the
+run at its end when ``guard.fail_on_violation`` is true (else a warning).
+
 Deployed in ``prefect.yaml`` with a nightly cron schedule and an event trigger on
 ``sdd.concepts.updated``, which ``sdd concepts publish`` emits (:mod:`flows.events`). Re-running
 for a set whose candidate is waiting for promotion is cheap: every stage of erase-concepts is
@@ -21,11 +27,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 
 from flows.erase import RETRY_DELAYS_S, erase_concepts
 from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, RedteamSettings
 from sdd.concepts import concept_set_hash, normalise_concepts
 from sdd.config import load_concept_sets, load_registry_config
+from sdd.errors import ProtectedAliasViolation
 
 
 @task(name="read-production", retries=2, retry_delay_seconds=RETRY_DELAYS_S)
@@ -41,6 +49,36 @@ def read_production() -> dict[str, Any] | None:
     return {"name": row.name, "version": row.version, "alias": cfg.production_alias,
             "concepts": row.tags.get("concepts"), "concepts_sha256": row.tags.get("concepts_sha256"),
             "base_model": row.tags.get("base_model")}
+
+
+def _emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
+    emit_event(event, resource=resource, payload=payload)
+
+
+@task(name="check-protected-aliases", retries=2, retry_delay_seconds=RETRY_DELAYS_S)
+def check_protected() -> list[str]:
+    """Protected aliases on versions the promotion rule refuses, one line each (reverted when
+    ``guard.revert_on_check``; a revert emits ``sdd.promotion.refused``)."""
+    from sdd.registry.guard import check_aliases
+
+    return [v.line() for v in check_aliases(load_registry_config(), send_event=_emit)]
+
+
+def violation_report(lines: list[str]) -> str:
+    """The ``protected-aliases`` artifact: what the reconcile found."""
+    items = "\n".join(f"- {line}" for line in lines)
+    return ("## Protected aliases on versions the promotion rule refuses\n\n"
+            f"{items}\n\nMoved while the promotion guard was down? See the README's registry section; "
+            "`sdd models --check` shows the same.\n")
+
+
+def finish(result: dict[str, Any], violations: list[str]) -> dict[str, Any]:
+    """The run's result; a failure instead when protected aliases broke the rule and
+    ``guard.fail_on_violation`` is true (the re-erase work itself is done either way)."""
+    if violations and load_registry_config().guard.fail_on_violation:
+        raise ProtectedAliasViolation(f"{len(violations)} protected alias(es) broke the promotion rule: "
+                                      f"{'; '.join(violations)}")
+    return {**result, "protected_alias_violations": violations}
 
 
 def why_changed(production: dict[str, Any] | None, wanted_hash: str, base_model: str) -> str | None:
@@ -82,6 +120,12 @@ def re_erase(
         redteam: Attacks and budgets of the red-team stage (unset fields: params/redteam.yaml).
     """
     logger = get_run_logger()
+    violations = check_protected()
+    if violations:
+        for line in violations:
+            logger.error("protected alias: %s", line)
+        create_markdown_artifact(violation_report(violations), key="protected-aliases",
+                                 description="re-erase: protected alias violations")
     sets = load_concept_sets(concepts_file)
     active = sets.active_set
     names = normalise_concepts(active.concepts)
@@ -95,7 +139,8 @@ def re_erase(
                    f"already erases this set.")
         logger.info(message)
         create_markdown_artifact(header + message, key="re-erase", description="re-erase: no change")
-        return {"action": "none", "set": sets.active, "concepts_sha256": wanted, "production": production}
+        return finish({"action": "none", "set": sets.active, "concepts_sha256": wanted, "production": production},
+                      violations)
 
     logger.info("re-erasing set %s: %s", sets.active, why)
     result = erase_concepts(concepts=names, base_model=active.base_model, distill=distill,
@@ -108,5 +153,5 @@ def re_erase(
                f"(verdict {result['verdict']}).")
     create_markdown_artifact(header + f"Re-erased: {why}.\n\n{outcome}", key="re-erase",
                              description="re-erase: new erasure")
-    return {"action": "erased", "set": sets.active, "concepts_sha256": wanted, "production": production,
-            "reason": why, "erasure": result}
+    return finish({"action": "erased", "set": sets.active, "concepts_sha256": wanted, "production": production,
+                   "reason": why, "erasure": result}, violations)

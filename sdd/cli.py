@@ -403,18 +403,37 @@ def models_cmd(
     params: Path | None = typer.Option(None, "--params", parser=InputFile(),
                                        help="Registry settings [params/registry.yaml]."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", parser=Text(), help="MLflow tracking URI."),
+    check: bool = typer.Option(False, "--check", help="Check that each protected alias (params/registry.yaml) "
+                               "is on a version the promotion rule allows; exit 1 if not (reverted when "
+                               "guard.revert_on_check is true)."),
 ) -> None:
     """List registered model versions: concepts, gate verdict, aliases."""
     from rich.console import Console
 
     from sdd.registry import list_models, list_versions
 
+    if check:
+        return _check_protected_aliases(name, params, tracking_uri)
     with exit_on_error():
         cfg = _registry_config(params)
         names = [name] if name else list_models(cfg, tracking_uri=tracking_uri)
         rows = [r for n in names for r in list_versions(n, cfg, tracking_uri=tracking_uri)]
     console = Console()
     console.print(versions_table(rows, console.width))
+
+
+def _check_protected_aliases(name: str | None, params: Path | None, tracking_uri: str | None) -> None:
+    """``sdd models --check``: one line per protected alias that breaks the promotion rule, exit 1."""
+    from sdd.registry.guard import check_aliases
+
+    with exit_on_error():
+        cfg = _registry_config(params)
+        found = check_aliases(cfg, tracking_uri=tracking_uri, names=[name] if name else None)
+    for outcome in found:
+        typer.echo(outcome.line())
+    if found:
+        raise typer.Exit(1)
+    typer.echo(f"protected aliases ({', '.join(cfg.protected_aliases)}) all on versions the promotion rule allows")
 
 
 #: The columns of ``sdd models``: True for identifiers, which are never cut; the others wrap.
@@ -483,6 +502,10 @@ def stack_up(
                                      help="Port of the Prefect server and UI."),
     mlflow_port: int = typer.Option(5000, "--mlflow-port", min=1, max=65535,
                                     help="Port of the MLflow server and UI."),
+    guard_port: int = typer.Option(5055, "--guard-port", min=1, max=65535,
+                                   help="Port of the promotion guard's webhook receiver."),
+    no_guard: bool = typer.Option(False, "--no-guard", help="Do not start the promotion guard (the nightly "
+                                  "re-erase run and `sdd models --check` still check protected aliases)."),
     host: str = typer.Option("127.0.0.1", "--host", parser=Text(), help="Interface the servers listen on."),
     reerase_cron: str = typer.Option("0 2 * * *", "--reerase-cron", parser=Text(),
                                      help="Cron (UTC) of the re-erase check."),
@@ -500,10 +523,13 @@ def stack_up(
 
     with exit_on_error():
         info = up(StackConfig(host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
+                              guard_port=guard_port, guard=not no_guard,
                               reerase_cron=reerase_cron, deploy=not no_deploy,
                               prefect_db_url=prefect_db_url, mlflow_backend_uri=mlflow_backend_uri))
     typer.echo(f"Prefect UI  {info['prefect_ui']}")
     typer.echo(f"MLflow UI   {info['mlflow_ui']}")
+    if info.get("guard"):
+        typer.echo(f"guard       {info['guard']} (protected aliases: params/registry.yaml)")
     typer.echo(f"workers     {', '.join(info['pools'])} (logs in {info['logs']})")
     typer.echo(f"use it:     export PREFECT_API_URL={info['prefect_api']} "
                f"MLFLOW_TRACKING_URI={info['mlflow_ui']}")

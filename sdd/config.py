@@ -388,6 +388,24 @@ class PostPromotionCheckConfig(_Strict):
                                             "attack success (minutes on CPU).")
 
 
+class GuardConfig(_Strict):
+    """The promotion guard (:mod:`sdd.registry.guard`, :mod:`sdd.registry.receiver`) and its reconcile."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address the guard's webhook receiver binds to.")
+    port: int = Field(5055, ge=1, le=65535, description="Port of the webhook receiver.")
+    url: str | None = Field(None, description="URL MLflow posts the webhook to; None = http://<host>:<port>/webhook.")
+    max_age_s: int = Field(300, ge=10, description="A delivery signed longer ago than this is refused "
+                                                   "(replay protection).")
+    revert_on_check: bool = Field(False, description="Whether `sdd models --check` and the re-erase flow move a "
+                                                     "violating protected alias back (else they only report it).")
+    fail_on_violation: bool = Field(True, description="Whether the re-erase flow ends Failed on a violation "
+                                                      "(else it logs a warning).")
+
+    @property
+    def webhook_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}/webhook"
+
+
 class RegistryConfig(_Strict):
     """Where erasure runs are tracked and erased models registered (``sdd register`` / ``promote``).
 
@@ -404,11 +422,22 @@ class RegistryConfig(_Strict):
     candidate_alias: str = Field("candidate", min_length=1,
                                  description="Alias set on a new version whose gates all passed.")
     production_alias: str = Field("production", min_length=1, description="Default alias of `sdd promote`.")
+    protected_aliases: list[str] = Field(["production"], description="Aliases only a version that passed its "
+                                         "gates (or was forced with a reason) may hold: `sdd promote` and the "
+                                         "promotion guard enforce it.")
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     artifact_location: str | None = Field(
         None, description="Artifact root for a new experiment; None = the server's (proxied) store, or "
                           ".sdd/artifacts next to a local SQLite store.")
     post_promotion_check: PostPromotionCheckConfig = Field(
         default_factory=PostPromotionCheckConfig, description="What `promoted-check` redraws and compares.")
+
+    @field_validator("protected_aliases")
+    @classmethod
+    def _aliases_named(cls, v: list[str]) -> list[str]:
+        if any(not a.strip() for a in v):
+            raise ValueError("an empty alias name; list alias names, e.g. [production]")
+        return v
 
     def default_tracking_uri(self, project: Path | None = None) -> str:
         """``sqlite:///<project>/.sdd/mlflow.db`` (project = the working directory by default)."""

@@ -72,6 +72,10 @@ class PromotionRefused(RegistryInputError):
     """Promotion of a version whose gates failed, without ``force`` and a reason."""
 
 
+class ProtectedAliasViolation(PromotionRefused):
+    """A protected alias found on a version the promotion rule refuses (the reconcile's finding)."""
+
+
 class ConcurrentPromotionError(RegistryError, TransientError):
     """Another promotion moved the alias between ours and its verification; re-run to decide."""
 

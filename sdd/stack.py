@@ -11,16 +11,23 @@
    ``sdd register`` uses without a server (``.sdd/mlflow.db``, ``.sdd/artifacts``), or on the
    backend store of ``StackConfig.mlflow_backend_uri`` (``--mlflow-backend-uri``, e.g.
    ``postgresql://user:pw@host:5432/mlflow``); artifacts stay in the artifact folder;
-3. the **work pools** ``cpu`` and ``gpu`` (process pools; ``gpu`` runs one flow at a time), the
+3. the **promotion guard** (``python -m sdd.registry.receiver serve``, :mod:`sdd.registry.guard`) on
+   ``guard_port``, and its MLflow webhook (``model_version_alias.created``, registered idempotently
+   with the HMAC secret of ``guard-secret``); MLflow gets ``MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS`` and
+   ``http`` webhook URLs, since the receiver is on this machine, and a fixed key
+   (``mlflow-webhook-key``) to encrypt stored webhook secrets across restarts;
+4. the **work pools** ``cpu`` and ``gpu`` (process pools; ``gpu`` runs one flow at a time), the
    **deployments** of ``prefect.yaml`` (``prefect deploy --all``), and one **process worker** per
    pool, started from the project folder with ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` set.
 
 ``sdd stack down`` stops the workers first, then the servers (a server stopped under a live worker
 leaves the worker's runs crashed). ``sdd stack status`` says what is running.
 
-Everything lives in ``.sdd/stack/``: ``<service>.pid``, ``logs/<service>.log``, ``stack.json`` (the
-URLs, for ``sdd concepts publish`` and ``status``) and ``prefect-home/`` (``PREFECT_HOME``: the
-Prefect SQLite database and task results), unless ``PREFECT_HOME`` is set. ``prefect_db_url`` and
+Everything lives in ``.sdd/stack/``: ``<service>.pid``, ``guard-secret`` and ``mlflow-webhook-key``
+(mode 0600, made once; they reach their processes by environment or file, never a command line),
+``logs/<service>.log``, ``stack.json`` (the URLs, for ``sdd concepts publish`` and ``status``) and
+``prefect-home/`` (``PREFECT_HOME``: the Prefect SQLite database and task results), unless
+``PREFECT_HOME`` is set. ``prefect_db_url`` and
 ``mlflow_backend_uri`` go to their server only, through its environment (not its command line,
 which ``ps`` and the pid files show): workers and flow runs talk to the servers' APIs and need no
 database credentials. This module does not import Prefect or MLflow; it runs their command-line
@@ -29,8 +36,10 @@ tools, found next to the running Python first.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -61,6 +70,8 @@ class StackConfig:
     host: str = "127.0.0.1"
     prefect_port: int = 4200
     mlflow_port: int = 5000
+    guard_port: int = 5055  # the promotion guard's webhook receiver
+    guard: bool = True
     mlflow_db: Path | None = None
     mlflow_artifacts: Path | None = None
     # None: SQLite (PREFECT_HOME / mlflow_db). Otherwise a SQLAlchemy URL: postgresql+asyncpg://... for
@@ -88,6 +99,10 @@ class StackConfig:
     @property
     def mlflow_url(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def guard_url(self) -> str:
+        return f"http://{self.host}:{self.guard_port}"
 
     @property
     def mlflow_store_uri(self) -> str:
@@ -386,6 +401,40 @@ def deploy(cfg: StackConfig, env: dict[str, str]) -> None:
               cfg.timeout_s)
 
 
+def state_secret(path: Path, make) -> str:
+    """The secret in ``path``, made by ``make()`` (and written with mode 0600) the first time."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(make())
+    return path.read_text().strip()
+
+
+def guard_secret_file(cfg: StackConfig) -> Path:
+    path = cfg.state_dir / "guard-secret"
+    state_secret(path, lambda: secrets.token_urlsafe(32))
+    return path
+
+
+def webhook_env(cfg: StackConfig) -> dict[str, str]:
+    """The MLflow server's webhook settings: deliveries to this machine, secrets kept across restarts."""
+    key = state_secret(cfg.state_dir / "mlflow-webhook-key", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode())
+    return {"MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": key}
+
+
+def start_guard(cfg: StackConfig, env: dict[str, str]) -> None:
+    """Start the promotion guard's receiver, then register its webhook with MLflow (idempotent)."""
+    guard_env = {**env, "SDD_GUARD_SECRET_FILE": str(guard_secret_file(cfg))}
+    receiver = [sys.executable, "-m", "sdd.registry.receiver"]
+    record = spawn("guard", [*receiver, "serve", "--host", cfg.host, "--port", str(cfg.guard_port)], guard_env,
+                   cfg.state_dir, cfg.project)
+    wait_for(f"{cfg.guard_url}/health", record, cfg.timeout_s)
+    _run_tool([*receiver, "register-webhook", "--url", f"{cfg.guard_url}/webhook"], guard_env, cfg.project,
+              "registering the promotion guard's webhook", cfg.timeout_s)
+
+
 def _start_servers(cfg: StackConfig, env: dict[str, str]) -> None:
     cfg.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
     cfg.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
@@ -397,7 +446,7 @@ def _start_servers(cfg: StackConfig, env: dict[str, str]) -> None:
     mlflow_cmd = [_tool("mlflow"), "server", "--artifacts-destination", str(cfg.mlflow_artifacts),
                   "--host", cfg.host, "--port", str(cfg.mlflow_port), "--workers", "1"]
     # MLflow's GenAI job runner starts ~8 idle worker processes we never use; on 2 cores they cost.
-    mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env,
+    mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env, **webhook_env(cfg),
                   "MLFLOW_BACKEND_STORE_URI": cfg.mlflow_store_uri}
     prefect_server = spawn("prefect-server", prefect_cmd, prefect_env, cfg.state_dir, cfg.project)
     mlflow_server = spawn("mlflow-server", mlflow_cmd, mlflow_env, cfg.state_dir, cfg.project)
@@ -447,13 +496,17 @@ def up(cfg: StackConfig) -> dict[str, Any]:
         raise StackError(f"the stack is already running ({', '.join(running)}); `sdd stack down` first")
     for pid_file in cfg.state_dir.glob("*.pid"):  # stale: their processes are gone
         pid_file.unlink()
-    for what, port in (("Prefect", cfg.prefect_port), ("MLflow", cfg.mlflow_port)):
+    ports = (("Prefect", cfg.prefect_port), ("MLflow", cfg.mlflow_port)) + ((("Guard", cfg.guard_port),)
+                                                                           if cfg.guard else ())
+    for what, port in ports:
         if not port_is_free(cfg.host, port):
             raise StackError(f"port {port} for the {what} server is in use; "
                              f"pick another with --{what.lower()}-port")
     env = stack_env(cfg)
     try:
         _start_servers(cfg, env)
+        if cfg.guard:
+            start_guard(cfg, env)
         create_pools(cfg, env)
         create_zombie_automation(cfg)
         if cfg.deploy:
@@ -463,15 +516,18 @@ def up(cfg: StackConfig) -> dict[str, Any]:
         down(cfg.state_dir)
         raise
     info = {"prefect_ui": cfg.prefect_url, "prefect_api": f"{cfg.prefect_url}/api",
-            "mlflow_ui": cfg.mlflow_url, "pools": list(cfg.pools), "project": str(cfg.project),
+            "mlflow_ui": cfg.mlflow_url, "guard": f"{cfg.guard_url}/webhook" if cfg.guard else None,
+            "pools": list(cfg.pools), "project": str(cfg.project),
             "prefect_home": env["PREFECT_HOME"], "logs": str(cfg.state_dir / "logs")}
     (cfg.state_dir / STATE_FILE).write_text(json.dumps(info, indent=1))
     return info
 
 
 def _stop_order(record: dict[str, Any]) -> int:
-    """Workers first, then the Prefect server, then MLflow."""
-    return 0 if record["name"].startswith("worker-") else 1 if record["name"] == "prefect-server" else 2
+    """Workers and the guard first, then the Prefect server, then MLflow."""
+    if record["name"].startswith("worker-") or record["name"] == "guard":
+        return 0
+    return 1 if record["name"] == "prefect-server" else 2
 
 
 def down(state_dir: Path | None = None) -> list[str]:

@@ -44,7 +44,8 @@ def stack(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("stack")
     cfg = StackConfig(project=Path(__file__).resolve().parents[1], state_dir=root / "state", prefect_port=free_port(),
-                      mlflow_port=free_port(), mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
+                      mlflow_port=free_port(), guard_port=free_port(),
+                      mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
                       env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
                       timeout_s=300)
     try:

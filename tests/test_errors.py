@@ -11,7 +11,8 @@ from sdd import errors
 from sdd.cli import exit_on_error
 from sdd.registry.store import Store, client_for
 
-USER = [errors.ConfigError, errors.RegistryInputError, errors.PromotionRefused, errors.ShardCountError]
+USER = [errors.ConfigError, errors.RegistryInputError, errors.PromotionRefused, errors.ShardCountError,
+        errors.ProtectedAliasViolation]
 TRANSIENT = [errors.TransientError, errors.RegistryUnavailable, errors.ConcurrentPromotionError,
              errors.ArtifactUploadError, errors.StackError, errors.ShardError]
 

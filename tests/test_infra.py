@@ -38,7 +38,8 @@ K8S_TEMPLATE = INFRA / "k8s" / "gpu-base-job-template.json"
 DOCKERFILE = INFRA / "docker" / "Dockerfile"
 
 SECRET_VARS = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_S3_SECRET_KEY", "PREFECT_SERVER_API_AUTH_STRING",
-               "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+               "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "SDD_GUARD_SECRET",
+               "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY")
 TEST_SECRET = "test-only-not-a-secret"
 
 
@@ -223,6 +224,21 @@ def test_the_servers_use_postgres_and_mlflow_proxies_artifacts_to_minio(stack):
         subprocess.run(["bash", "-n", str(COMPOSE_DIR / script)], check=True)
 
 
+def test_the_promotion_guard_runs_and_its_webhook_is_registered_at_init(stack):
+    s = stack["services"]
+    guard, init = s["guard"], s["prefect-init"]
+    assert guard["image"] == "sdd-runner:local" and "ports" not in guard  # only MLflow posts to it
+    assert guard["command"][:4] == ["python", "-m", "sdd.registry.receiver", "serve"]
+    assert service_env(guard)["SDD_GUARD_SECRET"] == service_env(init)["SDD_GUARD_SECRET"] == TEST_SECRET
+    assert init["depends_on"]["guard"]["condition"] == "service_healthy"
+    assert "sdd.registry.receiver register-webhook --url \"${SDD_GUARD_URL" in \
+        (COMPOSE_DIR / "prefect-init.sh").read_text()
+    mlflow_env = service_env(s["mlflow"])
+    assert mlflow_env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] == "true" and "http" in mlflow_env[
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES"].split(",")
+    assert mlflow_env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] == TEST_SECRET
+
+
 def test_workers_serve_the_cpu_and_gpu_pools_from_one_image(stack):
     s = stack["services"]
     images = {s[name]["image"] for name in ("cpu-worker", "gpu-worker", "prefect-init")}
@@ -252,7 +268,7 @@ def test_the_auth_override_turns_on_prefect_and_mlflow_auth():
     assert service_env(s["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"] == f"admin:{TEST_SECRET}"
     assert s["mlflow"]["command"][2:4] == ["--app-name", "basic-auth"]
     assert service_env(s["mlflow"])["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
-    for worker in ("cpu-worker", "gpu-worker", "prefect-init"):
+    for worker in ("cpu-worker", "gpu-worker", "prefect-init", "guard"):
         env = service_env(s[worker])
         assert env["PREFECT_API_AUTH_STRING"] == f"admin:{TEST_SECRET}"
         assert env["MLFLOW_TRACKING_PASSWORD"] == TEST_SECRET

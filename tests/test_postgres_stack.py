@@ -148,7 +148,7 @@ def postgres_databases():
 def pg_stack(postgres_databases, tmp_path_factory):
     root = tmp_path_factory.mktemp("pg_stack")
     cfg = StackConfig(project=PROJECT, state_dir=root / "state", prefect_port=free_port(), mlflow_port=free_port(),
-                      mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
+                      guard_port=free_port(), mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
                       prefect_db_url=database_url(postgres_databases["prefect"], "postgresql+asyncpg"),
                       mlflow_backend_uri=database_url(postgres_databases["mlflow"], "postgresql+psycopg2"),
                       env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2",

@@ -100,7 +100,8 @@ class StepWatcher(threading.Thread):
 def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_once(tmp_path):
     root = tmp_path
     cfg = StackConfig(project=PROJECT, state_dir=root / "state", prefect_port=free_port(),
-                      mlflow_port=free_port(), mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
+                      mlflow_port=free_port(), guard_port=free_port(),
+                      mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
                       env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
                       timeout_s=300)
     runs_dir = root / "runs"

@@ -5,7 +5,9 @@
 #   2. the deployments of prefect.yaml (erase-concepts, distill-gpu, re-erase), from the project folder;
 #   3. the evaluate-sharded deployment (flows/shards.py) on the gpu pool;
 #   4. the automation that marks flow runs Crashed when their heartbeats stop (a worker or GPU node
-#      lost mid-run; the runners send heartbeats every $PREFECT_FLOWS_HEARTBEAT_FREQUENCY s).
+#      lost mid-run; the runners send heartbeats every $PREFECT_FLOWS_HEARTBEAT_FREQUENCY s);
+#   5. the promotion guard's MLflow webhook (model_version_alias.created -> $SDD_GUARD_URL, signed
+#      with $SDD_GUARD_SECRET), created or updated.
 # A pool that exists is left as it is (settings changed in the UI survive a restart).
 set -euo pipefail
 cd "${SDD_PROJECT_DIR:-/opt/sdd}"
@@ -21,4 +23,5 @@ prefect --no-prompt deploy --all
 prefect --no-prompt deploy flows/shards.py:evaluate_sharded --name evaluate-sharded --pool gpu \
   --description "Sharded evaluation of an erased model on a Dask cluster (one shard per GPU)."
 python -m sdd.stack zombie-automation
-echo "prefect-init: pools cpu and gpu, deployments and the zombie automation applied"
+python -m sdd.registry.receiver register-webhook --url "${SDD_GUARD_URL:-http://guard:5055/webhook}"
+echo "prefect-init: pools cpu and gpu, deployments, the zombie automation and the guard's webhook applied"

@@ -10,9 +10,13 @@ This package is the only part of ``sdd`` that imports MLflow. Its modules, each 
   base64 PNGs out;
 * :mod:`sdd.registry.registration` -- 2. **register** (:func:`register`: track + register,
   idempotent, alias ``candidate`` only when every gate passed);
-* :mod:`sdd.registry.promotion` -- 3. **promote** (:func:`promote`), list, :func:`load_model`;
+* :mod:`sdd.registry.promotion` -- 3. **promote** (:func:`promote`), list, :func:`load_model`, and
+  the promotion rule (:func:`promotion_refusal`);
 * :mod:`sdd.registry.check` -- 4. **check** after a promotion (:func:`~sdd.registry.check.check_promoted`:
-  redraw a sample of the evaluation with ``models:/<name>@<alias>``, compare; imported on demand).
+  redraw a sample of the evaluation with ``models:/<name>@<alias>``, compare; imported on demand);
+* :mod:`sdd.registry.guard` -- the **promotion guard**: the rule applied to alias moves made
+  elsewhere (the MLflow UI), reverting the refused ones, and the reconcile (:func:`check_aliases`);
+* :mod:`sdd.registry.receiver` -- the guard's webhook receiver (``python -m sdd.registry.receiver``).
 
 Provenance (git, DVC, scrubbing secrets) is :mod:`sdd.provenance`, importable without MLflow; the
 folder layout is :mod:`sdd.layout`; the errors are :mod:`sdd.errors`.
@@ -38,6 +42,7 @@ from sdd.errors import (
     RegistryUnavailable,
 )
 from sdd.provenance import dvc_info, git_info, scrub
+from sdd.registry.guard import GuardOutcome, check_aliases, guard_promotion
 from sdd.registry.inputs import (
     GATES_FAILED,
     GATES_PASSED,
@@ -56,6 +61,7 @@ from sdd.registry.promotion import (
     list_versions,
     load_model,
     promote,
+    promotion_refusal,
 )
 from sdd.registry.pyfunc import (
     DEFAULT_GUIDANCE,
@@ -85,8 +91,9 @@ __all__ = [
     "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "GATES_FAILED", "GATES_PASSED", "REGISTRATION_KEY_TAG", "RUNTIME_PACKAGES",
     "ArtifactUploadError", "ConcurrentPromotionError", "ErasedDiffusionModel", "Erasure", "ErasureRun",
     "Evaluation", "GateSummary", "Promotion", "PromotionRefused", "Registration", "RegistryError",
-    "RegistryInputError", "RegistryUnavailable", "Store",
-    "VersionRow", "alias_version", "client_for", "decode_image", "dvc_info", "encode_image", "erasure_params",
+    "RegistryInputError", "RegistryUnavailable", "Store", "GuardOutcome", "check_aliases", "guard_promotion",
+    "promotion_refusal", "VersionRow", "alias_version", "client_for", "decode_image", "dvc_info", "encode_image",
+    "erasure_params",
     "evaluation_metrics", "find_registration", "git_info", "list_models", "list_versions", "load_model",
     "log_erasure", "mlflow_at", "model_signature", "pip_requirements", "promote", "provenance_tags",
     "read_erasure", "read_evaluation", "read_gates", "register", "register_erasure", "registration_key",

@@ -52,6 +52,32 @@ class VersionRow:
     tags: dict[str, str] = field(default_factory=dict)  # every model-version tag (concepts_sha256, ...)
 
 
+#: The model-version tags `sdd promote --force` writes; with them a failed version may hold that alias.
+FORCE_TAGS = ("forced_by", "force_reason", "forced_at", "forced_alias")
+
+
+def gate_failure(tags: dict[str, str]) -> str | None:
+    """Why a version's gates did not pass (from its tags), or None when they all passed."""
+    if tags.get("gates") == GATES_PASSED:
+        return None
+    return tags.get("gates_failed") or tags.get("gates", "no gate verdict")
+
+
+def promotion_refusal(tags: dict[str, str], alias: str) -> str | None:
+    """The promotion rule: why a version with ``tags`` may not hold ``alias``, or None when it may.
+
+    It may when its gates passed, or when it was forced for this very alias with a reason (the
+    tags :func:`promote` writes with ``force=True``). The promotion guard applies this rule to
+    moves made elsewhere (the MLflow UI, the REST API).
+    """
+    failure = gate_failure(tags)
+    forced = (tags.get("forced_alias") == alias and (tags.get("forced_by") or "").strip()
+              and (tags.get("force_reason") or "").strip())
+    if failure is None or forced:
+        return None
+    return f"did not pass its gates ({failure}) and was not forced for '{alias}' with a reason"
+
+
 def _get_version(client: MlflowClient, name: str, version: int | str):
     try:
         return client.get_model_version(name, str(version))
@@ -105,12 +131,11 @@ def promote(name: str, version: int | str, alias: str = "production", force: boo
     """Point ``alias`` at ``version`` of model ``name``; refuses failed gates unless forced with a reason."""
     with client_for(resolve_store(cfg, tracking_uri)) as client:
         mv = _get_version(client, name, version)
-        passed = mv.tags.get("gates") == GATES_PASSED
+        why = gate_failure(mv.tags)
         if force and not (reason or "").strip():
             raise PromotionRefused("--force needs a non-empty --reason; the override is recorded on "
                                    "the version")
-        if not passed and not force:
-            why = mv.tags.get("gates_failed") or mv.tags.get("gates", "no gate verdict")
+        if why is not None and not force:
             raise PromotionRefused(f"{name} version {mv.version} did not pass its gates ({why}); "
                                    f"refusing to set '{alias}' (override with --force --reason '...')")
         if force:
