@@ -96,8 +96,8 @@ def test_six_runs_at_once_queue_on_the_gpu_pool_and_each_registers_once(stack):
 
     # each concept set registered exactly once
     versions, _ = registry(stack)
-    registered = sorted(frozenset(v.tags["concepts"].split(",")) for v in versions.values())
-    assert registered == sorted(frozenset(c) for c in ids), registered
+    registered = sorted(tuple(sorted(v.tags["concepts"].split(","))) for v in versions.values())
+    assert registered == sorted(tuple(sorted(c)) for c in ids), registered
     keys = [v.tags["registration_key"] for v in versions.values()]
     assert len(versions) == len(CONCEPT_SETS) and len(set(keys)) == len(keys), registered
     waits = [(started(r) - datetime.fromisoformat(r["expected_start_time"])).total_seconds() for r in gpu_runs]
