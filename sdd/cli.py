@@ -517,15 +517,19 @@ def stack_up(
     mlflow_backend_uri: str | None = typer.Option(
         None, "--mlflow-backend-uri", envvar="SDD_MLFLOW_BACKEND_URI", show_envvar=True, parser=Text(),
         help="MLflow backend store, e.g. postgresql://user:pw@host:5432/mlflow (default: .sdd/mlflow.db)"),
+    auth: bool = typer.Option(
+        False, "--auth", help="Require HTTP basic auth on Prefect and MLflow; the user:password comes from "
+                              "$SDD_STACK_AUTH or the file $SDD_STACK_AUTH_FILE names, never from the command line."),
 ) -> None:
     """Start Prefect and MLflow servers, create the cpu/gpu pools, deploy, start a worker per pool."""
-    from sdd.stack import StackConfig, up
+    from sdd.stack import StackAuth, StackConfig, up
 
     with exit_on_error():
         info = up(StackConfig(host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
                               guard_port=guard_port, guard=not no_guard,
                               reerase_cron=reerase_cron, deploy=not no_deploy,
-                              prefect_db_url=prefect_db_url, mlflow_backend_uri=mlflow_backend_uri))
+                              prefect_db_url=prefect_db_url, mlflow_backend_uri=mlflow_backend_uri,
+                              auth=StackAuth.from_environment() if auth else None))
     typer.echo(f"Prefect UI  {info['prefect_ui']}")
     typer.echo(f"MLflow UI   {info['mlflow_ui']}")
     if info.get("guard"):
@@ -533,6 +537,9 @@ def stack_up(
     typer.echo(f"workers     {', '.join(info['pools'])} (logs in {info['logs']})")
     typer.echo(f"use it:     export PREFECT_API_URL={info['prefect_api']} "
                f"MLFLOW_TRACKING_URI={info['mlflow_ui']}")
+    if auth:
+        typer.echo("auth:       basic; clients also need PREFECT_API_AUTH_STRING=user:password and "
+                   "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
 
 
 @stack_app.command("down")

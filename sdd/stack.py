@@ -32,6 +32,13 @@ Everything lives in ``.sdd/stack/``: ``<service>.pid``, ``guard-secret`` and ``m
 which ``ps`` and the pid files show): workers and flow runs talk to the servers' APIs and need no
 database credentials. This module does not import Prefect or MLflow; it runs their command-line
 tools, found next to the running Python first.
+
+**Authentication** (``sdd stack up --auth``, :class:`StackAuth`): one ``user:password`` from
+``$SDD_STACK_AUTH`` or the file named by ``$SDD_STACK_AUTH_FILE`` -- never a command-line argument.
+The Prefect server then requires HTTP basic auth (``PREFECT_SERVER_API_AUTH_STRING``) on its API,
+which is also what the UI's data calls use; MLflow runs its ``basic-auth`` app with that user as its
+admin (users in ``<state>/mlflow-auth.db``). Workers, their flow runs and ``prefect`` commands get
+``PREFECT_API_AUTH_STRING`` and ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``, all by environment.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from sdd.config import LOCAL_STORE_DIR
-from sdd.errors import StackError, WorkerExitedError
+from sdd.errors import ConfigError, StackError, WorkerExitedError
 
 STATE_DIR = LOCAL_STORE_DIR / "stack"
 STATE_FILE = "stack.json"
@@ -84,6 +91,7 @@ class StackConfig:
     deploy: bool = True
     env: dict[str, str] = field(default_factory=dict)  # extra environment for every process
     timeout_s: float = 240.0
+    auth: StackAuth | None = None  # None: no authentication (fine on 127.0.0.1 only)
 
     def __post_init__(self):
         self.project = Path(self.project).resolve()
@@ -108,6 +116,77 @@ class StackConfig:
     def mlflow_store_uri(self) -> str:
         """The MLflow server's backend store: ``mlflow_backend_uri``, else SQLite at ``mlflow_db``."""
         return self.mlflow_backend_uri or f"sqlite:///{self.mlflow_db}"
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+AUTH_ENV = "SDD_STACK_AUTH"
+AUTH_FILE_ENV = "SDD_STACK_AUTH_FILE"
+
+
+@dataclass(frozen=True)
+class StackAuth:
+    """The one user of an authenticated stack: Prefect's basic-auth user and MLflow's admin."""
+
+    user: str
+    password: str = field(repr=False)
+
+    @property
+    def basic(self) -> str:
+        """``user:password``, what Prefect's auth string holds."""
+        return f"{self.user}:{self.password}"
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> StackAuth:
+        user, sep, password = text.strip().partition(":")
+        if not sep or not user or not password or any(c.isspace() or not c.isprintable() for c in user):
+            raise ConfigError(f"{source}: expected one line 'user:password' with a non-empty user "
+                              f"(no spaces) and password")
+        if any(not c.isprintable() for c in password):
+            raise ConfigError(f"{source}: the password has control characters; use printable ones")
+        return cls(user, password)
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> StackAuth:
+        """From ``$SDD_STACK_AUTH`` (``user:password``), else the file ``$SDD_STACK_AUTH_FILE`` names."""
+        environ = os.environ if environ is None else environ
+        if environ.get(AUTH_ENV):
+            return cls.parse(environ[AUTH_ENV], f"${AUTH_ENV}")
+        path = environ.get(AUTH_FILE_ENV)
+        if not path:
+            raise ConfigError(f"--auth: set {AUTH_ENV}=user:password or {AUTH_FILE_ENV}=<file holding "
+                              f"user:password> in the environment (never on the command line)")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"${AUTH_FILE_ENV}: cannot read {path!r} ({type(e).__name__}); "
+                              f"point it at a UTF-8 file holding user:password") from None
+        return cls.parse(text, f"${AUTH_FILE_ENV} ({path})")
+
+    def client_env(self) -> dict[str, str]:
+        """What workers, flow runs and ``prefect`` / ``mlflow`` clients need to get in."""
+        return {"PREFECT_API_AUTH_STRING": self.basic, "MLFLOW_TRACKING_USERNAME": self.user,
+                "MLFLOW_TRACKING_PASSWORD": self.password}
+
+    def header(self) -> str:
+        return "Basic " + base64.b64encode(self.basic.encode()).decode()
+
+
+def _auth_header(auth: StackAuth | None) -> dict[str, str]:
+    """The Authorization header for ``auth``, else for ``$PREFECT_API_AUTH_STRING`` when set."""
+    if auth is not None:
+        return {"Authorization": auth.header()}
+    basic = os.environ.get("PREFECT_API_AUTH_STRING")
+    return {"Authorization": "Basic " + base64.b64encode(basic.encode()).decode()} if basic else {}
+
+
+def mlflow_auth_ini(cfg: StackConfig) -> Path:
+    """MLflow's basic-auth settings for the stack (no secret in it): users in ``<state>/mlflow-auth.db``."""
+    ini = cfg.state_dir / "mlflow-auth.ini"
+    ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                   f"database_uri = sqlite:///{cfg.state_dir / 'mlflow-auth.db'}\n"
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return ini
 
 
 # --- processes and their pid files --------------------------------------------------------------
@@ -238,14 +317,15 @@ def read_records(state_dir: Path) -> list[dict[str, Any]]:
 RETRYABLE_STATUS = {429, 503}  # Prefect answers 503 when SQLite is locked: "retry", not "failed"
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0, retries: int = 6) -> Any:
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0, retries: int = 6,
+              auth: StackAuth | None = None) -> Any:
     """One JSON call, retried with backoff while the server says it is busy (429/503).
 
     A POST that creates something should carry an idempotency key so that a retry cannot create
-    it twice.
+    it twice. It authenticates as ``auth``, else with ``$PREFECT_API_AUTH_STRING`` when that is set.
     """
     data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **_auth_header(auth)}
     for attempt in range(retries + 1):
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
@@ -290,7 +370,8 @@ def wait_for_worker(cfg: StackConfig, pool: str, record: dict[str, Any]) -> None
             raise WorkerExitedError(f"worker for pool {pool} exited ({exit_status(record)}); log {record['log']}:\n"
                                     f"{_tail(record['log'])}")
         try:
-            workers = http_json("POST", f"{cfg.prefect_url}/api/work_pools/{pool}/workers/filter", {})
+            workers = http_json("POST", f"{cfg.prefect_url}/api/work_pools/{pool}/workers/filter", {},
+                                auth=cfg.auth)
             if any(w.get("name") == f"sdd-{pool}" for w in workers or []):
                 return
         except (OSError, ValueError):
@@ -325,6 +406,8 @@ def stack_env(cfg: StackConfig) -> dict[str, str]:
     # flow runs report they are alive; see create_zombie_automation
     env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
     env.update(cfg.env)
+    if cfg.auth is not None:
+        env.update(cfg.auth.client_env())
     return env
 
 
@@ -358,21 +441,21 @@ def zombie_automation(heartbeat_s: int = HEARTBEAT_S) -> dict[str, Any]:
     }
 
 
-def ensure_zombie_automation(api_url: str) -> bool:
+def ensure_zombie_automation(api_url: str, auth: StackAuth | None = None) -> bool:
     """Create the zombie automation on the Prefect API at ``api_url`` unless it exists; True if created.
 
     The team stack's init script runs ``python -m sdd.stack zombie-automation`` to do the same.
     """
     api_url = api_url.rstrip("/")
-    existing = http_json("POST", f"{api_url}/automations/filter", {}, timeout=30) or []
+    existing = http_json("POST", f"{api_url}/automations/filter", {}, timeout=30, auth=auth) or []
     if any(a.get("name") == ZOMBIE_AUTOMATION for a in existing):
         return False
-    http_json("POST", f"{api_url}/automations/", zombie_automation(), timeout=30)
+    http_json("POST", f"{api_url}/automations/", zombie_automation(), timeout=30, auth=auth)
     return True
 
 
 def create_zombie_automation(cfg: StackConfig) -> None:
-    ensure_zombie_automation(f"{cfg.prefect_url}/api")
+    ensure_zombie_automation(f"{cfg.prefect_url}/api", cfg.auth)
 
 
 def _run_tool(args: list[str], env: dict[str, str], cwd: Path, what: str, timeout_s: float) -> str:
@@ -448,6 +531,12 @@ def _start_servers(cfg: StackConfig, env: dict[str, str]) -> None:
     # MLflow's GenAI job runner starts ~8 idle worker processes we never use; on 2 cores they cost.
     mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env, **webhook_env(cfg),
                   "MLFLOW_BACKEND_STORE_URI": cfg.mlflow_store_uri}
+    if cfg.auth is not None:
+        prefect_env["PREFECT_SERVER_API_AUTH_STRING"] = cfg.auth.basic
+        mlflow_cmd[2:2] = ["--app-name", "basic-auth"]
+        mlflow_env.update({"MLFLOW_AUTH_CONFIG_PATH": str(mlflow_auth_ini(cfg)),
+                           "MLFLOW_AUTH_ADMIN_USERNAME": cfg.auth.user, "MLFLOW_AUTH_ADMIN_PASSWORD": cfg.auth.password,
+                           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)})
     prefect_server = spawn("prefect-server", prefect_cmd, prefect_env, cfg.state_dir, cfg.project)
     mlflow_server = spawn("mlflow-server", mlflow_cmd, mlflow_env, cfg.state_dir, cfg.project)
     wait_for(f"{cfg.prefect_url}/api/health", prefect_server, cfg.timeout_s)
@@ -518,7 +607,8 @@ def up(cfg: StackConfig) -> dict[str, Any]:
     info = {"prefect_ui": cfg.prefect_url, "prefect_api": f"{cfg.prefect_url}/api",
             "mlflow_ui": cfg.mlflow_url, "guard": f"{cfg.guard_url}/webhook" if cfg.guard else None,
             "pools": list(cfg.pools), "project": str(cfg.project),
-            "prefect_home": env["PREFECT_HOME"], "logs": str(cfg.state_dir / "logs")}
+            "prefect_home": env["PREFECT_HOME"], "logs": str(cfg.state_dir / "logs"),
+            "auth": "basic" if cfg.auth is not None else "none"}
     (cfg.state_dir / STATE_FILE).write_text(json.dumps(info, indent=1))
     return info
 

@@ -75,9 +75,11 @@ def test_exit_status_says_how_a_spawned_process_ended(tmp_path):
     assert exit_status(sleeper) == "still running"
     os.kill(sleeper["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while is_alive(exited) and time.monotonic() < deadline:
+    # Wait on the exit itself: is_alive() compares /proc cmdlines, which is False before the child has exec'd.
+    while (status := exit_status(exited)) == "still running" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert exit_status(exited) == "exit code 3"
+    assert status == "exit code 3"
+    assert not is_alive(exited)
     while (status := exit_status(sleeper)) == "still running" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert status == "killed by SIGKILL"  # reaped now: a later call cannot tell

@@ -764,3 +764,112 @@ def test_s3_behind_the_tracking_server_lost_mid_upload(erased_dir, eval_pass, tm
     finally:
         stop(server)
         stop(moto)
+
+
+# --- the tracking server lost mid-registration ------------------------------------------------------
+
+
+def start_local_mlflow(root: Path, port: int):
+    """``mlflow server`` on SQLite with local artifacts under ``root``, on ``port``; the process."""
+    from servers import start, wait_until_up
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    log = root / f"server-{time.monotonic_ns()}.log"
+    proc = start(cmd, {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, log)
+    wait_until_up(f"http://127.0.0.1:{port}/health", proc, log, timeout=240)
+    return proc
+
+
+def kill_server_at(moment: str, proc, monkeypatch) -> list[float]:
+    """SIGKILL the server's process group at ``moment``; returns a list that gets the kill's time.
+
+    ``before-version``: the run and its model are logged, the registered model exists, and
+    ``create_model_version`` is the next call. ``before-alias``: the version was just created; its
+    alias and run tag are next.
+    """
+    import os
+    import signal
+
+    import sdd.registry.registration as registration
+
+    events: list[float] = []
+
+    def kill() -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        events.append(time.monotonic())
+
+    if moment == "before-version":
+        original = registration._ensure_registered_model
+
+        def ensure_then_kill(client, name):
+            original(client, name)
+            kill()
+
+        monkeypatch.setattr(registration, "_ensure_registered_model", ensure_then_kill)
+    else:
+        original = registration._link_logged_model
+
+        def kill_then_link(client, model_id, name, version):
+            kill()
+            original(client, model_id, name, version)
+
+        monkeypatch.setattr(registration, "_link_logged_model", kill_then_link)
+    return events
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("moment", ["before-version", "before-alias"])
+def test_tracking_server_lost_mid_registration_is_retried_then_one_line_and_finished_by_a_rerun(
+        moment, erased_dir, eval_pass, tmp_path, monkeypatch, caplog):
+    """The MLflow server itself dies mid-`sdd register`; the client retries, one line; a rerun finishes."""
+    import logging
+
+    from servers import free_port, stop
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_local_mlflow(tmp_path, port)
+    try:
+        for key, value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                           "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}.items():
+            monkeypatch.setenv(key, value)
+        events = kill_server_at(moment, proc, monkeypatch)
+        caplog.set_level(logging.DEBUG, logger="urllib3.util.retry")
+        args = ["register", "--run", str(erased_dir), "--eval", str(eval_pass), "--name", "server-down",
+                "--tracking-uri", url]
+        result = CliRunner().invoke(app, args)
+        failed_after = time.monotonic() - events[0]
+        monkeypatch.undo()  # the real registration functions again for the rerun
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+        assert result.exit_code == 1, (result.exit_code, result.stderr[-3000:], result.exception)
+        assert len(errors) == 1 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+        line = errors[0]
+        assert f"MLflow tracking server {url} lost mid-registration" in line, line
+        assert ("no model version was created" if moment == "before-version" else "exists without its alias") in line
+        retries = [r for r in caplog.records if r.getMessage().startswith("Incremented Retry")]
+        assert len(retries) >= 2, "the MLflow client did not retry the lost server"
+
+        # the server comes back on the same store: nothing half-registered is left standing
+        proc = start_local_mlflow(tmp_path, port)
+        client = MlflowClient(url)
+        versions = client.search_model_versions("name = 'server-down'")
+        if moment == "before-version":
+            assert versions == [] and client.get_registered_model("server-down").aliases == {}
+        else:  # created before the loss: there, but without alias and run tag until the rerun finishes it
+            assert [v.version for v in versions] == ["1"]
+            assert client.get_registered_model("server-down").aliases == {}
+            assert "registered_model" not in client.get_run(versions[0].run_id).data.tags
+
+        rerun = CliRunner().invoke(app, args)
+        assert rerun.exit_code == 0, rerun.stderr[-3000:]
+        [version] = client.search_model_versions("name = 'server-down'")
+        assert version.version == "1" and client.get_registered_model("server-down").aliases == {"candidate": "1"}
+        assert client.get_run(version.run_id).data.tags["registered_model"] == "server-down/1"
+        print(f"tracking server killed ({moment}): failed {failed_after:.1f} s later after {len(retries)} "
+              f"client retries: {line}")
+    finally:
+        stop(proc)

@@ -5,7 +5,9 @@ A new version of the registered model (default ``sdd-erased``) is tagged with it
 the alias ``candidate`` is set only when the evaluation's verdict is ``pass`` and no gate check
 failed; every other version is registered for the record with ``gates=failed`` and no alias.
 **Idempotent**: :func:`register` tags the version with a :func:`registration_key` and returns the
-existing version when the same erasure and evaluation are registered again. **Races**: on a local
+existing version when the same erasure and evaluation are registered again -- finishing it first
+if the tracking server was lost between creating it and tagging its run (the run's
+``registered_model`` tag is written last, so its absence marks an unfinished registration). **Races**: on a local
 SQLite store concurrent registrations queue on a file lock next to the database; against a
 tracking server, racing duplicates each create a version, see the lowest-numbered version with
 their key and all but its creator delete theirs -- one version per key either way. **Description**:
@@ -26,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sdd.config import RegistryConfig
+from sdd.errors import RegistryUnavailable
 from sdd.layout import METRICS_FILE, PATCH_FILE
 from sdd.provenance import scrub
 from sdd.registry.inputs import (
@@ -37,7 +40,7 @@ from sdd.registry.inputs import (
     read_evaluation,
     read_gates,
 )
-from sdd.registry.store import client_for, mlflow_at, resolve_store, store_lock
+from sdd.registry.store import SERVER_SIDE_ERRORS, client_for, mlflow_at, resolve_store, store_lock
 from sdd.registry.tracking import ErasureRun, log_erasure, provenance_tags
 
 
@@ -185,6 +188,14 @@ def _link_logged_model(client: MlflowClient, model_id: str, name: str, version: 
         pass  # cosmetic only
 
 
+def _raise_if_server_lost(e: MlflowException, tracking_uri: str, what: str) -> None:
+    """Raise a one-line :class:`RegistryUnavailable` saying ``what`` the lost server left, if it failed."""
+    if e.error_code in SERVER_SIDE_ERRORS:
+        cause = (str(e.message).strip().splitlines() or [type(e).__name__])[0]
+        raise RegistryUnavailable(f"MLflow tracking server {tracking_uri} lost mid-registration ({cause}); "
+                                  f"{what}") from e
+
+
 def register_erasure(run: ErasureRun, cfg: RegistryConfig | None = None, *, name: str | None = None,
                      tracking_uri: str | None = None, key: str | None = None) -> Registration:
     """Register the run's model as a new version; alias ``candidate`` only if every gate passed.
@@ -201,26 +212,59 @@ def register_erasure(run: ErasureRun, cfg: RegistryConfig | None = None, *, name
     if key:
         tags[REGISTRATION_KEY_TAG] = key
     # The registry resolves ``models:/m-...`` through the global tracking URI: hence mlflow_at.
-    with mlflow_at(resolve_store(cfg, tracking_uri)) as client:
+    store = resolve_store(cfg, tracking_uri)
+    with mlflow_at(store) as client:
         _ensure_registered_model(client, name)
-        mv = client.create_model_version(name, source=run.model_uri, run_id=run.run_id, tags=tags,
-                                         model_id=run.model_id)
-        version = int(mv.version)
-        same = _versions_with_key(client, name, key) if key else []
-        first = same[0] if same else mv
-        if int(first.version) != version:  # lost a race with an identical registration
-            client.delete_model_version(name, str(version))
-            client.set_tag(run.run_id, "registered_model", f"{name}/{first.version}")
-            client.set_tag(run.run_id, "duplicate_of", f"{name}/{first.version}")
-            return _reused(first, name, cfg)
-        _link_logged_model(client, run.model_id, name, version)
-        client.update_model_version(name, str(version), description=scrub(_describe(run), limit=5000))
-        alias = None
-        if gates.passed:
-            client.set_registered_model_alias(name, cfg.candidate_alias, str(version))
-            alias = cfg.candidate_alias
-        client.set_tag(run.run_id, "registered_model", f"{name}/{version}")
+        try:
+            mv = client.create_model_version(name, source=run.model_uri, run_id=run.run_id, tags=tags,
+                                             model_id=run.model_id)
+        except MlflowException as e:
+            _raise_if_server_lost(e, store.tracking_uri, f"no model version was created (run {run.run_id} is "
+                                  "logged); rerun once the server is back")
+            raise
+        try:
+            return _finish_registration(client, run, mv, name, key, cfg)
+        except MlflowException as e:
+            _raise_if_server_lost(e, store.tracking_uri, f"version {mv.version} of {name} exists without its "
+                                  "alias and run tag; rerun with the same folders once the server is back to finish it")
+            raise
+
+
+def _finish_registration(client: MlflowClient, run: ErasureRun, mv, name: str, key: str | None,
+                         cfg: RegistryConfig) -> Registration:
+    """After ``create_model_version``: keep one version per key, then alias and run tag (the tag last)."""
+    gates = run.gates
+    version = int(mv.version)
+    same = _versions_with_key(client, name, key) if key else []
+    first = same[0] if same else mv
+    if int(first.version) != version:  # lost a race with an identical registration
+        client.delete_model_version(name, str(version))
+        client.set_tag(run.run_id, "registered_model", f"{name}/{first.version}")
+        client.set_tag(run.run_id, "duplicate_of", f"{name}/{first.version}")
+        return _reused(first, name, cfg)
+    _link_logged_model(client, run.model_id, name, version)
+    client.update_model_version(name, str(version), description=scrub(_describe(run), limit=5000))
+    alias = None
+    if gates.passed:
+        client.set_registered_model_alias(name, cfg.candidate_alias, str(version))
+        alias = cfg.candidate_alias
+    client.set_tag(run.run_id, "registered_model", f"{name}/{version}")  # last: marks it finished
     return Registration(run.run_id, run.model_uri, name, version, alias, gates)
+
+
+def _finish_if_interrupted(client: MlflowClient, found: Registration) -> None:
+    """Set what a registration interrupted after ``create_model_version`` left unset: alias, run tag.
+
+    The alias ``candidate`` goes on it only if its gates passed and no newer version holds the alias
+    (a later registration already moved on).
+    """
+    if "registered_model" in client.get_run(found.run_id).data.tags:
+        return
+    if found.alias:
+        holder = client.get_registered_model(found.name).aliases.get(found.alias)
+        if holder is None or int(holder) < found.version:
+            client.set_registered_model_alias(found.name, found.alias, str(found.version))
+    client.set_tag(found.run_id, "registered_model", f"{found.name}/{found.version}")
 
 
 def find_registration(name: str, key: str, cfg: RegistryConfig | None = None, *,
@@ -250,6 +294,8 @@ def register(run_dir: Path | str, eval_dir: Path | str | None, cfg: RegistryConf
     with store_lock(store):
         existing = find_registration(name, key, cfg, tracking_uri=tracking_uri)
         if existing is not None:
+            with client_for(store) as client:
+                _finish_if_interrupted(client, existing)
             return existing
         run = log_erasure(run_dir, eval_dir, cfg, tracking_uri=tracking_uri)
         return register_erasure(run, cfg, name=name, tracking_uri=tracking_uri, key=key)
