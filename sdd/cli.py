@@ -9,6 +9,7 @@ comes from :mod:`flows.events`), so the library never imports the orchestration 
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,14 +40,29 @@ app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_ena
                   help="Safe self-Distillation of Diffusion models: erase concepts, measure, register.")
 
 
+#: Write failures of the machine, not of the input: a full disk or quota, a read-only or broken file system.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
 @contextmanager
 def exit_on_error() -> Iterator[None]:
-    """An :class:`~sdd.errors.SddError` becomes ``error: <one line>`` and its exit status (2 or 1)."""
+    """An :class:`~sdd.errors.SddError` becomes ``error: <one line>`` and its exit status (2 or 1);
+    so does a write the file system refused (disk full...): outputs are written atomically, so what
+    was finished is kept and a rerun continues."""
     try:
         yield
     except SddError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(exit_code(e)) from None
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        from sdd.config import one_line
+
+        where = f" {e.filename}" if e.filename else ""
+        typer.echo(one_line(f"error: cannot write{where} ({e.strerror}); free space or fix the file system, "
+                            f"then rerun: finished outputs are kept"), err=True)
+        raise typer.Exit(1) from None
 
 
 toy_app = typer.Typer(help="The embedded toy world.", no_args_is_help=True)
