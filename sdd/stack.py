@@ -216,6 +216,14 @@ def _cmdline(pid: int) -> str | None:
         return None
 
 
+def _proc_state(pid: int) -> str | None:
+    """The state letter of /proc/<pid>/stat (R, S, Z...), None if unreadable."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def is_alive(record: dict[str, Any]) -> bool:
     """Whether the process of a pid record still runs (and is ours, where /proc can tell)."""
     pid = record["pid"]
@@ -224,7 +232,11 @@ def is_alive(record: dict[str, Any]) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     cmdline = _cmdline(pid)
-    return cmdline is None or record["marker"] in cmdline  # a reused pid runs something else
+    if cmdline is None:  # no /proc here: trust kill(0)
+        return True
+    if not cmdline:  # empty for a zombie, and for a moment while the child execs (just after spawn)
+        return _proc_state(pid) not in ("Z", "X")
+    return record["marker"] in cmdline  # a reused pid runs something else
 
 
 def spawn(name: str, cmd: list[str], env: dict[str, str], state_dir: Path, cwd: Path) -> dict[str, Any]:

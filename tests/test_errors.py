@@ -61,6 +61,22 @@ def test_every_stage_of_erase_concepts_retries_only_what_is_not_the_user_s():
     assert all(stage.retry_condition_fn is erase._not_a_user_error for stage in stages)
 
 
+def test_a_process_with_an_empty_cmdline_is_alive_unless_a_zombie(monkeypatch):
+    """/proc/<pid>/cmdline is empty for a zombie, and for a moment while a just-spawned child execs:
+    `sdd stack up` took the guard for dead right after starting it."""
+    import os
+
+    from sdd import stack
+
+    record = {"pid": os.getpid(), "marker": "python"}
+    monkeypatch.setattr(stack, "_cmdline", lambda pid: "")
+    for state, alive in [("R", True), ("S", True), ("D", True), ("Z", False), ("X", False)]:
+        monkeypatch.setattr(stack, "_proc_state", lambda pid, s=state: s)
+        assert stack.is_alive(record) is alive, state
+    monkeypatch.setattr(stack, "_cmdline", lambda pid: "/usr/bin/something-else")
+    assert not stack.is_alive(record)  # a reused pid
+
+
 def test_exit_status_says_how_a_spawned_process_ended(tmp_path):
     import os
     import signal
@@ -75,7 +91,7 @@ def test_exit_status_says_how_a_spawned_process_ended(tmp_path):
     assert exit_status(sleeper) == "still running"
     os.kill(sleeper["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
-    # Wait on the exit itself: is_alive() compares /proc cmdlines, which is False before the child has exec'd.
+    # Wait on the exit itself (exit_status reaps it).
     while (status := exit_status(exited)) == "still running" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert status == "exit code 3"
