@@ -52,6 +52,7 @@ def test_stack_runs_erasure_and_reerasure_like_the_ui(stack):
 
     from sdd.registry import promote
 
+    small_promoted_checks(stack)  # the promotion below starts one (through the guard)
     promote("sdd-erased", 1, "production", tracking_uri=stack["mlflow_ui"])
 
     # 2. publishing an unchanged concept set triggers re-erase, which does nothing
@@ -93,30 +94,59 @@ def automation_failures(stack, automation: str) -> list[str]:
     return [e["payload"].get("reason", "") for e in events if e["resource"].get("prefect.resource.name") == automation]
 
 
+def promote_from_form(stack, version: str) -> None:
+    promoted = start_run(stack, "promote/promote", {"model": "sdd-erased", "version": int(version),
+                                                    "alias": "production"})
+    assert promoted["state_type"] == "COMPLETED", promoted["state"]
+    assert registry(stack)[1]["production"] == version
+
+
+def small_promoted_checks(stack) -> None:
+    """The tests' promoted-check settings: a small sample and no red-team rerun (test_flows.py covers it)."""
+    check_id = deployment_id(stack, "promoted-check/promoted-check")
+    api(stack, "PATCH", f"/deployments/{check_id}", {"parameters": {"check": {"samples": 4, "redteam": False}}})
+
+
+def guard_holder(stack, alias: str = "production") -> str | None:
+    """The version the guard last let hold ``alias`` (its record on the registered model)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(stack["mlflow_ui"], stack["mlflow_ui"]).get_registered_model("sdd-erased").tags.get(
+        f"guard.{alias}.holder")
+
+
+def wait_until(condition, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
+        time.sleep(1)
+
+
 def test_promoted_check_runs_on_the_promotion_event_and_passes_on_the_demo_model(stack):
     runs_dir = str(stack["root"] / "runs")
     tiny = {**TINY, "gates": GATES_OFF, "runs_dir": runs_dir}
     # the demo model: every stage cached when the test above ran, else erased now
     erased = start_run(stack, "erase-concepts/erase-concepts", {"concepts": ["red"], **tiny})
     assert erased["state_type"] == "COMPLETED", erased["state"]
-    version = registry(stack)[1]["candidate"]
-
-    # the test's settings: a small sample and no red-team rerun (its own test covers it, in test_flows.py)
-    check_id = deployment_id(stack, "promoted-check/promoted-check")
-    api(stack, "PATCH", f"/deployments/{check_id}", {"parameters": {"check": {"samples": 4, "redteam": False}}})
+    versions, aliases = registry(stack)
+    version = str(next(v for v, mv in versions.items() if mv.tags["concepts"] == "red"))
+    small_promoted_checks(stack)
+    if aliases.get("production") == version:  # the test above promoted it: production moves away first
+        other = str(next(v for v, mv in versions.items() if str(v) != version))
+        promote_from_form(stack, other)
+        wait_until(lambda: guard_holder(stack) == other, f"the guard records version {other} as the holder")
+    before = {r["id"] for r in runs_of(stack, "promoted-check/promoted-check")}
 
     # an allowed promotion, from the `promote` deployment's form (what the Prefect UI sends); the rest
     # is the stack's own chain: MLflow's alias webhook -> the guard -> sdd.model.promoted -> the trigger
-    promoted = start_run(stack, "promote/promote", {"model": "sdd-erased", "version": int(version),
-                                                    "alias": "production"})
-    assert promoted["state_type"] == "COMPLETED", promoted["state"]
-    assert registry(stack)[1]["production"] == version
+    promote_from_form(stack, version)
 
     deadline = time.monotonic() + 300
     triggered = []
     while not triggered and time.monotonic() < deadline:
         triggered = [r for r in runs_of(stack, "promoted-check/promoted-check")
-                     if r["parameters"].get("reason", "").startswith(f"event {PROMOTED}")]
+                     if r["id"] not in before and str(r["parameters"].get("version")) == version
+                     and r["parameters"].get("reason", "").startswith(f"event {PROMOTED}")]
         assert not (failed := automation_failures(stack, "promoted-check-on-model-promoted")), failed
         time.sleep(2)
     assert triggered, "the event trigger started no promoted-check run"
@@ -125,6 +155,7 @@ def test_promoted_check_runs_on_the_promotion_event_and_passes_on_the_demo_model
         ("sdd-erased", str(version), "production")
     assert len(triggered) == 1, triggered  # one promotion, one event, one check
     assert registry(stack)[0][int(version)].tags["guard.production.promoted_at"]  # the guard allowed it
+    assert guard_holder(stack) == version
     check = wait_for_run(stack, triggered[0]["id"])
     assert check["state_type"] == "COMPLETED", check["state"]
     report = artifact_text(stack, check["id"], "promoted-check")

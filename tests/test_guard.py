@@ -324,11 +324,11 @@ def test_reconcile_on_a_local_store_reports_reverts_and_fails_the_re_erase_run(t
     for tags in (PASSED, FAILED):
         client.create_model_version("m", source=f"runs:/{run_id}/model", run_id=run_id, tags=tags)
     client.set_registered_model_alias("m", "production", "1")
-    cfg = RegistryConfig(tracking_uri=uri)
-    assert check_aliases(cfg) == []  # records version 1 as the holder
+    cfg = RegistryConfig()  # the store is passed explicitly: an ambient $MLFLOW_TRACKING_URI would win over cfg
+    assert check_aliases(cfg, tracking_uri=uri) == []  # records version 1 as the holder
     client.set_registered_model_alias("m", "production", "2")
 
-    found = check_aliases(cfg)
+    found = check_aliases(cfg, tracking_uri=uri)
     assert [(v.version, v.action) for v in found] == [(2, "violation")]
     assert "- m@production -> version 2: VIOLATION" in violation_report([v.line() for v in found])
     monkeypatch.chdir(tmp_path)  # finish() reads params/registry.yaml: none here, so the defaults
@@ -336,7 +336,7 @@ def test_reconcile_on_a_local_store_reports_reverts_and_fails_the_re_erase_run(t
         finish({"action": "none"}, [v.line() for v in found])
     assert finish({"action": "none"}, []) == {"action": "none", "protected_alias_violations": []}
 
-    reverted = check_aliases(RegistryConfig(tracking_uri=uri, guard={"revert_on_check": True}))
+    reverted = check_aliases(RegistryConfig(guard={"revert_on_check": True}), tracking_uri=uri)
     assert [(v.version, v.action, v.restored) for v in reverted] == [(2, "refused", 1)]
     assert int(client.get_registered_model("m").aliases["production"]) == 1
 
