@@ -45,7 +45,7 @@ from mlflow.tracking import MlflowClient
 
 from sdd.config import RegistryConfig
 from sdd.provenance import scrub
-from sdd.registry.promotion import _alias_holder, promotion_refusal
+from sdd.registry.promotion import alias_holder, promotion_refusal
 from sdd.registry.store import client_for, resolve_store
 
 PROMOTED_EVENT = "sdd.model.promoted"
@@ -108,7 +108,7 @@ def _record_holder(client: MlflowClient, name: str, alias: str, version: int) ->
 def forget_holder(client: MlflowClient, name: str, alias: str, protected: Iterable[str]) -> bool:
     """After a protected alias was removed: drop the record, so a refused move later removes the
     alias instead of bringing back a holder someone took away. True when a record was dropped."""
-    if alias not in set(protected) or _alias_holder(client, name, alias) is not None:
+    if alias not in set(protected) or alias_holder(client, name, alias) is not None:
         return False
     if recorded_holder(client, name, alias) is None:
         return False
@@ -180,7 +180,7 @@ def guard_promotion(client: MlflowClient, name: str, alias: str, version: int | 
     if alias not in set(protected):
         return None
     version = int(version)
-    if _alias_holder(client, name, alias) != version:
+    if alias_holder(client, name, alias) != version:
         return GuardOutcome(name, alias, version, "superseded")
     reason = _refusal_of(client, name, version, alias)
     if reason is not None:

@@ -85,7 +85,8 @@ def _get_version(client: MlflowClient, name: str, version: int | str):
         raise RegistryInputError(f"model '{name}' has no version {version}; see `sdd models {name}`") from None
 
 
-def _alias_holder(client: MlflowClient, name: str, alias: str) -> int | None:
+def alias_holder(client: MlflowClient, name: str, alias: str) -> int | None:
+    """The version number ``alias`` points at, with an open client (None: no such alias or model)."""
     try:
         return int(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
@@ -142,7 +143,7 @@ def promote(name: str, version: int | str, alias: str = "production", force: boo
             for key, value in {"forced_by": getpass.getuser(), "force_reason": reason.strip(),
                                "forced_at": _utc_now(), "forced_alias": alias}.items():
                 client.set_model_version_tag(name, mv.version, key, scrub(value))
-        previous = _alias_holder(client, name, alias)
+        previous = alias_holder(client, name, alias)
         _set_alias(client, name, alias, int(mv.version))
         client.set_model_version_tag(name, mv.version, f"promoted.{alias}.at", _utc_now())
         holders = [v for v, aliases in _aliases_by_version(client, name).items() if alias in aliases]
