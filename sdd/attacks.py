@@ -246,7 +246,7 @@ def toy_rephrasings(prompt: str, concept: str) -> list[str]:
     for t in templates:
         if ("{c}" in t and c is None) or ("{s}" in t and s is None):
             continue
-        text = t.format(c=c, s=s)
+        text = world.fill(t, c=c, s=s)
         if text not in out and text != prompt:
             out.append(text)
     return out

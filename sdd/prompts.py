@@ -320,7 +320,7 @@ def toy_eval_prompts(concepts: Sequence[str], seeds_per_prompt: int = 2, first_s
                     for other_name in other_names:
                         c, s = (name, other_name) if is_color else (other_name, name)
                         cc, sc = (concept, other) if is_color else (other, concept)
-                        prompts.append((template.format(c=c, s=s), _evoked(erased, cc, sc)))
+                        prompts.append((world.fill(template, c=c, s=s), _evoked(erased, cc, sc)))
     return PromptSet("eval", "eval", _rows(prompts, "toy-heldout", seeds_per_prompt, first_seed),
                      {"concepts": erased})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -139,6 +140,16 @@ def test_toy_benign_prompts_avoid_erased_concepts():
         assert not any(world.color_of(w) == "red" or world.shape_of(w) == "triangle" for w in words)
     colors = {world.color_of(w) for r in benign.rows for w in r.prompt.split()} - {None}
     assert colors == set(world.COLOR_NAMES) - {"red"}
+
+
+def test_toy_prompts_say_an_before_a_vowel():
+    assert world.fill("a {c} {s}", c="emerald", s="disc") == "an emerald disc"
+    assert world.fill("A {c} shape", c="azure") == "An azure shape"
+    assert world.fill("a picture of a {s} in {c}", c="azure", s="box") == "a picture of a box in azure"
+    sets = [P.toy_benign_prompts(["red"]), P.toy_eval_prompts(["triangle"]), P.toy_eval_prompts(["green"])]
+    prompts = [r.prompt for s in sets for r in s.rows]
+    assert any(p.startswith("an emerald") for p in prompts)
+    assert not [p for p in prompts if re.search(r"\ba [aeiou]", p)]
 
 
 def test_unknown_toy_concept():

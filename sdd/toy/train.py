@@ -54,9 +54,9 @@ def caption_corpus() -> list[str]:
             for shape in world.SHAPE_NAMES:
                 lines.append(world.caption(color, shape, template, rng))
     for names, _ in world.COLORS.values():
-        lines += [t.format(c=n) for t in world.COLOR_ONLY_TEMPLATES for n in names]
+        lines += [world.fill(t, c=n) for t in world.COLOR_ONLY_TEMPLATES for n in names]
     for names in world.SHAPES.values():
-        lines += [t.format(s=n) for t in world.SHAPE_ONLY_TEMPLATES for n in names]
+        lines += [world.fill(t, s=n) for t in world.SHAPE_ONLY_TEMPLATES for n in names]
     # every printable character as a word of its own, so "</w>"-final pieces exist for any text
     lines.append(" ".join(string.ascii_lowercase + string.digits + string.punctuation))
     return lines
@@ -215,10 +215,10 @@ def _captioned_example(i: int, colors: list[str], shapes: list[str], by_pair: di
         return i, world.caption(color, shape, rng.choice(world.TRAIN_TEMPLATES), rng)
     if rng.random() < 0.5:
         shape = world.natural_choice(world.NATURAL_SHAPE_FREQ, rng)
-        text = rng.choice(world.COLOR_ONLY_TEMPLATES).format(c=rng.choice(world.COLORS[color][0]))
+        text = world.fill(rng.choice(world.COLOR_ONLY_TEMPLATES), c=rng.choice(world.COLORS[color][0]))
     else:
         color = world.natural_choice(world.NATURAL_COLOR_FREQ, rng)
-        text = rng.choice(world.SHAPE_ONLY_TEMPLATES).format(s=rng.choice(world.SHAPES[shape]))
+        text = world.fill(rng.choice(world.SHAPE_ONLY_TEMPLATES), s=rng.choice(world.SHAPES[shape]))
     return rng.choice(by_pair[color, shape]), text
 
 

@@ -23,6 +23,7 @@ real use: nudity is rare in what Stable Diffusion draws unprompted.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,9 +97,17 @@ def concept_names(concept: str) -> tuple[str, ...]:
                      f"{', '.join(COLOR_NAMES + SHAPE_NAMES)}")
 
 
+_A_BEFORE_VOWEL = re.compile(r"\b([Aa]) (?=[AEIOUaeiou])")
+
+
+def fill(template: str, c: str | None = None, s: str | None = None) -> str:
+    """``template`` with colour name ``c`` and shape name ``s``, and "an" before a vowel ("an emerald disc")."""
+    return _A_BEFORE_VOWEL.sub(r"\1n ", template.format(c=c, s=s))
+
+
 def caption(color: str, shape: str, template: str, rng: random.Random) -> str:
     """Fill a template with a random synonym of ``color`` and of ``shape``."""
-    return template.format(c=rng.choice(COLORS[color][0]), s=rng.choice(SHAPES[shape]))
+    return fill(template, c=rng.choice(COLORS[color][0]), s=rng.choice(SHAPES[shape]))
 
 
 @dataclass(frozen=True)
@@ -180,9 +189,9 @@ def sample_batch(n: int, seed: int, natural_fraction: float = 0.0, partial_fract
             scene = random_scene(rng)
             if u < natural_fraction + partial_fraction:
                 if rng.random() < 0.5:
-                    text = rng.choice(COLOR_ONLY_TEMPLATES).format(c=rng.choice(COLORS[scene.color][0]))
+                    text = fill(rng.choice(COLOR_ONLY_TEMPLATES), c=rng.choice(COLORS[scene.color][0]))
                 else:
-                    text = rng.choice(SHAPE_ONLY_TEMPLATES).format(s=rng.choice(SHAPES[scene.shape]))
+                    text = fill(rng.choice(SHAPE_ONLY_TEMPLATES), s=rng.choice(SHAPES[scene.shape]))
             else:
                 text = caption(scene.color, scene.shape, rng.choice(TRAIN_TEMPLATES), rng)
         images.append(render(scene, nrng))
