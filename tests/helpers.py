@@ -1,6 +1,7 @@
 """Helpers shared by several test modules (fixtures shared by several are in ``conftest.py``).
 
 * running ``sdd`` as a subprocess: :func:`sdd_command`, :func:`sdd_env`;
+* what an evaluation has drawn so far: :func:`indexed_keys`, :func:`image_stamps`;
 * tiny flow settings: :data:`TINY`, :data:`GATES_OFF`; a small toy prompt set: :func:`toy_prompt_set`;
 * the real local stack (``stack`` fixture in ``conftest.py``) driven like the UI: :func:`api`,
   :func:`create_run`, :func:`wait_for_run`, :func:`runs_of`, :func:`artifact_text`, :func:`registry`.
@@ -8,6 +9,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -15,6 +18,7 @@ import urllib.error
 import uuid
 from pathlib import Path
 
+from sdd.generate import INDEX_FILE, read_index
 from sdd.stack import http_json
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -22,6 +26,26 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 def sdd_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from sdd.cli import app; app()", *args]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def indexed_keys(folder: Path) -> list[str]:
+    """The keys of the index's complete lines, in order, duplicates kept (an image drawn twice is there twice)."""
+    path = folder / INDEX_FILE
+    lines = path.read_bytes().split(b"\n")[:-1] if path.is_file() else []  # [-1]: "" or a line being written
+    return [json.loads(line)["key"] for line in lines]
+
+
+def image_stamps(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """Inode, mtime and digest of each finished image: one drawn again is a new file (an atomic rename)."""
+    stamps = {}
+    for record in read_index(folder).values():
+        path = folder / record["file"]
+        stamps[record["file"]] = (path.stat().st_ino, path.stat().st_mtime_ns, digest(path))
+    return stamps
 
 
 def sdd_env() -> dict[str, str]:

@@ -13,7 +13,6 @@ regular file (root ignores permission bits, so chmod is no test here) and a file
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -26,13 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import sdd_command, sdd_env, toy_prompt_set
+from helpers import digest, image_stamps, indexed_keys, sdd_command, sdd_env, toy_prompt_set
 from typer.testing import CliRunner
 
 from sdd.cli import app
 from sdd.config import DistillConfig
 from sdd.distill import CHECKPOINT_DIR, PATCH_FILE, default_concepts, erase
-from sdd.generate import INDEX_FILE, read_index
 from sdd.layout import image_dirs
 from sdd.prompts import write_prompt_set
 
@@ -42,10 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {"steps": 12, "batch_size": 1, "ddim_steps": 4, "checkpoint_every": 2, "seed": 3, "train_method": "selfattn"}
 CONCEPT = "red"
 SUBPROCESS_TIMEOUT_S = 300
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tree_digests(folder: Path) -> dict[str, str]:
@@ -120,22 +114,6 @@ def test_kill_9_after_a_checkpoint_then_resume_is_bit_identical(tmp_path, params
 # 16 rows in batches of 4: 4 pipeline calls per model; the kill waits for 1 to 3 of them.
 EVAL_ROWS = 16
 EVAL_PARAMS = {"num_inference_steps": 5, "batch_size": 4, "grid_images": 2}
-
-
-def indexed_keys(folder: Path) -> list[str]:
-    """The keys of the index's complete lines, in order, duplicates kept (an image drawn twice is there twice)."""
-    path = folder / INDEX_FILE
-    lines = path.read_bytes().split(b"\n")[:-1] if path.is_file() else []  # [-1]: "" or a line being written
-    return [json.loads(line)["key"] for line in lines]
-
-
-def image_stamps(folder: Path) -> dict[str, tuple[int, int, str]]:
-    """Inode, mtime and digest of each finished image: one drawn again is a new file (an atomic rename)."""
-    stamps = {}
-    for record in read_index(folder).values():
-        path = folder / record["file"]
-        stamps[record["file"]] = (path.stat().st_ino, path.stat().st_mtime_ns, digest(path))
-    return stamps
 
 
 @pytest.mark.slow

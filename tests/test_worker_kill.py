@@ -1,4 +1,6 @@
-"""Fault: the gpu worker is ``kill -9``ed mid-distillation, restarted, and the erasure re-run.
+"""Fault: a worker is ``kill -9``ed mid-flow, restarted, and the erasure re-run.
+
+**The gpu worker, mid-distillation.**
 
 The real stack (Prefect server, MLflow server, cpu + gpu process workers) on free ports, runs
 started through the REST API the way the UI starts them. While the ``distill-gpu`` run is training
@@ -11,6 +13,12 @@ and erase-concepts is started again with the same parameters, as a user would af
 The new run completes; its prompt stage comes from the cache; the distillation resumed from the
 checkpoint the kill left (no checkpoint below it is ever written again, and the erasure has all its
 steps); and MLflow holds exactly one version.
+
+**The cpu worker, mid-evaluation.** The cpu pool runs ``erase-concepts`` itself (prompts, evaluation,
+red team, registration; the distillation is a run of its own on the gpu pool). The cpu worker and
+its flow-run process get SIGKILL while the evaluation is drawing images. The orphaned run is marked
+Crashed the same way; the rerun gets the prompts and the distillation from the cache, the
+evaluation resumes without drawing any finished image again, and MLflow holds exactly one version.
 """
 
 from __future__ import annotations
@@ -24,7 +32,18 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FINAL, GATES_OFF, TINY, api, artifact_text, create_run, runs_of, wait_for_run
+from helpers import (
+    FINAL,
+    GATES_OFF,
+    TINY,
+    api,
+    artifact_text,
+    create_run,
+    image_stamps,
+    indexed_keys,
+    runs_of,
+    wait_for_run,
+)
 from servers import free_port
 
 from sdd.stack import HEARTBEAT_S, StackConfig, _reap, _start_workers, descendants, down, read_records, stack_env, up
@@ -97,13 +116,62 @@ class StepWatcher(threading.Thread):
             time.sleep(0.1)
 
 
+def stack_config(root: Path) -> StackConfig:
+    return StackConfig(project=PROJECT, state_dir=root / "state", prefect_port=free_port(),
+                       mlflow_port=free_port(), guard_port=free_port(),
+                       mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
+                       env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
+                       timeout_s=300)
+
+
+def kill_worker(cfg: StackConfig, pool: str) -> None:
+    """kill -9 the pool's worker and the flow-run process below it."""
+    [worker] = [r for r in read_records(cfg.state_dir) if r["name"] == f"worker-{pool}"]
+    killed = kill_9(worker["pid"])
+    assert len(killed) >= 2, f"no flow-run process below the {pool} worker (pids {killed})"
+
+
+def restart_worker_and_wait_until_crashed(stack, cfg: StackConfig, pool: str, orphan_id: str) -> None:
+    """A fresh worker for ``pool``; the orphaned run stays Running until the stack's zombie automation
+    notices its heartbeats stopped and marks it Crashed (nobody does it by hand)."""
+    _start_workers(dataclasses.replace(cfg, pools=(pool,)), stack_env(cfg))
+    crashed_by = time.monotonic() + 3 * HEARTBEAT_S + 240
+    while (orphan := api(stack, "GET", f"/flow_runs/{orphan_id}"))["state_type"] == "RUNNING":
+        assert time.monotonic() < crashed_by, "the zombie automation did not crash the orphaned run"
+        time.sleep(3)
+    assert orphan["state_type"] == "CRASHED", orphan["state"]
+    assert "no heartbeat" in (orphan["state"].get("message") or ""), orphan["state"]
+
+
+def stages_line(stack, run_id: str) -> str:
+    lines = [line for line in artifact_text(stack, run_id, "erasure-report").splitlines() if line.startswith("Stages:")]
+    assert lines, "the erasure report has no Stages line"
+    return lines[0]
+
+
+def registered_versions(stack) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(stack["mlflow_ui"], stack["mlflow_ui"])
+    return client.search_model_versions("name = 'sdd-erased'")
+
+
+def cancel_if_unfinished(cfg: StackConfig, run_id: str | None) -> None:
+    """The killed run may still wait (or have finished): leave nothing running."""
+    if run_id is None:
+        return
+    try:
+        run = api({"prefect_api": cfg.prefect_url + "/api"}, "GET", f"/flow_runs/{run_id}")
+        if run["state_type"] not in FINAL:
+            api({"prefect_api": cfg.prefect_url + "/api"}, "POST", f"/flow_runs/{run_id}/set_state",
+                {"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True})
+    except OSError:
+        pass
+
+
 def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_once(tmp_path):
     root = tmp_path
-    cfg = StackConfig(project=PROJECT, state_dir=root / "state", prefect_port=free_port(),
-                      mlflow_port=free_port(), guard_port=free_port(),
-                      mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
-                      env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
-                      timeout_s=300)
+    cfg = stack_config(root)
     runs_dir = root / "runs"
     params = {"concepts": ["red"], **TINY,
               "distill": {**TINY["distill"], "steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY},
@@ -134,30 +202,19 @@ def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_onc
             raise AssertionError(f"distillation did not reach step {KILL_AFTER_STEP} (checkpoint at {last})")
 
         # 2. kill -9 the gpu worker and its flow-run process
-        [worker] = [r for r in read_records(cfg.state_dir) if r["name"] == "worker-gpu"]
-        killed = kill_9(worker["pid"])
-        assert len(killed) >= 2, f"no flow-run process below the gpu worker (pids {killed})"
+        kill_worker(cfg, "gpu")
         killed_at = checkpoint_step(runs_dir)
         assert killed_at is not None, "the kill left no checkpoint (it landed in the checkpoint swap)"
         assert KILL_AFTER_STEP <= killed_at < STEPS
         watcher.start()
 
-        # 3. a fresh gpu worker comes up; the orphaned run is still Running until the stack's zombie
-        #    automation notices its heartbeats stopped and marks it Crashed (nobody does it by hand)
-        _start_workers(dataclasses.replace(cfg, pools=("gpu",)), stack_env(cfg))
-        crashed_by = time.monotonic() + 3 * HEARTBEAT_S + 240
-        while (orphan_now := api(stack, "GET", f"/flow_runs/{orphan['id']}"))["state_type"] == "RUNNING":
-            assert time.monotonic() < crashed_by, "the zombie automation did not crash the orphaned run"
-            time.sleep(3)
-        assert orphan_now["state_type"] == "CRASHED", orphan_now["state"]
-        assert "no heartbeat" in (orphan_now["state"].get("message") or ""), orphan_now["state"]
+        # 3. a fresh gpu worker comes up; the orphan is Crashed by the zombie automation
+        restart_worker_and_wait_until_crashed(stack, cfg, "gpu", orphan["id"])
 
         # 4. the user runs erase-concepts again with the same parameters
         second = wait_for_run(stack, create_run(stack, "erase-concepts/erase-concepts", params), timeout_s=900)
         assert second["state_type"] == "COMPLETED", second["state"]
-        stages = [line for line in artifact_text(stack, second["id"], "erasure-report").splitlines()
-                  if line.startswith("Stages:")]
-        assert stages and "prepare-prompts cached" in stages[0], stages
+        assert "prepare-prompts cached" in stages_line(stack, second["id"])
 
         # the distillation resumed: no checkpoint below the one the kill left was written again,
         # training went on to the end, and the erasure holds every step
@@ -172,20 +229,73 @@ def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_onc
         assert len(finished) == 1, [(r["name"], r["state_type"]) for r in runs_of(stack, "distill/distill-gpu")]
 
         # exactly one registered version for the concept set
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(stack["mlflow_ui"], stack["mlflow_ui"])
-        versions = client.search_model_versions("name = 'sdd-erased'")
+        versions = registered_versions(stack)
         assert [v.version for v in versions] == ["1"], [(v.version, v.tags.get("concepts")) for v in versions]
         assert versions[0].tags["concepts"] == "red"
     finally:
         watcher.done.set()
-        if first_id is not None:  # the killed run may still wait (or have finished): leave nothing running
-            try:
-                first = api({"prefect_api": cfg.prefect_url + "/api"}, "GET", f"/flow_runs/{first_id}")
-                if first["state_type"] not in FINAL:
-                    api({"prefect_api": cfg.prefect_url + "/api"}, "POST", f"/flow_runs/{first_id}/set_state",
-                        {"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True})
-            except OSError:
-                pass
+        cancel_if_unfinished(cfg, first_id)
         down(cfg.state_dir)
+
+
+EVAL_ROWS, KILL_AFTER_IMAGES = 48, 8
+
+
+def test_cpu_worker_killed_mid_evaluation_then_rerun_resumes_and_registers_once(tmp_path):
+    cfg = stack_config(tmp_path)
+    runs_dir = tmp_path / "runs"
+    params = {"concepts": ["red"], **TINY,
+              "evaluation": {**TINY["evaluation"], "num_inference_steps": 10, "batch_size": 4},
+              "prompts": {**TINY["prompts"], "max_eval_prompts": EVAL_ROWS},
+              "gates": GATES_OFF, "runs_dir": str(runs_dir)}
+    first_id = None
+    try:
+        stack = {**up(cfg), "root": tmp_path, "cfg": cfg}
+
+        # 1. erase-concepts from the UI; wait until its evaluation has drawn a few images
+        first_id = create_run(stack, "erase-concepts/erase-concepts", params)
+        deadline = time.monotonic() + 600
+        while sum(len(indexed_keys(f)) for f in image_folders(runs_dir)) < KILL_AFTER_IMAGES:
+            first = api(stack, "GET", f"/flow_runs/{first_id}")
+            assert first["state_type"] not in FINAL, f"first run ended before the kill: {first['state']}"
+            assert time.monotonic() < deadline, "the evaluation drew no images in 600 s"
+            time.sleep(0.05)
+
+        # 2. kill -9 the cpu worker and its flow-run process, mid-generation
+        kill_worker(cfg, "cpu")
+        folders = image_folders(runs_dir)
+        drawn = {f.name: len(indexed_keys(f)) for f in folders}
+        assert sum(drawn.values()) < 2 * EVAL_ROWS, f"the evaluation had drawn everything before the kill: {drawn}"
+        [eval_dir] = {f.parent.parent for f in folders}
+        assert not (eval_dir / "metrics.json").exists()
+        finished = {f.name: image_stamps(f) for f in folders}
+
+        # 3. a fresh cpu worker comes up; the orphan is Crashed by the zombie automation
+        restart_worker_and_wait_until_crashed(stack, cfg, "cpu", first_id)
+
+        # 4. the user runs erase-concepts again with the same parameters
+        second = wait_for_run(stack, create_run(stack, "erase-concepts/erase-concepts", params), timeout_s=900)
+        assert second["state_type"] == "COMPLETED", second["state"]
+        stages = stages_line(stack, second["id"])
+        assert "prepare-prompts cached" in stages and "distill cached" in stages, stages
+
+        # the evaluation resumed: no finished image drawn again, every image drawn once
+        for folder in image_folders(runs_dir):
+            after = image_stamps(folder)
+            assert {k: after.get(k) for k in finished.get(folder.name, {})} == finished.get(folder.name, {}), \
+                f"{folder.name} images drawn again after the kill ({drawn})"
+            keys = indexed_keys(folder)
+            assert len(keys) == len(set(keys)) == EVAL_ROWS, f"{folder.name}: {len(keys)} index lines"
+        assert (eval_dir / "metrics.json").is_file()
+        assert len([r for r in runs_of(stack, "distill/distill-gpu") if r["state_type"] == "COMPLETED"]) == 1
+
+        versions = registered_versions(stack)
+        assert [v.version for v in versions] == ["1"], [(v.version, v.tags.get("concepts")) for v in versions]
+    finally:
+        cancel_if_unfinished(cfg, first_id)
+        down(cfg.state_dir)
+
+
+def image_folders(runs_dir: Path) -> list[Path]:
+    """The evaluation's image folders (base, erased) that have an index yet."""
+    return sorted(p.parent for p in runs_dir.glob("*/eval-*/images/*/index.jsonl"))
