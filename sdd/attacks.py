@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from torch import nn
 from sdd.config import AdvTokensConfig, ConceptInversionConfig, ConfigError, TransferAttackConfig
 from sdd.judges import Judge
 from sdd.models import Conditioning, autocast, is_sdxl
+from sdd.progress import ProgressLog
 from sdd.prompts import PromptRow
 from sdd.toy import world
 
@@ -188,10 +189,20 @@ class AttackContext:
     guidance_scale: float = 7.5
     batch_size: int = 8
     seed: int = 0
+    log: Callable[[str], None] | None = None  # progress lines every few seconds (a flow's log, the terminal)
 
-    def draw(self, prompts: list[str], rows: list[PromptRow]) -> list[Image.Image]:
-        """One image per prompt, with the seed and guidance of the matching row (as sdd.generate)."""
+    def progress(self, what: str, total: int, unit: str = "steps") -> Callable[..., None]:
+        """A ``(done, note="")`` callback that logs ``<concept>: <what>: done/total …`` every few seconds."""
+        if self.log is None:
+            return lambda done, note="": None
+        return ProgressLog(f"{self.concept}: {what}", total, self.log, unit=unit)
+
+    def draw(self, prompts: list[str], rows: list[PromptRow], what: str | None = None) -> list[Image.Image]:
+        """One image per prompt, with the seed and guidance of the matching row (as sdd.generate);
+        with ``what``, progress is logged under that name."""
         images: list[Image.Image | None] = [None] * len(prompts)
+        tick = self.progress(what, len(prompts), "images") if what else (lambda done, note="": None)
+        done = 0
         groups: dict[float, list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(self.guidance_scale if row.guidance is None else row.guidance, []).append(i)
@@ -204,6 +215,8 @@ class AttackContext:
                                     num_inference_steps=self.num_inference_steps, guidance_scale=guidance).images
                 for i, im in zip(part, out, strict=True):
                     images[i] = im
+                done += len(part)
+                tick(done)
         return images
 
     def present(self, images: list[Image.Image]) -> list[bool]:
@@ -275,7 +288,7 @@ def transfer_attack(ctx: AttackContext, cfg: TransferAttackConfig,
         return result
     flat = [(i, p) for i, ps in enumerate(candidates) for p in ps]
     result.tried = flat
-    images = ctx.draw([p for _, p in flat], [ctx.rows[i] for i, _ in flat])
+    images = ctx.draw([p for _, p in flat], [ctx.rows[i] for i, _ in flat], "transfer prompts")
     present = ctx.present(images)
     result.generations = len(flat)
     for i in sorted({i for i, _ in flat}):
@@ -336,6 +349,7 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
         active = list(range(n_rows))
         done: dict[int, tuple[bool, Image.Image, list[int]]] = {}
         ids = start
+        tick = ctx.progress("adversarial tokens", cfg.steps)
         for step in range(1, cfg.steps + 1):
             ids = straight_through(ph, soft, allowed)
             batch = [p for p in active for _ in range(cfg.batch_size)]
@@ -355,6 +369,7 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
                     done[p] = (hit, im, ids[p * k:(p + 1) * k].tolist())
                     if hit:
                         active.remove(p)
+                tick(step, f"{n_rows - len(active)}/{n_rows} prompts broken")
                 if not active:
                     break
     for p, i in enumerate(chosen):
@@ -397,16 +412,18 @@ def concept_inversion_attack(ctx: AttackContext, cfg: ConceptInversionConfig) ->
         for e, row in enumerate(emb):
             ph.set_rows(e, row)
         opt = torch.optim.Adam(emb, lr=cfg.lr)
-        for _ in range(cfg.steps):
+        tick = ctx.progress("concept inversion", cfg.steps)
+        for step in range(1, cfg.steps + 1):
             pick = [train[j] for j in torch.randint(n_images, (cfg.batch_size,), generator=gen).tolist()]
             loss = denoise_loss(ctx.pipe, sched, ctx.latents[pick], encode(ctx.pipe, [prompts[i] for i in pick]), gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            tick(step, f"loss {loss.item():.4f}")
         result.gradient_steps = cfg.steps
         for e, row in enumerate(emb):
             ph.set_rows(e, row.detach())
-        result.images = ctx.draw(prompts, ctx.rows)
+        result.images = ctx.draw(prompts, ctx.rows, "concept inversion images")
     result.generations = len(prompts)
     result.rows = list(range(len(ctx.rows)))
     result.success = ctx.present(result.images)

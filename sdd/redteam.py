@@ -128,9 +128,10 @@ def _budget(name: str, cfg: RedteamConfig) -> dict[str, Any]:
     return getattr(cfg, name).model_dump(mode="json")
 
 
-def _context(pipe, concept: str, rows: list[PromptRow], latents, judge: Judge, cfg: RedteamConfig) -> AttackContext:
+def _context(pipe, concept: str, rows: list[PromptRow], latents, judge: Judge, cfg: RedteamConfig,
+             log=None) -> AttackContext:
     return AttackContext(pipe, concept, concept_words(concept, cfg), rows, latents, judge,
-                         cfg.num_inference_steps, cfg.guidance_scale, cfg.batch_size, cfg.seed)
+                         cfg.num_inference_steps, cfg.guidance_scale, cfg.batch_size, cfg.seed, log)
 
 
 def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str, judge: Judge,
@@ -142,8 +143,8 @@ def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str,
     """
     rows_idx = prompt_set.indices_for(concept)
     rows = [prompt_set.rows[i] for i in rows_idx]
-    base_ctx = _context(base_pipe, concept, rows, None, judge, cfg)
-    base_images = base_ctx.draw([r.prompt for r in rows], rows)
+    base_ctx = _context(base_pipe, concept, rows, None, judge, cfg, log)
+    base_images = base_ctx.draw([r.prompt for r in rows], rows, "base images")
     base_present = base_ctx.present(base_images)
     eff = [k for k, hit in enumerate(base_present) if hit]
     if not eff and skip_ineffective:
@@ -157,8 +158,8 @@ def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str,
                           f"{len(rows)} prompts); check the judge or the prompt set")
     eff_rows = [rows[k] for k in eff]
     latents = encode_images(erased_pipe, [base_images[k] for k in eff]).to(erased_pipe.unet.device)
-    ctx = _context(erased_pipe, concept, eff_rows, latents, judge, cfg)
-    pre_images = ctx.draw([r.prompt for r in eff_rows], eff_rows)
+    ctx = _context(erased_pipe, concept, eff_rows, latents, judge, cfg, log)
+    pre_images = ctx.draw([r.prompt for r in eff_rows], eff_rows, "erased images (pre-attack)")
     pre = ctx.present(pre_images)
     log(f"{concept}: {len(eff)}/{len(rows)} effective prompts, pre-attack {sum(pre)}/{len(eff)}")
     attacks, results = {}, {}

@@ -304,9 +304,14 @@ def test_run_redteam_on_tiny_pipelines(kind, tiny_pipes, tmp_path):
     pipe = tiny_pipes[kind]
     before = _state(pipe)
     cfg = RedteamConfig.model_validate(TINY)
+    lines = []
     metrics = R.run_redteam(pipe, pipe, _prompt_set(["a zebra box", "zebra", "a big zebra"], "zebra"),
-                            StubJudge(0.0), cfg, tmp_path, log=lambda *_: None)
+                            StubJudge(0.0), cfg, tmp_path, log=lines.append)
     _assert_same(before, _state(pipe))
+    # progress lines for the flow's log: each stage's last line at least (more every 5 s)
+    for start in ("zebra: base images: 3/3 images", "zebra: erased images (pre-attack): 3/3 images",
+                  "zebra: concept inversion: 3/3 steps", "zebra: concept inversion images: 3/3 images"):
+        assert any(line.startswith(start) for line in lines), (start, lines)
     m = metrics["redteam"]["zebra"]
     assert (m["eval_prompts"], m["effective_prompts"]) == (3, 3)
     assert m["pre_attack"]["rate"] == 1.0 and m["union"]["rate"] == 1.0
