@@ -35,6 +35,8 @@ class AdversarialConfig(_Strict):
     """
 
     every: int = Field(50, ge=1, description="Attack the student every N steps (the first at step 0).")
+    settle_steps: int = Field(0, ge=0, description="The last N steps attack no more: they distil the pool "
+                                                   "found so far, so the run does not end on an unpatched attack.")
     attacks: list[Literal["inversion", "tokens"]] = Field(
         ["inversion"], min_length=1, description="In-loop attacks, taken in turn: inversion (one continuous "
                                                  "token embedding) or tokens (a discrete prefix, PEZ).")

@@ -98,7 +98,7 @@ class Adversary:
             state.targets = self._draw_latents([p for c in d.concepts for p in _cycle(c.prompts, cfg.targets)])
             if self.retention_prompts:
                 state.retain = self._draw_latents(_cycle(self.retention_prompts, cfg.retention_targets))
-        if d.step % cfg.every == 0:
+        if d.step % cfg.every == 0 and d.step < d.config.steps - cfg.settle_steps:
             round_ = d.step // cfg.every
             ci = round_ % len(d.concepts)  # concepts in turn, then the next attack for all of them
             if cfg.attacks[(round_ // len(d.concepts)) % len(cfg.attacks)] == "inversion":

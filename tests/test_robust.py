@@ -70,6 +70,16 @@ def test_pool_keeps_the_newest_conditionings(sd1):
     assert d.adversary.state.attacks == 4 and len(d.adversary.state.pool) == 3
 
 
+def test_the_settle_steps_attack_no_more_but_still_distil_the_pool(sd1):
+    d = Distiller(sd1, CONCEPTS, config(adv={"every": 1, "settle_steps": 2, "pool_size": 10}, steps=5))
+    d.train(3)  # steps 0-2 attack
+    pool = list(d.adversary.state.pool)
+    assert d.adversary.state.attacks == 3
+    d.train(5)  # steps 3-4 are the last two: no attack, the pool is still mixed in
+    assert d.adversary.state.attacks == 3 and d.adversary.state.pool == pool
+    assert d.adversary.adversarial_slots(4) == 2
+
+
 def test_attack_leaves_the_pipeline_and_the_student_gradients_alone(sd1):
     tokenizer, embeddings = sd1.tokenizer, sd1.text_encoder.get_input_embeddings()
     d = Distiller(sd1, CONCEPTS, config())
@@ -174,6 +184,7 @@ def test_robust_erasure_runs_on_other_architectures(tiny_dirs, tmp_path, kind):
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("fraction", 1.5, "adversarial.fraction"),
     ("every", 0, "adversarial.every"),
+    ("settle_steps", -1, "adversarial.settle_steps"),
     ("attacks", ["inversion", "guess"], "adversarial.attacks"),
     ("attacks", [], "adversarial.attacks"),
     ("prefix_tokens", 0, "adversarial.prefix_tokens"),
