@@ -115,6 +115,12 @@ SETTINGS: dict[str, dict] = {
                    "adversarial": {"attacks": ["inversion", "tokens"], "every": 50, "pool_size": 96,
                                    "retention_weight": 3.0, "warm_start": False, "inversion_steps": 250,
                                    "targets": 48}},
+    # The same inversions, and the tokens attack in 3 of 4 rounds (every 25 steps): inv250-e50 left
+    # adversarial tokens at 12-50 % with only 8 prefix attacks.
+    "inv250-tok3": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
+                    "adversarial": {"attacks": ["inversion", "tokens", "tokens", "tokens"], "every": 25,
+                                    "pool_size": 96, "retention_weight": 3.0, "warm_start": False,
+                                    "inversion_steps": 250, "targets": 48}},
     # Control: plain SDD exactly as params/distill.yaml (what make demo and the deployments run).
     "plain": {"steps": 320, "lr": 1.0e-3, "train_method": "xattn", "checkpoint_every": 20, "adversarial": None},
     "xattn-e100": {"adversarial": {"every": 100}},  # half the attacks: fits the 10-minute demo
