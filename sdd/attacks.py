@@ -191,9 +191,10 @@ class AttackContext:
     seed: int = 0
     log: Callable[[str], None] | None = None  # progress lines every few seconds (a flow's log, the terminal)
 
-    def progress(self, what: str, total: int, unit: str = "steps") -> Callable[..., None]:
-        """A ``(done, note="")`` callback that logs ``<concept>: <what>: done/total …`` every few seconds."""
-        if self.log is None:
+    def progress(self, what: str | None, total: int, unit: str = "steps") -> Callable[..., None]:
+        """A ``(done, note="")`` callback that logs ``<concept>: <what>: done/total …`` every few seconds
+        (does nothing without a log or a ``what``)."""
+        if self.log is None or what is None:
             return lambda done, note="": None
         return ProgressLog(f"{self.concept}: {what}", total, self.log, unit=unit)
 
@@ -201,7 +202,7 @@ class AttackContext:
         """One image per prompt, with the seed and guidance of the matching row (as sdd.generate);
         with ``what``, progress is logged under that name."""
         images: list[Image.Image | None] = [None] * len(prompts)
-        tick = self.progress(what, len(prompts), "images") if what else (lambda done, note="": None)
+        tick = self.progress(what, len(prompts), "images")
         done = 0
         groups: dict[float, list[int]] = {}
         for i, row in enumerate(rows):

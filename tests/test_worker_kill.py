@@ -41,6 +41,7 @@ from helpers import (
     create_run,
     image_stamps,
     indexed_keys,
+    registry,
     runs_of,
     wait_for_run,
 )
@@ -149,13 +150,6 @@ def stages_line(stack, run_id: str) -> str:
     return lines[0]
 
 
-def registered_versions(stack) -> list:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(stack["mlflow_ui"], stack["mlflow_ui"])
-    return client.search_model_versions("name = 'sdd-erased'")
-
-
 def cancel_if_unfinished(cfg: StackConfig, run_id: str | None) -> None:
     """The killed run may still wait (or have finished): leave nothing running."""
     if run_id is None:
@@ -229,9 +223,9 @@ def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_onc
         assert len(finished) == 1, [(r["name"], r["state_type"]) for r in runs_of(stack, "distill/distill-gpu")]
 
         # exactly one registered version for the concept set
-        versions = registered_versions(stack)
-        assert [v.version for v in versions] == ["1"], [(v.version, v.tags.get("concepts")) for v in versions]
-        assert versions[0].tags["concepts"] == "red"
+        versions, _ = registry(stack)
+        assert list(versions) == [1], {n: v.tags.get("concepts") for n, v in versions.items()}
+        assert versions[1].tags["concepts"] == "red"
     finally:
         watcher.done.set()
         cancel_if_unfinished(cfg, first_id)
@@ -289,8 +283,8 @@ def test_cpu_worker_killed_mid_evaluation_then_rerun_resumes_and_registers_once(
         assert (eval_dir / "metrics.json").is_file()
         assert len([r for r in runs_of(stack, "distill/distill-gpu") if r["state_type"] == "COMPLETED"]) == 1
 
-        versions = registered_versions(stack)
-        assert [v.version for v in versions] == ["1"], [(v.version, v.tags.get("concepts")) for v in versions]
+        versions, _ = registry(stack)
+        assert list(versions) == [1], {n: v.tags.get("concepts") for n, v in versions.items()}
     finally:
         cancel_if_unfinished(cfg, first_id)
         down(cfg.state_dir)
