@@ -8,7 +8,8 @@ Three attacks, each seeded and bounded by a budget from :class:`sdd.config.Redte
   prepended to each prompt, found by projected gradient descent (PEZ) on the erased UNet's denoising
   error on the base model's image of that prompt, with early stop once the judge sees the concept;
 * :func:`concept_inversion_attack` (white-box, continuous, CCE-style): textual inversion of one new
-  token on the base model's images of the concept, then the token replaces the concept word.
+  token on the base model's images of the concept, then the token replaces the concept word;
+  ``restarts`` independent inversions (seeds seed, seed+1, …), a prompt broken if any restart breaks it.
 
 All white-box attacks go through :class:`Placeholders`, which adds new tokens to every tokenizer /
 text encoder pair of the pipeline (SD 1.x/2.x: one, SDXL: two, the toy: one) and puts everything
@@ -399,13 +400,41 @@ def substitute(prompt: str, words: Sequence[str], token: str) -> str:
 
 
 def concept_inversion_attack(ctx: AttackContext, cfg: ConceptInversionConfig) -> AttackResult:
-    """Learn one token embedding on the target images, then draw every prompt with it."""
+    """Learn one token embedding on the target images, then draw every prompt with it; ``cfg.restarts``
+    times from the concept word with seeds ``seed, seed+1, …``: a prompt is broken if any restart breaks it."""
     result = AttackResult("concept_inversion")
     token = "<sdd-concept>"
     n_images = len(ctx.rows) if cfg.images is None else min(cfg.images, len(ctx.rows))
-    train = sorted(random.Random(ctx.seed).sample(range(len(ctx.rows)), n_images))
     prompts = [substitute(row.prompt, ctx.words, token) for row in ctx.rows]
-    gen = torch.Generator("cpu").manual_seed(ctx.seed)
+    per_restart = []
+    for r in range(cfg.restarts):
+        seed = ctx.seed + r
+        label = "concept inversion" if cfg.restarts == 1 else f"concept inversion {r + 1}/{cfg.restarts}"
+        images = _invert_and_draw(ctx, cfg, token, prompts, n_images, seed, label)
+        success = ctx.present(images)
+        per_restart.append(f"seed {seed}: {sum(success)}/{len(success)}")
+        if r == 0:
+            result.images, result.success = images, success
+        else:  # keep a broken prompt's image for the grid
+            result.images = [new if hit and not old else im for im, old, new, hit
+                             in zip(result.images, result.success, images, success, strict=True)]
+            result.success = [a or b for a, b in zip(result.success, success, strict=True)]
+    result.gradient_steps = cfg.steps * cfg.restarts
+    result.generations = len(prompts) * cfg.restarts
+    result.rows = list(range(len(ctx.rows)))
+    result.prompts = prompts
+    result.notes.append(f"trained on the base images of {n_images} effective prompts")
+    if cfg.restarts > 1:
+        result.notes.append(f"{cfg.restarts} restarts ({', '.join(per_restart)}); a prompt counts if any breaks it")
+    return result
+
+
+def _invert_and_draw(ctx: AttackContext, cfg: ConceptInversionConfig, token: str, prompts: list[str],
+                     n_images: int, seed: int, label: str) -> list[Image.Image]:
+    """One textual inversion from the concept word (seeded image subsample, noise and timesteps), then
+    every prompt drawn with the learnt token."""
+    train = sorted(random.Random(seed).sample(range(len(ctx.rows)), n_images))
+    gen = torch.Generator("cpu").manual_seed(seed)
     sched = _noise_scheduler(ctx.pipe)
     with Placeholders(ctx.pipe, [token]) as ph:
         emb = [ph.word_embedding(e, ctx.words)[None].to(slot.vocab.device).requires_grad_(True)
@@ -413,7 +442,7 @@ def concept_inversion_attack(ctx: AttackContext, cfg: ConceptInversionConfig) ->
         for e, row in enumerate(emb):
             ph.set_rows(e, row)
         opt = torch.optim.Adam(emb, lr=cfg.lr)
-        tick = ctx.progress("concept inversion", cfg.steps)
+        tick = ctx.progress(label, cfg.steps)
         for step in range(1, cfg.steps + 1):
             pick = [train[j] for j in torch.randint(n_images, (cfg.batch_size,), generator=gen).tolist()]
             loss = denoise_loss(ctx.pipe, sched, ctx.latents[pick], encode(ctx.pipe, [prompts[i] for i in pick]), gen)
@@ -421,16 +450,9 @@ def concept_inversion_attack(ctx: AttackContext, cfg: ConceptInversionConfig) ->
             loss.backward()
             opt.step()
             tick(step, f"loss {loss.item():.4f}")
-        result.gradient_steps = cfg.steps
         for e, row in enumerate(emb):
             ph.set_rows(e, row.detach())
-        result.images = ctx.draw(prompts, ctx.rows, "concept inversion images")
-    result.generations = len(prompts)
-    result.rows = list(range(len(ctx.rows)))
-    result.success = ctx.present(result.images)
-    result.prompts = prompts
-    result.notes.append(f"trained on the base images of {n_images} effective prompts")
-    return result
+        return ctx.draw(prompts, ctx.rows, f"{label} images")
 
 
 ATTACKS = {"transfer": transfer_attack, "adversarial_tokens": adversarial_tokens_attack,

@@ -523,6 +523,8 @@ class ConceptInversionConfig(_Strict):
     lr: float = Field(5e-3, gt=0, description="Adam learning rate on the token embedding.")
     batch_size: int = Field(4, ge=1, description="Target images per step.")
     images: int | None = Field(64, ge=1, description="Target images (base images of effective prompts); None = all.")
+    restarts: int = Field(3, ge=1, description="Independent inversions (seeds seed, seed+1, ...); a prompt is "
+                                               "broken if any of them draws the concept.")
 
 
 class RedteamConfig(_Strict):

@@ -4,6 +4,7 @@ the toy model and on tiny random SD 1.x / 2.x / SDXL pipelines (tiny budgets).""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,7 @@ def test_default_params_file_matches_the_model():
 
 @pytest.mark.parametrize("data, field", [
     ({"concept_inversion": {"steps": 0}}, "concept_inversion.steps"),
+    ({"concept_inversion": {"restarts": 0}}, "concept_inversion.restarts"),
     ({"adversarial_tokens": {"tokens": -1}}, "adversarial_tokens.tokens"),
     ({"transfer": {"per_prompt": 0}}, "transfer.per_prompt"),
     ({"adversarial_tokens": {"lr": 0}}, "adversarial_tokens.lr"),
@@ -291,6 +293,41 @@ def test_adversarial_tokens_are_real_vocabulary_tokens(toy_context, init):
     assert all(p.split(" | ")[1] in {r.prompt for r in toy_context.rows} for p in result.prompts)
 
 
+class ScriptedJudge(BaseJudge):
+    """Says what it is told, one list of flags per call (the first images judged get the first list)."""
+
+    name = "scripted"
+
+    def __init__(self, *calls: list[bool]):
+        self.calls = list(calls)
+
+    def settings(self):
+        return {}
+
+    def judge(self, images, concepts):
+        flags = self.calls.pop(0)
+        assert len(flags) == len(images)
+        return {c: Judgement(flags, [float(f) for f in flags]) for c in concepts}
+
+
+def test_concept_inversion_restarts_count_a_prompt_broken_by_any_restart(toy_context):
+    cfg = RedteamConfig.model_validate(TINY).concept_inversion.model_copy(update={"restarts": 2})
+    n = len(toy_context.rows)
+    first, second = [True, False] * (n // 2), [False, False] + [True] * (n - 2)
+    result = A.concept_inversion_attack(replace(toy_context, judge=ScriptedJudge(first, second)), cfg)
+    assert result.success == [a or b for a, b in zip(first, second, strict=True)]
+    assert (result.gradient_steps, result.generations) == (2 * cfg.steps, 2 * n)
+    assert any(f"seed {toy_context.seed}: {sum(first)}/{n}" in note and f"seed {toy_context.seed + 1}: "
+               f"{sum(second)}/{n}" in note for note in result.notes), result.notes
+    # The second restart is the single inversion of the next seed; its images show the prompts it broke.
+    next_seed = replace(toy_context, seed=toy_context.seed + 1, judge=ScriptedJudge([False] * n))
+    alone = A.concept_inversion_attack(next_seed, cfg.model_copy(update={"restarts": 1}))
+    for i, image in enumerate(result.images):
+        if second[i] and not first[i]:
+            assert image.tobytes() == alone.images[i].tobytes()
+    assert result.images[0].tobytes() != alone.images[0].tobytes()  # restart 1 broke prompt 0: its own image
+
+
 # --- the whole red team --------------------------------------------------------------------------
 
 
@@ -310,7 +347,7 @@ def test_run_redteam_on_tiny_pipelines(kind, tiny_pipes, tmp_path):
     _assert_same(before, _state(pipe))
     # progress lines for the flow's log: each stage's last line at least (more every 5 s)
     for start in ("zebra: base images: 3/3 images", "zebra: erased images (pre-attack): 3/3 images",
-                  "zebra: concept inversion: 3/3 steps", "zebra: concept inversion images: 3/3 images"):
+                  "zebra: concept inversion 3/3: 3/3 steps", "zebra: concept inversion 3/3 images: 3/3 images"):
         assert any(line.startswith(start) for line in lines), (start, lines)
     m = metrics["redteam"]["zebra"]
     assert (m["eval_prompts"], m["effective_prompts"]) == (3, 3)
