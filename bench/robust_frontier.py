@@ -121,6 +121,17 @@ SETTINGS: dict[str, dict] = {
                     "adversarial": {"attacks": ["inversion", "tokens", "tokens", "tokens"], "every": 25,
                                     "pool_size": 96, "retention_weight": 3.0, "warm_start": False,
                                     "inversion_steps": 250, "targets": 48}},
+    # In-loop inversions with the red team's own budget (1,000 steps at lr 5e-3 on 64 targets), every
+    # 100 steps with the tokens attack in turn: 4 inversions and 4 prefix attacks in 800 steps.
+    "inv1000-e100": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
+                     "adversarial": {"attacks": ["inversion", "tokens"], "every": 100, "pool_size": 96,
+                                     "retention_weight": 3.0, "warm_start": False, "inversion_steps": 1000,
+                                     "inversion_lr": 5.0e-3, "targets": 64}},
+    # Twice inv250-e50's attacks: 250-step inversions every 25 steps, the tokens attack in turn (16 + 16).
+    "inv250-e25": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
+                   "adversarial": {"attacks": ["inversion", "tokens"], "every": 25, "pool_size": 96,
+                                   "retention_weight": 3.0, "warm_start": False, "inversion_steps": 250,
+                                   "targets": 48}},
     # Control: plain SDD exactly as params/distill.yaml (what make demo and the deployments run).
     "plain": {"steps": 320, "lr": 1.0e-3, "train_method": "xattn", "checkpoint_every": 20, "adversarial": None},
     "xattn-e100": {"adversarial": {"every": 100}},  # half the attacks: fits the 10-minute demo
