@@ -132,6 +132,24 @@ SETTINGS: dict[str, dict] = {
                    "adversarial": {"attacks": ["inversion", "tokens"], "every": 25, "pool_size": 96,
                                    "retention_weight": 3.0, "warm_start": False, "inversion_steps": 250,
                                    "targets": 48}},
+    # The preset, erasing a neighbourhood of each conditioning found instead of the point: Gaussian noise
+    # at half each token's RMS (jit05), or half the draws an affine blend of two pool members (blend05).
+    "jit05": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
+              "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
+                              "retention_weight": 3.0, "warm_start": False, "inversion_steps": 100, "jitter": 0.5}},
+    "blend05": {"train_method": "xattn_out", "steps": 800, "lr": 2.0e-3,
+                "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
+                                "retention_weight": 3.0, "warm_start": False, "inversion_steps": 100, "blend": 0.5}},
+    # Erase where the colour is drawn, not where the prompt enters: the whole UNet (or all but the
+    # cross-attention) with a strong retention term holding benign prompts to the base model.
+    "full-r10": {"train_method": "full", "steps": 800, "lr": 5.0e-4,
+                 "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
+                                 "retention_weight": 10.0, "retention_batch": 8, "warm_start": False,
+                                 "inversion_steps": 100}},
+    "noxattn-r10": {"train_method": "noxattn", "steps": 800, "lr": 5.0e-4,
+                    "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
+                                    "retention_weight": 10.0, "retention_batch": 8, "warm_start": False,
+                                    "inversion_steps": 100}},
     # Control: plain SDD exactly as params/distill.yaml (what make demo and the deployments run).
     "plain": {"steps": 320, "lr": 1.0e-3, "train_method": "xattn", "checkpoint_every": 20, "adversarial": None},
     "xattn-e100": {"adversarial": {"every": 100}},  # half the attacks: fits the 10-minute demo

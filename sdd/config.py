@@ -52,6 +52,12 @@ class AdversarialConfig(_Strict):
     fraction: float = Field(0.5, ge=0, le=1, description="Share of each batch whose erased conditioning is "
                                                           "an adversarial one (once the pool has any).")
     pool_size: int = Field(8, ge=1, description="Adversarial conditionings kept (oldest dropped first).")
+    jitter: float = Field(0.0, ge=0, description="Gaussian noise added to a pool conditioning's hidden states "
+                                                 "each time it is distilled, as a fraction of each token's RMS: "
+                                                 "a neighbourhood of each found embedding is erased, not a point.")
+    blend: float = Field(0.0, ge=0, le=1, description="Share of the pool draws that are an affine blend "
+                                                      "λ·a + (1-λ)·b of two pool conditionings, λ ~ U(-0.5, 1.5): "
+                                                      "the region between (and past) the attacks found is erased.")
     retention_prompts: list[str] = Field([], description="Benign prompts whose predictions stay near the base "
                                                          "model's; empty = no retention term.")
     retention_weight: float = Field(1.0, ge=0, description="Weight of the retention loss.")

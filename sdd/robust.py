@@ -11,7 +11,8 @@ a concept (the *target latents*: the frozen base drawing the concept prompts, dr
 
 The found prompts are encoded, and their hidden states (not the tokens: the shipped tokenizer and
 text encoder stay unchanged) join the *adversarial pool*. Each step, ``fraction`` of the batch distils an
-adversarial conditioning, instead of a concept prompt, to the student's unconditional prediction.
+adversarial conditioning, instead of a concept prompt, to the student's unconditional prediction
+(optionally a noised one, ``jitter``, or a blend of two, ``blend``: a neighbourhood instead of a point).
 
 To keep what should stay, a retention term pulls the student's prediction on benign prompts
 (``retention_prompts``), at noised benign latents drawn once by the base model, towards the frozen
@@ -132,11 +133,24 @@ class Adversary:
         k = self.adversarial_slots(n)
         if k == 0:
             return erased
-        picks = [pool[self.d.rng.randrange(len(pool))] for _ in range(k)]
-        adv = Conditioning.cat(picks)
-        adv = Conditioning(adv.hidden_states.to(erased.hidden_states),
+        adv = Conditioning.cat([self._draw_from_pool(pool) for _ in range(k)])
+        hidden = adv.hidden_states
+        if self.cfg.jitter:
+            rms = hidden.pow(2).mean(dim=-1, keepdim=True).sqrt()
+            hidden = hidden + self.cfg.jitter * rms * torch.randn(hidden.shape, generator=self.d.generator)
+        adv = Conditioning(hidden.to(erased.hidden_states),
                            {key: v.to(erased.added[key]) for key, v in adv.added.items()})
         return Conditioning.cat([erased[: n - k], adv])
+
+    def _draw_from_pool(self, pool: list[Conditioning]) -> Conditioning:
+        """One pool member, or (with probability ``blend``) an affine blend of two of them."""
+        a = pool[self.d.rng.randrange(len(pool))]
+        if not self.cfg.blend or self.d.rng.random() >= self.cfg.blend:
+            return a
+        b = pool[self.d.rng.randrange(len(pool))]
+        lam = self.d.rng.uniform(-0.5, 1.5)
+        return Conditioning(lam * a.hidden_states + (1 - lam) * b.hidden_states,
+                            {k: lam * v + (1 - lam) * b.added[k] for k, v in a.added.items()})
 
     def retention_loss(self) -> torch.Tensor | None:
         """w · MSE(student, frozen base) on noised benign latents with their prompts; None if off."""

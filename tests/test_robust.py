@@ -45,6 +45,33 @@ def test_adversarial_conditionings_are_mixed_at_the_configured_fraction(sd1):
     assert adv.adversarial_slots(8) == 2 and adv.adversarial_slots(4) == 1
 
 
+def test_jitter_and_blend_erase_a_neighbourhood_of_the_pool(sd1):
+    d = Distiller(sd1, CONCEPTS, config(adv={"every": 1, "pool_size": 3, "fraction": 1.0}))
+    d.train(2)
+    adv, erased = d.adversary, d.conditioner.encode(["a red circle"] * 64)
+    pool = torch.cat([c.hidden_states for c in adv.state.pool])
+
+    adv.cfg.jitter = 0.5  # Gaussian noise at half each token's RMS
+    for h in adv.mix(erased).hidden_states:
+        nearest = min(pool, key=lambda p: (h - p).norm())
+        rel = ((h - nearest).pow(2).mean(-1).sqrt() / nearest.pow(2).mean(-1).sqrt())
+        assert 0.3 < rel.mean() < 0.7
+
+    adv.cfg.jitter, adv.cfg.blend = 0.0, 1.0  # every draw a blend λ·a + (1-λ)·b, λ in [-0.5, 1.5]
+    flat = pool.flatten(1)
+    lams = []
+    for h in adv.mix(erased).hidden_states:
+        # Solve h = λ·a + (1-λ)·b for some pair (a, b) of pool members.
+        fits = [(((h.flatten() - b) @ (a - b)) / (a - b).pow(2).sum(), a, b)
+                for i, a in enumerate(flat) for j, b in enumerate(flat) if i != j]
+        lam, a, b = min(fits, key=lambda f: (f[0] * f[1] + (1 - f[0]) * f[2] - h.flatten()).norm())
+        if torch.allclose(lam * a + (1 - lam) * b, h.flatten(), atol=1e-4):
+            lams.append(lam.item())
+        else:  # the same member drawn twice
+            assert any(torch.allclose(h.flatten(), p, atol=1e-5) for p in flat)
+    assert len(lams) > 32 and -0.5 <= min(lams) < 0 and 1 < max(lams) <= 1.5
+
+
 def test_attacks_take_turns_and_the_token_attack_finds_a_real_prefix(sd1):
     d = Distiller(sd1, CONCEPTS, config(adv={"every": 1, "attacks": ["inversion", "tokens"], "prefix_tokens": 3,
                                              "prefix_steps": 2, "pool_size": 10}, steps=4))
@@ -183,6 +210,8 @@ def test_robust_erasure_runs_on_other_architectures(tiny_dirs, tmp_path, kind):
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("fraction", 1.5, "adversarial.fraction"),
+    ("jitter", -0.1, "adversarial.jitter"),
+    ("blend", 2, "adversarial.blend"),
     ("every", 0, "adversarial.every"),
     ("settle_steps", -1, "adversarial.settle_steps"),
     ("attacks", ["inversion", "guess"], "adversarial.attacks"),
