@@ -98,6 +98,9 @@ class DistillConfig(_Strict):
     train_method: Literal["xattn", "xattn_out", "full", "selfattn", "noxattn"] = Field(
         "xattn", description="Trained parameters: xattn=attn2, xattn_out=attn2.to_out, selfattn=attn1, "
                              "noxattn=all but attn2.")
+    xattn_lr_scale: float = Field(1.0, gt=0, description="Learning-rate multiplier for the cross-attention (attn2) "
+                                                         "parameters when more than them train (full): the "
+                                                         "concept words enter there, the rest of the UNet draws.")
     concept_schedule: Literal["iterative", "composite", "random"] = Field(
         "iterative", description="Which concept prompt c_s each step erases.")
     batch_size: int = Field(1, ge=1, description="Training samples per optimizer step.")

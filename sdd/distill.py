@@ -256,7 +256,7 @@ class Distiller:
 
             self.adversary = Adversary(self)
 
-        self.optimizer = torch.optim.AdamW(self.student_params, lr=config.lr, betas=config.betas,
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=config.betas,
                                            eps=config.eps, weight_decay=config.weight_decay)
         self.lr_scheduler = get_scheduler(config.lr_schedule, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
                                           num_training_steps=config.steps)
@@ -289,6 +289,16 @@ class Distiller:
         self.losses: list[float] = []
         self.last_checkpoint_step: int | None = None
         self.base_hash: str | None = None  # identifies the base model in checkpoints and the manifest
+
+    def _param_groups(self) -> list[dict]:
+        """One AdamW group, or two when ``xattn_lr_scale`` gives the cross-attention its own lr."""
+        scale = self.config.xattn_lr_scale
+        xattn = [TRAIN_METHODS["xattn"](n) for n in self.trained]
+        if scale == 1 or all(xattn) or not any(xattn):
+            return [{"params": self.student_params}]
+        params = list(zip(self.student_params, xattn, strict=True))
+        return [{"params": [p for p, x in params if not x]},
+                {"params": [p for p, x in params if x], "lr": self.config.lr * scale}]
 
     def _apply_memory_options(self) -> dict[str, torch.Tensor]:
         """Attention kernel, gradient checkpointing, bf16 frozen weights (before the teacher shares them).

@@ -347,6 +347,18 @@ def test_cosine_schedule_decays_the_lr_to_zero_by_the_last_step(tiny_dirs, tmp_p
     assert state["lr_scheduler"]["last_epoch"] == 4 and state["lr_scheduler"]["base_lrs"] == [1e-3]
 
 
+def test_xattn_lr_scale_gives_the_cross_attention_its_own_lr(sd1):
+    d = Distiller(sd1, CONCEPTS, fast_config(train_method="full", lr=1e-3, xattn_lr_scale=4.0))
+    rest, xattn = d.optimizer.param_groups
+    n_xattn = sum("attn2" in n for n in d.trained)
+    assert 0 < n_xattn < len(d.trained) and len(xattn["params"]) == n_xattn
+    assert len(rest["params"]) == len(d.trained) - n_xattn
+    assert rest["lr"] == pytest.approx(1e-3) and xattn["lr"] == pytest.approx(4e-3)
+    # Only cross-attention trained: nothing to scale apart, one group at the configured lr.
+    only = Distiller(sd1, CONCEPTS, fast_config(train_method="xattn", lr=1e-3, xattn_lr_scale=4.0))
+    assert [g["lr"] for g in only.optimizer.param_groups] == [pytest.approx(1e-3)]
+
+
 def test_bf16_frozen_weights_need_bf16_compute():
     with pytest.raises(ValueError, match="frozen_dtype"):
         DistillConfig(frozen_dtype="bf16", mixed_precision="no")
@@ -373,10 +385,13 @@ def _assert_same_run(a, b):
     assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
 
 
-@pytest.mark.parametrize(("sampler", "lr_schedule"), [("pool", "constant"), ("reference", "constant"),
-                                                      ("pool", "cosine")])
-def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatch, sampler, lr_schedule):
-    config = fast_config(steps=8, batch_size=2, checkpoint_every=3, sampler=sampler, lr_schedule=lr_schedule)
+@pytest.mark.parametrize(("sampler", "lr_schedule", "extra"), [
+    ("pool", "constant", {}), ("reference", "constant", {}), ("pool", "cosine", {}),
+    ("pool", "cosine", {"train_method": "full", "xattn_lr_scale": 4.0}),  # two optimizer groups
+])
+def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatch, sampler, lr_schedule, extra):
+    config = fast_config(steps=8, batch_size=2, checkpoint_every=3, sampler=sampler, lr_schedule=lr_schedule,
+                         **extra)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", config)
 
     # Interrupt in the middle of step 5, after its random draws and its teacher sampling.
