@@ -127,6 +127,7 @@ BAD_VALUES = [
     (DistillConfig, "steps", 0, "steps"), (DistillConfig, "steps", "many", "steps"),
     (DistillConfig, "lr", -1.0, "lr"), (DistillConfig, "ema_decay", 1.0, "ema_decay"),
     (DistillConfig, "betas", [0.9], "betas"), (DistillConfig, "train_method", "everything", "train_method"),
+    (DistillConfig, "xattn_lr_scale", 0, "xattn_lr_scale"),
     (DistillConfig, "batch_size", 2.5, "batch_size"), (DistillConfig, "resolution", 4, "resolution"),
     (DistillConfig, "checkpoint_every", None, "checkpoint_every"), (DistillConfig, "stepz", 10, "stepz"),
     (EvalConfig, "num_inference_steps", -3, "num_inference_steps"), (EvalConfig, "judge", "toy", "judge"),
