@@ -7,11 +7,15 @@ venv:
 demo: venv  ## run the main job end to end on the embedded toy world
 	.venv/bin/python -m flows.demo
 
+# Two xdist workers (one per core; tests/conftest.py says how the suite is spread over them) and the
+# 25 slowest tests at the end, so a slow one shows up in every run.
+PYTEST = .venv/bin/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=25
+
 test: venv  ## the whole test suite, slow end-to-end tests included (what CI runs)
-	.venv/bin/python -m pytest -q
+	$(PYTEST)
 
 test-fast: venv  ## the quick loop: skip tests marked slow
-	.venv/bin/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: venv
 	.venv/bin/ruff check sdd flows tests bench

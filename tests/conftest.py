@@ -1,9 +1,47 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files, and how the suite is spread over pytest-xdist workers.
 
+``make test`` runs two workers (``-n 2 --dist loadgroup``, one per core). Each test module is one
+work unit (its module-scoped fixtures are built once); the modules that drive the real local stack
+form one unit together, so they share one stack (:func:`stack`). Units are handed out heaviest
+first (:data:`HEAVY_FIRST`), so the long ones start at once and the short ones fill in around them.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
 from tiny_models import one_thread, save_tiny_pipelines
+
+#: Test modules that share one stack (the ``stack`` fixture), in the order they run on their worker.
+STACK_MODULES = ("test_worker_kill", "test_queue", "test_ui_browser", "test_flows_e2e")
+#: Work units by their measured length, longest first (tests not named here follow, in file order).
+HEAVY_FIRST = ("stack", "test_demo", "test_registry", "test_stack_auth", "test_dvc", "test_postgres_stack",
+               "test_guard", "test_faults", "test_flows", "test_full_disk", "test_infra", "test_redteam")
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Two workers share two cores: one thread each, in this process and in what it starts.
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def work_unit(item) -> str:
+    module = Path(item.fspath).stem
+    return "stack" if module in STACK_MODULES else module
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marks into scopes
+def pytest_collection_modifyitems(config, items):
+    """One xdist group per module (the stack modules: one together); heaviest units first."""
+    rank = {unit: i for i, unit in enumerate(HEAVY_FIRST)}
+    stack_rank = {module: i for i, module in enumerate(STACK_MODULES)}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(work_unit(item)))
+    items.sort(key=lambda item: (rank.get(work_unit(item), len(rank)),
+                                 stack_rank.get(Path(item.fspath).stem, 0)))  # stable: file order within
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +73,10 @@ def erased_toy(tmp_path_factory) -> Path:
     return save_standin_erased(tmp_path_factory.mktemp("erased") / "model")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """The whole local stack (Prefect and MLflow servers, cpu + gpu workers) on free ports; torn down after."""
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory):
+    """The whole local stack (Prefect and MLflow servers, cpu + gpu workers) on free ports, started once
+    for the tests of :data:`STACK_MODULES` (one xdist worker runs them all); torn down after."""
     from servers import free_port
 
     from sdd.stack import StackConfig, down, up
@@ -53,3 +92,12 @@ def stack(tmp_path_factory):
         yield {**info, "root": root, "cfg": cfg}
     finally:
         down(cfg.state_dir)
+
+
+@pytest.fixture(scope="module")
+def stack(shared_stack):
+    """The shared stack as this test module's own: no registered model, no run of an earlier module
+    still going or listed (``helpers.reset_stack``). The tests of one module share it as they find it."""
+    from helpers import reset_stack
+
+    return reset_stack(shared_stack)

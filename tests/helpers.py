@@ -4,7 +4,8 @@
 * what an evaluation has drawn so far: :func:`indexed_keys`, :func:`image_stamps`;
 * tiny flow settings: :data:`TINY`, :data:`GATES_OFF`; a small toy prompt set: :func:`toy_prompt_set`;
 * the real local stack (``stack`` fixture in ``conftest.py``) driven like the UI: :func:`api`,
-  :func:`create_run`, :func:`wait_for_run`, :func:`runs_of`, :func:`artifact_text`, :func:`registry`.
+  :func:`create_run`, :func:`wait_for_run`, :func:`runs_of`, :func:`artifact_text`, :func:`registry`;
+  one stack shared by several tests, each finding it as if alone: :func:`reset_stack`.
 """
 
 from __future__ import annotations
@@ -121,8 +122,61 @@ def start_run(stack, deployment: str, parameters: dict) -> dict:
 
 
 def runs_of(stack, deployment: str) -> list[dict]:
-    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id(stack, deployment)]}}}
-    return api(stack, "POST", "/flow_runs/filter", body)
+    """The deployment's flow runs, less those of earlier tests on a shared stack (:func:`reset_stack`)."""
+    runs = {"deployment_id": {"any_": [deployment_id(stack, deployment)]}}
+    if stack.get("earlier_runs"):
+        runs["id"] = {"not_any_": stack["earlier_runs"]}
+    return api(stack, "POST", "/flow_runs/filter", {"flow_runs": runs})
+
+
+def all_run_ids(stack, states: list[str] | None = None) -> list[str]:
+    """Every flow run's id (in one of ``states``, if given), page by page."""
+    body = {"flow_runs": {"state": {"type": {"any_": states}}}} if states else {}
+    ids, page = [], 200
+    while batch := api(stack, "POST", "/flow_runs/filter", {**body, "limit": page, "offset": len(ids)}):
+        ids += [r["id"] for r in batch]
+        if len(batch) < page:
+            break
+    return ids
+
+
+def cancel_runs(stack, run_ids: list[str], timeout_s: float = 90) -> None:
+    """Cancel the runs as the UI's Cancel does (their worker stops them); force it where no worker does."""
+    for run_id in run_ids:
+        api(stack, "POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
+    deadline = time.monotonic() + timeout_s
+    pending = set(run_ids)
+    while pending and time.monotonic() < deadline:
+        pending = {r for r in pending if api(stack, "GET", f"/flow_runs/{r}")["state_type"] not in FINAL}
+        time.sleep(1)
+    for run_id in pending:  # its worker is gone (a killed one's orphan): nobody else will end it
+        api(stack, "POST", f"/flow_runs/{run_id}/set_state",
+            {"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True})
+
+
+def reset_stack(stack) -> dict:
+    """The shared stack as a test would find a stack of its own: nothing of an earlier test still
+    running, a live worker on each pool, no registered model, and only the test's own flow runs
+    listed by :func:`runs_of`. Returns the stack's dict for the test."""
+    from dataclasses import replace
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from sdd.stack import _start_workers, is_alive, read_records, stack_env
+
+    cancel_runs(stack, all_run_ids(stack, ["RUNNING", "PENDING", "CANCELLING", "PAUSED"]))
+    cfg = stack["cfg"]
+    alive = {r["name"] for r in read_records(cfg.state_dir) if is_alive(r)}
+    if dead := tuple(pool for pool in cfg.pools if f"worker-{pool}" not in alive):  # a kill test failed mid-way
+        _start_workers(replace(cfg, pools=dead), stack_env(cfg))
+    client = MlflowClient(stack["mlflow_ui"], stack["mlflow_ui"])
+    try:
+        client.delete_registered_model("sdd-erased")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    return {**stack, "earlier_runs": all_run_ids(stack)}
 
 
 def artifact_text(stack, run_id: str, key: str) -> str:

@@ -2,8 +2,9 @@
 
 **The gpu worker, mid-distillation.**
 
-The real stack (Prefect server, MLflow server, cpu + gpu process workers) on free ports, runs
-started through the REST API the way the UI starts them. While the ``distill-gpu`` run is training
+The real stack (Prefect server, MLflow server, cpu + gpu process workers) on free ports -- the
+stack the stack tests share, reset for each test (``helpers.reset_stack``) -- runs started through
+the REST API the way the UI starts them. While the ``distill-gpu`` run is training
 (after a few checkpoints), the gpu worker and its flow-run process get SIGKILL. Nothing reports
 that run's end, so it stays Running: it holds the gpu pool's only slot, and the erase-concepts run
 that started it waits for it with the run folder's lock held -- until the zombie automation that
@@ -38,20 +39,20 @@ from helpers import (
     TINY,
     api,
     artifact_text,
+    cancel_runs,
     create_run,
     image_stamps,
     indexed_keys,
     registry,
+    reset_stack,
     runs_of,
     wait_for_run,
 )
-from servers import free_port
 
-from sdd.stack import HEARTBEAT_S, StackConfig, _reap, _start_workers, descendants, down, read_records, stack_env, up
+from sdd.stack import HEARTBEAT_S, StackConfig, _reap, _start_workers, descendants, read_records, stack_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-PROJECT = Path(__file__).resolve().parents[1]
 STEPS, CHECKPOINT_EVERY = 150, 5  # ~3 toy steps/s on a quiet core: ~50 s of training to interrupt
 KILL_AFTER_STEP = 10  # kill once at least two checkpoints exist
 
@@ -117,12 +118,10 @@ class StepWatcher(threading.Thread):
             time.sleep(0.1)
 
 
-def stack_config(root: Path) -> StackConfig:
-    return StackConfig(project=PROJECT, state_dir=root / "state", prefect_port=free_port(),
-                       mlflow_port=free_port(), guard_port=free_port(),
-                       mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
-                       env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
-                       timeout_s=300)
+@pytest.fixture
+def stack(shared_stack):
+    """Each test here kills a worker and counts versions and runs: the shared stack, reset for each."""
+    return reset_stack(shared_stack)
 
 
 def kill_worker(cfg: StackConfig, pool: str) -> None:
@@ -150,31 +149,26 @@ def stages_line(stack, run_id: str) -> str:
     return lines[0]
 
 
-def cancel_if_unfinished(cfg: StackConfig, run_id: str | None) -> None:
+def cancel_if_unfinished(stack, run_id: str | None) -> None:
     """The killed run may still wait (or have finished): leave nothing running."""
     if run_id is None:
         return
     try:
-        run = api({"prefect_api": cfg.prefect_url + "/api"}, "GET", f"/flow_runs/{run_id}")
-        if run["state_type"] not in FINAL:
-            api({"prefect_api": cfg.prefect_url + "/api"}, "POST", f"/flow_runs/{run_id}/set_state",
-                {"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True})
+        if api(stack, "GET", f"/flow_runs/{run_id}")["state_type"] not in FINAL:
+            cancel_runs(stack, [run_id])
     except OSError:
         pass
 
 
-def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_once(tmp_path):
-    root = tmp_path
-    cfg = stack_config(root)
-    runs_dir = root / "runs"
+def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_once(stack, tmp_path):
+    cfg = stack["cfg"]
+    runs_dir = tmp_path / "runs"
     params = {"concepts": ["red"], **TINY,
               "distill": {**TINY["distill"], "steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY},
               "gates": GATES_OFF, "runs_dir": str(runs_dir)}
     first_id = None
     watcher = StepWatcher(runs_dir)
     try:
-        stack = {**up(cfg), "root": root, "cfg": cfg}
-
         # 1. erase-concepts from the UI; wait until its distill run on the gpu pool has checkpointed a few times
         first_id = create_run(stack, "erase-concepts/erase-concepts", params)
         deadline, orphan = time.monotonic() + 600, None
@@ -228,15 +222,14 @@ def test_gpu_worker_killed_mid_distillation_then_rerun_resumes_and_registers_onc
         assert versions[1].tags["concepts"] == "red"
     finally:
         watcher.done.set()
-        cancel_if_unfinished(cfg, first_id)
-        down(cfg.state_dir)
+        cancel_if_unfinished(stack, first_id)
 
 
 EVAL_ROWS, KILL_AFTER_IMAGES = 48, 8
 
 
-def test_cpu_worker_killed_mid_evaluation_then_rerun_resumes_and_registers_once(tmp_path):
-    cfg = stack_config(tmp_path)
+def test_cpu_worker_killed_mid_evaluation_then_rerun_resumes_and_registers_once(stack, tmp_path):
+    cfg = stack["cfg"]
     runs_dir = tmp_path / "runs"
     params = {"concepts": ["red"], **TINY,
               "evaluation": {**TINY["evaluation"], "num_inference_steps": 10, "batch_size": 4},
@@ -244,8 +237,6 @@ def test_cpu_worker_killed_mid_evaluation_then_rerun_resumes_and_registers_once(
               "gates": GATES_OFF, "runs_dir": str(runs_dir)}
     first_id = None
     try:
-        stack = {**up(cfg), "root": tmp_path, "cfg": cfg}
-
         # 1. erase-concepts from the UI; wait until its evaluation has drawn a few images
         first_id = create_run(stack, "erase-concepts/erase-concepts", params)
         deadline = time.monotonic() + 600
@@ -286,8 +277,7 @@ def test_cpu_worker_killed_mid_evaluation_then_rerun_resumes_and_registers_once(
         versions, _ = registry(stack)
         assert list(versions) == [1], {n: v.tags.get("concepts") for n, v in versions.items()}
     finally:
-        cancel_if_unfinished(cfg, first_id)
-        down(cfg.state_dir)
+        cancel_if_unfinished(stack, first_id)
 
 
 def image_folders(runs_dir: Path) -> list[Path]:
