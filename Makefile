@@ -9,7 +9,7 @@ demo: venv  ## run the main job end to end on the embedded toy world
 
 # Two xdist workers (one per core; tests/conftest.py says how the suite is spread over them) and the
 # 25 slowest tests at the end, so a slow one shows up in every run.
-PYTEST = .venv/bin/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=25
+PYTEST = .venv/bin/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=25
 
 test: venv  ## the whole test suite, slow end-to-end tests included (what CI runs)
 	$(PYTEST)

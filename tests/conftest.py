@@ -1,9 +1,10 @@
 """Fixtures shared by several test files, and how the suite is spread over pytest-xdist workers.
 
-``make test`` runs two workers (``-n 2 --dist loadgroup``, one per core). Each test module is one
+``make test`` runs two workers (``-n 2 --dist loadscope``, one per core). Each test module is one
 work unit (its module-scoped fixtures are built once); the modules that drive the real local stack
-form one unit together, so they share one stack (:func:`stack`). Units are handed out heaviest
-first (:data:`HEAVY_FIRST`), so the long ones start at once and the short ones fill in around them.
+form one unit together, so they share one stack (:func:`stack`): :func:`pytest_xdist_make_scheduler`.
+Units are handed out heaviest first (:data:`HEAVY_FIRST`), so the long ones start at once and the
+short ones fill in around them.
 """
 
 import os
@@ -28,19 +29,31 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-def work_unit(item) -> str:
-    module = Path(item.fspath).stem
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: its module, or ``stack`` for the modules sharing the stack."""
+    module = Path(nodeid.split("::")[0]).stem
     return "stack" if module in STACK_MODULES else module
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marks into scopes
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` with :func:`work_unit` as the scope. (xdist's ``loadgroup`` marks cannot
+    do it: xdist 3.8 renames ``item._nodeid``, which pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """One xdist group per module (the stack modules: one together); heaviest units first."""
+    """The heaviest units first; the stack modules in the order of :data:`STACK_MODULES`."""
     rank = {unit: i for i, unit in enumerate(HEAVY_FIRST)}
     stack_rank = {module: i for i, module in enumerate(STACK_MODULES)}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(work_unit(item)))
-    items.sort(key=lambda item: (rank.get(work_unit(item), len(rank)),
+    items.sort(key=lambda item: (rank.get(work_unit(item.nodeid), len(rank)),
                                  stack_rank.get(Path(item.fspath).stem, 0)))  # stable: file order within
 
 
