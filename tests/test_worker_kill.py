@@ -53,7 +53,7 @@ from sdd.stack import HEARTBEAT_S, StackConfig, _reap, _start_workers, descendan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-STEPS, CHECKPOINT_EVERY = 150, 5  # ~3 toy steps/s on a quiet core: ~50 s of training to interrupt
+STEPS, CHECKPOINT_EVERY = 40, 5  # ~3 toy steps/s on a quiet core: the kill lands at step 10, 30 steps before the end
 KILL_AFTER_STEP = 10  # kill once at least two checkpoints exist
 
 
