@@ -80,15 +80,18 @@ def set_none(section, name: str) -> None:
 
 
 def fill_custom_run_form(page, runs_dir: str) -> None:
-    """concepts = [red], the TINY numbers (the red team's top-level ones), every gate of GATES_OFF set to
-    None (robustness's inside its own section), a temporary runs_dir."""
+    """concepts = [red], the TINY numbers (the red team's attack budgets inside their own sections),
+    every gate of GATES_OFF set to None (robustness's inside its own section), a temporary runs_dir."""
     concepts = prop(page, "concepts")
     value_input(concepts).fill("red")
     assert concepts.locator("input, textarea").count() == 1  # exactly one concept
     for section_name in ("distill", "evaluation", "prompts", "redteam"):
         section = prop(page, section_name)
         for name, value in TINY[section_name].items():
-            if not isinstance(value, dict):  # the red team's nested budgets keep params/redteam.yaml's
+            if isinstance(value, dict):  # an attack's budget: a section in redteam
+                for field_name, field_value in value.items():
+                    fill_number(prop(section, _title(name)), field_name, field_value)
+            else:
                 fill_number(section, name, value)
     gates = prop(page, "gates")
     for name, value in GATES_OFF.items():
@@ -205,7 +208,9 @@ def test_custom_run_from_the_ui_completes(browser_page, stack, tmp_path):
         assert parameters["concepts"] == ["red"] and parameters["runs_dir"] == runs_dir
         for section in ("distill", "evaluation", "prompts"):
             assert TINY[section].items() <= parameters[section].items(), (section, parameters[section])
-        assert parameters["redteam"]["num_inference_steps"] == TINY["redteam"]["num_inference_steps"]
+        for name, value in TINY["redteam"].items():  # a plumbing test: the tiny attack budgets, not the gate's
+            sent = parameters["redteam"][name]
+            assert value.items() <= sent.items() if isinstance(value, dict) else sent == value, (name, sent)
         sent = parameters["gates"]
         assert all(sent[k] == v if v is None else v.items() <= sent[k].items() for k, v in GATES_OFF.items()), sent
 
