@@ -1,0 +1,116 @@
+"""``params/distill.yaml``: the SDD engine's settings (:mod:`sdd.erasure`), robust erasure's adversary included."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sdd.config.common import _Strict
+
+
+class AdversarialConfig(_Strict):
+    """Robust erasure (issue 15): a min-max SDD run, in the spirit of AdvUnlearn / STEREO / RECE.
+
+    Every ``every`` steps the current student is attacked, in turn by each of ``attacks``: concept
+    inversion (one new token learnt on the base model's images of a concept) or a discrete token
+    prefix (PEZ); the encoded conditionings of the found prompts join a pool whose members replace
+    ``fraction`` of each batch's erased conditionings. A retention term keeps the student's
+    predictions on ``retention_prompts`` (benign) close to the frozen base model's. See sdd/robust.py.
+    """
+
+    every: int = Field(50, ge=1, description="Attack the student every N steps (the first at step 0).")
+    settle_steps: int = Field(0, ge=0, description="The last N steps attack no more: they distil the pool "
+                                                   "found so far, so the run does not end on an unpatched attack.")
+    attacks: list[Literal["inversion", "tokens"]] = Field(
+        ["inversion"], min_length=1, description="In-loop attacks, taken in turn: inversion (one continuous "
+                                                 "token embedding) or tokens (a discrete prefix, PEZ).")
+    inversion_steps: int = Field(50, ge=1, description="Textual-inversion steps per attack.")
+    inversion_lr: float = Field(2e-2, gt=0, description="Adam learning rate on the inverted token embedding.")
+    inversion_batch: int = Field(4, ge=1, description="Target latents per inversion step.")
+    prefix_tokens: int = Field(5, ge=1, description="Tokens of the discrete prefix the tokens attack finds.")
+    prefix_steps: int = Field(30, ge=1, description="PEZ steps per tokens attack.")
+    prefix_lr: float = Field(0.1, gt=0, description="Adam learning rate on the prefix's soft embeddings.")
+    warm_start: bool = Field(True, description="Each attack starts from the previous attack's embedding "
+                                               "(else from the concept word's).")
+    targets: int = Field(16, ge=1, description="Target latents per concept: the base model drawing its prompts.")
+    fraction: float = Field(0.5, ge=0, le=1, description="Share of each batch whose erased conditioning is "
+                                                          "an adversarial one (once the pool has any).")
+    pool_size: int = Field(8, ge=1, description="Adversarial conditionings kept (oldest dropped first).")
+    jitter: float = Field(0.0, ge=0, description="Gaussian noise added to a pool conditioning's hidden states "
+                                                 "each time it is distilled, as a fraction of each token's RMS: "
+                                                 "a neighbourhood of each found embedding is erased, not a point.")
+    blend: float = Field(0.0, ge=0, le=1, description="Share of the pool draws that are an affine blend "
+                                                      "λ·a + (1-λ)·b of two pool conditionings, λ ~ U(-0.5, 1.5): "
+                                                      "the region between (and past) the attacks found is erased.")
+    retention_prompts: list[str] = Field([], description="Benign prompts whose predictions stay near the base "
+                                                         "model's; empty = no retention term.")
+    retention_weight: float = Field(1.0, ge=0, description="Weight of the retention loss.")
+    retention_batch: int = Field(4, ge=1, description="Benign samples per step for the retention term.")
+    retention_targets: int = Field(32, ge=1, description="Benign latents drawn by the base model (cycling "
+                                                         "over retention_prompts).")
+
+    @field_validator("retention_prompts")
+    @classmethod
+    def _non_empty_prompts(cls, v: list[str]) -> list[str]:
+        if not all(p.strip() for p in v):
+            raise ValueError("retention prompts must be non-empty strings")
+        return v
+
+
+class DistillConfig(_Strict):
+    """SDD hyperparameters; defaults are the paper's (Kim et al. 2023), except ``sampler``.
+
+    ``sampler: reference`` is the paper's loop (a fresh teacher trajectory of k DDIM steps for
+    every training sample); ``pool`` reuses in-flight trajectories and costs ~2 instead of ~N
+    teacher passes per sample (see sdd/distill.py). The last three settings trade compute for
+    memory and do not change what is learnt beyond rounding.
+    """
+
+    steps: int = Field(1500, ge=1, description="Optimizer steps (training samples at batch 1).")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (peak, with a schedule).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over `steps` (diffusers.optimization.get_scheduler); "
+                                "cosine/linear decay it to 0 by the last step.")
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the schedule.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA teacher decay per step.")
+    ddim_steps: int = Field(50, ge=1, description="DDIM steps N of the teacher sampler (eta 0).")
+    guidance_scale: float = Field(3.0, ge=1, description="CFG scale of the teacher sampler.")
+    train_method: Literal["xattn", "xattn_out", "full", "selfattn", "noxattn"] = Field(
+        "xattn", description="Trained parameters: xattn=attn2, xattn_out=attn2.to_out, selfattn=attn1, "
+                             "noxattn=all but attn2.")
+    xattn_lr_scale: float = Field(1.0, gt=0, description="Learning-rate multiplier for the cross-attention (attn2) "
+                                                         "parameters when more than them train (full): the "
+                                                         "concept words enter there, the rest of the UNet draws.")
+    concept_schedule: Literal["iterative", "composite", "random"] = Field(
+        "iterative", description="Which concept prompt c_s each step erases.")
+    batch_size: int = Field(1, ge=1, description="Training samples per optimizer step.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU.")
+    seed: int = Field(0, description="Seed for noise, step indices and timesteps.")
+    checkpoint_every: int = Field(100, ge=1, description="Write a resumable checkpoint every N steps.")
+    resolution: int | None = Field(None, ge=8, description="Image size in pixels; None = the model's native size.")
+    sampler: Literal["pool", "reference"] = Field(
+        "pool", description="Where z_k comes from: reference = a fresh k-step teacher trajectory per sample; "
+                            "pool = batch_size trajectories at staggered steps, each one DDIM step further "
+                            "per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute the student's activations in backward.")
+    frozen_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Storage dtype of the UNet weights that are not trained (bf16 implies bf16 autocast).")
+    attention: Literal["sdpa", "sliced", "eager"] = Field(
+        "sdpa", description="UNet attention: sdpa = torch's fused kernel (diffusers' default), sliced = one "
+                            "head slice at a time, eager = the full attention matrix.")
+    adversarial: AdversarialConfig | None = Field(
+        None, description="Robust erasure: adversarial conditionings + a retention term (sdd/robust.py); "
+                          "None = plain SDD.")
+
+    @model_validator(mode="after")
+    def _bf16_weights_need_bf16_compute(self) -> DistillConfig:
+        if self.frozen_dtype == "bf16" and self.mixed_precision in ("no", "fp16"):
+            raise ValueError("frozen_dtype bf16 needs mixed_precision auto or bf16")
+        return self
+

@@ -1,0 +1,20 @@
+"""``params/toy.yaml``: how the toy world is built (:mod:`sdd.toy`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from sdd.config.common import _Strict
+
+
+class ToyConfig(_Strict):
+    """How the toy world is built (``sdd toy build``)."""
+
+    seed: int = Field(0, ge=0, description="Seed of every random draw (numpy wants it non-negative).")
+    vae_steps: int = Field(500, ge=1)
+    unet_steps: int = Field(3000, ge=1)
+    judge_steps: int = Field(800, ge=1)
+    batch_size: int = Field(64, ge=1)
+    caption_dropout: float = Field(0.2, ge=0, lt=1, description="Fraction of empty-caption (natural) examples.")
+    partial_captions: float = Field(0.4, ge=0, lt=1, description="Fraction naming only colour or only shape.")
+
