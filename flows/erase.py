@@ -58,7 +58,6 @@ from prefect.runtime import flow_run as current_run
 from pydantic import BaseModel
 
 from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, RedteamSettings
-from sdd.concepts import concept_set_hash, normalise_concepts
 from sdd.config import (
     PARAMS_DIR,
     ConfigError,
@@ -82,7 +81,7 @@ from sdd.layout import (
     read_metrics,
 )
 from sdd.progress import ProgressLog
-from sdd.prompts import limit_rows
+from sdd.prompts import concept_set_hash, limit_rows, normalise_concepts
 from sdd.storage import write_json_atomic
 
 CACHE_ID_FILE = ".cache-id"

@@ -15,8 +15,8 @@ from typing import Any
 import typer
 
 from sdd.cli_types import InputFile, Text
-from sdd.concepts import concepts_updated_payload
 from sdd.errors import ConfigError
+from sdd.prompts import concepts_updated_payload
 
 CONCEPTS_UPDATED = "sdd.concepts.updated"
 

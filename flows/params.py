@@ -1,4 +1,4 @@
-"""Flow parameters: the ``params/*.yaml`` settings as typed forms (concept sets: :mod:`sdd.concepts`).
+"""Flow parameters: the ``params/*.yaml`` settings as typed forms (concept sets: :mod:`sdd.prompts.concepts`).
 
 Prefect renders a flow's pydantic parameters as a form in the UI. The models below are the
 library's config models (:mod:`sdd.config`) with one change: **fields a caller leaves out come

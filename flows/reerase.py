@@ -1,6 +1,6 @@
 """The ``re-erase`` flow: keep production erasing the active concept set of ``params/concepts.yaml``.
 
-It hashes the active set (:func:`sdd.concepts.concept_set_hash`: the ``concepts_sha256`` an erasure
+It hashes the active set (:func:`sdd.prompts.concept_set_hash`: the ``concepts_sha256`` an erasure
 of that set records) and compares it, and the set's base model, with the ``concepts_sha256`` and
 ``base_model`` tags of the model version holding the ``production`` alias:
 
@@ -31,9 +31,9 @@ from prefect.events import emit_event
 
 from flows.erase import RETRY_DELAYS_S, erase_concepts
 from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, RedteamSettings
-from sdd.concepts import concept_set_hash, normalise_concepts
 from sdd.config import load_concept_sets, load_registry_config
 from sdd.errors import ProtectedAliasViolation
+from sdd.prompts import concept_set_hash, normalise_concepts
 
 
 @task(name="read-production", retries=2, retry_delay_seconds=RETRY_DELAYS_S)

@@ -27,7 +27,7 @@ checkpoints, so a resumed run reproduces an uninterrupted one bit for bit (on CP
 
 Outputs in ``out_dir`` (written by :mod:`sdd.outputs`): ``model/``, ``patch.safetensors``,
 ``manifest.json``, ``loss.csv``; while training runs, the resumable ``checkpoint/``
-(state.safetensors + state.json). The concepts themselves are :mod:`sdd.concepts`'.
+(state.safetensors + state.json). The concepts themselves are :mod:`sdd.prompts.concepts`'.
 
 Why this module is over 500 lines: :class:`Distiller` (about 330 of them) holds one run's whole
 state — student, EMA teacher, optimizer, RNGs, trajectory pool — and the one step and one
@@ -56,11 +56,11 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from sdd.concepts import Concept, concepts_hash, default_concepts
 from sdd.config import ConfigError, DistillConfig, check_concept_names
 from sdd.layout import CHECKPOINT_DIR, LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
 from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash
 from sdd.outputs import ErasureResult, apply_patch, loss_summary, save_patch, write_outputs
+from sdd.prompts import Concept, concepts_hash, default_concepts
 from sdd.storage import atomic_path, check_writable_dir, recover_interrupted_writes
 
 logger = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import load_file, save_file
 
 import sdd
-from sdd.concepts import concepts_hash
 from sdd.config import ConfigError
 from sdd.layout import LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
+from sdd.prompts import concepts_hash
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:

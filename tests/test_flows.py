@@ -17,9 +17,9 @@ from helpers import GATES_OFF, PROJECT, TINY
 from tiny_models import one_thread
 
 from flows.params import DistillSettings, EvalSettings, GateSettings
-from sdd.concepts import concept_set_hash, normalise_concepts
 from sdd.config import ConfigError, load_concept_sets, load_model
 from sdd.config import DistillConfig as _DistillConfig
+from sdd.prompts import concept_set_hash, normalise_concepts
 
 # Tiny settings: 2 SDD steps, 5 sampler steps, 16 evaluation images per model.
 STAGES = ("prepare-prompts", "distill", "evaluate", "redteam", "register")

@@ -28,7 +28,7 @@ from helpers import (
     wait_for_run,
 )
 
-from sdd.concepts import concept_set_hash
+from sdd.prompts import concept_set_hash
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

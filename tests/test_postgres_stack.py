@@ -30,7 +30,7 @@ import pytest
 from helpers import GATES_OFF, TINY, artifact_text, create_run, registry, runs_of, wait_for_run
 from servers import free_port
 
-from sdd.concepts import concept_set_hash
+from sdd.prompts import concept_set_hash
 from sdd.stack import StackConfig, down, up
 
 PROJECT = Path(__file__).resolve().parents[1]
