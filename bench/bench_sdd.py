@@ -24,8 +24,9 @@ import time
 import torch
 
 from sdd.config import DistillConfig
-from sdd.distill import Concept, Distiller
+from sdd.erasure import Distiller
 from sdd.models import load_pipeline
+from sdd.prompts import Concept
 
 PAPER_SAMPLES = 1500
 

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sd15 import sd15_pipeline  # noqa: E402
 
 from sdd.config import DistillConfig  # noqa: E402
-from sdd.distill import Concept, Distiller  # noqa: E402
+from sdd.erasure import Distiller  # noqa: E402
+from sdd.prompts import Concept  # noqa: E402
 
 CONCEPTS = [Concept("nudity", ["nudity"])]
 PAPER = dict(ddim_steps=50, guidance_scale=3.0, lr=1e-5, ema_decay=0.999, train_method="xattn")

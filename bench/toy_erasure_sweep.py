@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from sdd.config import DistillConfig, read_yaml
-from sdd.distill import Distiller, default_concepts
+from sdd.erasure import Distiller
 from sdd.judges import parse_toy_prompt
 from sdd.models import load_pipeline
-from sdd.prompts import toy_benign_prompts, toy_eval_prompts
+from sdd.prompts import default_concepts, toy_benign_prompts, toy_eval_prompts
 from sdd.toy import TOY_JUDGE_DIR, TOY_PIPELINE_DIR, world
 from sdd.toy.judge import ToyJudge
 from sdd.toy.quality import generate_images

@@ -282,7 +282,8 @@ def erasure_summary(erasure_dir: Path) -> dict[str, Any]:
 
 def run_distillation(erasure_dir: Path, base_model: str, concepts: list[str], config: DistillConfig) -> dict:
     """:func:`sdd.distill.erase` into ``erasure_dir``, resuming its checkpoint; skipped when finished."""
-    from sdd.distill import default_concepts, erase
+    from sdd.erasure import erase
+    from sdd.prompts import default_concepts
 
     erasure_dir = Path(erasure_dir)
     manifest = erasure_dir / MANIFEST_FILE

@@ -11,14 +11,13 @@ Three attacks, each seeded and bounded by a budget from :class:`sdd.config.Redte
   token on the base model's images of the concept, then the token replaces the concept word;
   ``restarts`` independent inversions (seeds seed, seed+1, …), a prompt broken if any restart breaks it.
 
-All white-box attacks go through :class:`Placeholders`, which adds new tokens to every tokenizer /
-text encoder pair of the pipeline (SD 1.x/2.x: one, SDXL: two, the toy: one) and puts everything
-back on exit, so an attack never leaves the model modified.
+All white-box attacks go through :class:`sdd.tokens.Placeholders`, which adds new tokens to every
+tokenizer / text encoder pair of the pipeline (SD 1.x/2.x: one, SDXL: two, the toy: one) and puts
+everything back on exit, so an attack never leaves the model modified.
 """
 
 from __future__ import annotations
 
-import copy
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -28,16 +27,21 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 from PIL import Image
-from torch import nn
 
-from sdd.config import AdvTokensConfig, ConceptInversionConfig, ConfigError, TransferAttackConfig
+from sdd.config import AdvTokensConfig, ConceptInversionConfig, TransferAttackConfig
 from sdd.judges import Judge
-from sdd.models import Conditioning, autocast, is_sdxl
 from sdd.progress import ProgressLog
 from sdd.prompts import PromptRow
+from sdd.tokens import (
+    Placeholders,
+    denoise_loss,
+    encode,
+    project_to_vocab,
+    set_tokens,
+    straight_through,
+    substitute,
+)
 from sdd.toy import world
-
-ENCODER_PAIRS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
 
 #: Toy rephrasings: word orders and templates that no evaluation set of :mod:`sdd.prompts` uses.
 TOY_TRANSFER_TEMPLATES = world.TRAIN_TEMPLATES + (
@@ -46,122 +50,7 @@ TOY_TRANSFER_TEMPLATES = world.TRAIN_TEMPLATES + (
 )
 
 
-# --- placeholder tokens -------------------------------------------------------------------------
-
-
-class ExtendedEmbedding(nn.Module):
-    """A token embedding whose ids from ``first_id`` on read rows of an external tensor (``rows``)."""
-
-    def __init__(self, base: nn.Embedding, first_id: int, rows: torch.Tensor):
-        super().__init__()
-        self.base, self.first_id = base, first_id
-        self.set_rows(rows)
-
-    def set_rows(self, rows: torch.Tensor) -> None:
-        self.__dict__["rows"] = rows  # not registered: may be a non-leaf tensor (PEZ straight-through)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.base(ids.clamp(max=self.first_id - 1))
-        extra = ids >= self.first_id
-        if not extra.any():
-            return out
-        picked = self.rows[(ids - self.first_id).clamp(0, len(self.rows) - 1)].to(out.dtype)
-        return torch.where(extra[..., None], picked, out)
-
-
-@dataclass
-class _Slot:
-    tokenizer_attr: str
-    encoder_attr: str
-    tokenizer: Any
-    embedding: nn.Module
-    extended: ExtendedEmbedding | None = None
-
-    @property
-    def vocab(self) -> torch.Tensor:
-        """The real tokens' embeddings (rows below the first placeholder id)."""
-        return self.extended.base.weight[: self.extended.first_id]
-
-
-class Placeholders:
-    """``with Placeholders(pipe, names) as ph:`` -- new tokens in every tokenizer and text encoder.
-
-    Inside, ``pipe(prompt=...)`` and :func:`encode` understand ``names``; ``ph.set_rows(i, rows)``
-    sets their embeddings in encoder ``i`` (rows may require grad). On exit the original tokenizers
-    and embedding modules are put back (the objects themselves are never modified).
-    """
-
-    def __init__(self, pipe, names: Sequence[str]):
-        self.pipe, self.names = pipe, list(names)
-        self.slots = [_Slot(t, e, getattr(pipe, t), getattr(pipe, e).get_input_embeddings())
-                      for t, e in ENCODER_PAIRS if getattr(pipe, t, None) is not None
-                      and getattr(pipe, e, None) is not None]
-
-    def __enter__(self) -> Placeholders:
-        try:
-            for slot in self.slots:
-                tok = copy.deepcopy(slot.tokenizer)
-                if tok.add_tokens(self.names) != len(self.names):
-                    raise ConfigError(f"placeholder tokens {self.names[:2]}... already exist in {slot.tokenizer_attr}")
-                first = tok.convert_tokens_to_ids(self.names[0])
-                weight = slot.embedding.weight
-                rows = torch.zeros(len(self.names), weight.shape[1], device=weight.device, dtype=weight.dtype)
-                slot.extended = ExtendedEmbedding(slot.embedding, first, rows)
-                setattr(self.pipe, slot.tokenizer_attr, tok)
-                getattr(self.pipe, slot.encoder_attr).set_input_embeddings(slot.extended)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for slot in self.slots:
-            setattr(self.pipe, slot.tokenizer_attr, slot.tokenizer)
-            getattr(self.pipe, slot.encoder_attr).set_input_embeddings(slot.embedding)
-
-    def set_rows(self, i: int, rows: torch.Tensor) -> None:
-        self.slots[i].extended.set_rows(rows)
-
-    def word_embedding(self, i: int, words: Sequence[str]) -> torch.Tensor:
-        """Mean embedding (encoder ``i``) of the tokens of ``words``; the mean token if they have none."""
-        tok, slot = self.slots[i].tokenizer, self.slots[i]
-        special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
-        ids = [t for w in words for t in tok(w).input_ids if t not in special]
-        vocab = slot.vocab.detach()
-        return (vocab[ids] if ids else vocab).float().mean(0)
-
-
-# --- conditioning and the denoising objective ----------------------------------------------------
-
-
-def encode(pipe, prompts: list[str]) -> Conditioning:
-    """Text conditioning for ``pipe.unet`` that keeps gradients (``Conditioner.encode`` does not)."""
-    device = pipe.unet.device
-    if not is_sdxl(pipe):
-        embeds, _ = pipe.encode_prompt(list(prompts), device, 1, False)
-        return Conditioning(embeds)
-    embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1,
-                                              do_classifier_free_guidance=False)
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    time_ids = torch.tensor([[side, side, 0, 0, side, side]], device=device, dtype=embeds.dtype)
-    return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids.repeat(len(prompts), 1)})
-
-
-def denoise_loss(pipe, scheduler: DDPMScheduler, latents: torch.Tensor, cond: Conditioning,
-                 generator: torch.Generator, reduce: bool = True) -> torch.Tensor:
-    """MSE between the UNet's prediction and the true noise (or v) on noised ``latents``."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(latents.device)
-    noisy = scheduler.add_noise(latents, noise, t)
-    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
-    with autocast(latents.device):
-        pred = pipe.unet(noisy, t, **cond.unet_kwargs()).sample
-    err = (pred.float() - target.float()) ** 2
-    return err.mean() if reduce else err.flatten(1).mean(1)
+# --- the attack targets -------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -306,30 +195,6 @@ def transfer_attack(ctx: AttackContext, cfg: TransferAttackConfig,
 # --- adversarial tokens (PEZ) --------------------------------------------------------------------
 
 
-def project_to_vocab(ph: Placeholders, soft: list[torch.Tensor], allowed: torch.Tensor) -> torch.Tensor:
-    """Vocabulary ids nearest (squared L2, summed over text encoders: one token id for all) to each soft row."""
-    dist = 0
-    for slot, s in zip(ph.slots, soft, strict=True):
-        dist = dist + torch.cdist(s.detach().float(), slot.vocab.detach().float()[allowed]) ** 2
-    return allowed[dist.argmin(-1)]
-
-
-def straight_through(ph: Placeholders, soft: list[torch.Tensor], allowed: torch.Tensor) -> torch.Tensor:
-    """One PEZ forward: the placeholders carry the nearest real tokens' rows, while gradients flow
-    to the soft rows (straight-through). The chosen vocabulary ids."""
-    ids = project_to_vocab(ph, soft, allowed)
-    for e, (slot, s) in enumerate(zip(ph.slots, soft, strict=True)):
-        hard = slot.vocab.detach()[ids].float()
-        ph.set_rows(e, s + (hard - s).detach())
-    return ids
-
-
-def set_tokens(ph: Placeholders, ids: torch.Tensor) -> None:
-    """The placeholders carry real vocabulary rows ``ids``: the prompt is real text again."""
-    for e, slot in enumerate(ph.slots):
-        ph.set_rows(e, slot.vocab.detach()[ids])
-
-
 def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> AttackResult:
     """k prefix tokens per prompt, optimised jointly over a subsample of prompts (independent rows)."""
     result = AttackResult("adversarial_tokens")
@@ -385,18 +250,6 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
 
 
 # --- concept inversion (textual inversion on the erased model) -----------------------------------
-
-
-def words_pattern(words: Sequence[str]) -> re.Pattern:
-    """Any of ``words`` as a whole word, case-insensitive; longest first, so phrases win over their parts."""
-    return re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b",
-                      re.IGNORECASE)
-
-
-def substitute(prompt: str, words: Sequence[str], token: str) -> str:
-    """``prompt`` with every concept word replaced by ``token``; ``token`` prepended if none occurs."""
-    out, n = words_pattern(words).subn(token, prompt)
-    return out if n else f"{token} {prompt}"
 
 
 def concept_inversion_attack(ctx: AttackContext, cfg: ConceptInversionConfig) -> AttackResult:

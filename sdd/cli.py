@@ -71,8 +71,7 @@ app.add_typer(toy_app, name="toy")
 
 def _erasure_concepts(model: str, names: list[str], prompts: Path | None):
     """Concepts from --prompts (a prepared training set) or --concept names, never both."""
-    from sdd.distill import Concept, default_concepts
-    from sdd.prompts import concepts_from_prompt_set, read_prompt_set
+    from sdd.prompts import Concept, concepts_from_prompt_set, default_concepts, read_prompt_set
 
     if prompts is not None and names:
         raise ConfigError("--concept and --prompts both given; the training set already names its concepts")
@@ -102,8 +101,9 @@ def erase(
     from safetensors import SafetensorError
 
     from sdd.config import PARAMS_DIR, DistillConfig, load_model
-    from sdd.distill import CHECKPOINT_DIR, NonFiniteLossError
-    from sdd.distill import erase as run_erase
+    from sdd.erasure import NonFiniteLossError
+    from sdd.erasure import erase as run_erase
+    from sdd.layout import CHECKPOINT_DIR
 
     with exit_on_error():
         try:

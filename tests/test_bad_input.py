@@ -421,14 +421,14 @@ def test_evaluate_rejects_a_broken_prompt_folder(tmp_path, index):
 
 
 def erase_one_step(concepts, out: Path):
-    from sdd.distill import erase
+    from sdd.erasure import erase
 
     return erase("toy", concepts, out, DistillConfig(steps=1, batch_size=1, ddim_steps=2, checkpoint_every=1))
 
 
 def test_long_prompts_are_warned_about_and_counted_in_the_manifest(tmp_path, caplog, one_torch_thread):
     """The toy tokenizer keeps 24 tokens: a longer concept prompt is truncated, logged and recorded."""
-    from sdd.distill import Concept
+    from sdd.prompts import Concept
 
     long_prompt = "a red " + " ".join(["crimson scarlet red"] * 12) + " shape"
     concepts = [Concept("red", ["a red shape", long_prompt])]
@@ -450,7 +450,7 @@ DISC_LONG = "a " + "disc " * 8 + "circle"  # 12 tokens; joined to RED_LONG with 
 def test_composite_sampling_prompts_over_the_limit_are_warned_about_and_counted(tmp_path, caplog,
                                                                                  one_torch_thread):
     """Each concept prompt fits, but one of the four sampling prompts (one per concept, joined) does not."""
-    from sdd.distill import Concept
+    from sdd.prompts import Concept
 
     concepts = [Concept("red", ["a red shape", RED_LONG]), Concept("circle", ["a circle", DISC_LONG])]
     with caplog.at_level(logging.WARNING, logger="sdd.distill"):

@@ -1,4 +1,4 @@
-"""Tests for the SDD engine (sdd.distill): the maths, parameter selection, checkpoints, outputs, CLI."""
+"""Tests for the SDD engine (sdd.erasure): the maths, parameter selection, checkpoints, outputs, CLI."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from diffusers import DDIMScheduler
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import sdd.distill as distill
+import sdd.erasure.engine as engine
 from sdd.cli import app
 from sdd.config import ConfigError, DistillConfig
-from sdd.distill import (
-    Concept,
+from sdd.erasure import (
     Distiller,
     NonFiniteLossError,
     apply_patch,
@@ -31,6 +30,7 @@ from sdd.distill import (
     timestep_bin,
 )
 from sdd.models import Conditioner, latent_shape, load_pipeline
+from sdd.prompts import Concept, default_concepts
 
 CONCEPTS = [Concept("red", ["a red circle", "something red"]),
             Concept("triangle", ["a triangle", "a wedge"])]
@@ -291,16 +291,16 @@ def test_pool_restarts_finished_trajectories_from_fresh_noise(sd1):
 def test_interrupt_while_starting_the_pool_resumes_identically(tiny_dirs, tmp_path, monkeypatch):
     config = fast_config(steps=3, batch_size=2, sampler="pool")
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", config)
-    real = distill.sample_latents
+    real = engine.sample_latents
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(distill, "sample_latents", interrupted)
+    monkeypatch.setattr(engine, "sample_latents", interrupted)
     with pytest.raises(KeyboardInterrupt):
         erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config)
     assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 0
-    monkeypatch.setattr(distill, "sample_latents", real)
+    monkeypatch.setattr(engine, "sample_latents", real)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config, resume=True)
     _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 
@@ -395,7 +395,7 @@ def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatc
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", config)
 
     # Interrupt in the middle of step 5, after its random draws and its teacher sampling.
-    calls, real_loss = [], distill.sdd_loss
+    calls, real_loss = [], engine.sdd_loss
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -403,12 +403,12 @@ def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(distill, "sdd_loss", interrupted)
+    monkeypatch.setattr(engine, "sdd_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
         erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config)
     assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 4
     assert not (tmp_path / "resumed/patch.safetensors").exists()
-    monkeypatch.setattr(distill, "sdd_loss", real_loss)
+    monkeypatch.setattr(engine, "sdd_loss", real_loss)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config, resume=True)
     _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 
@@ -441,14 +441,14 @@ def test_checkpoint_guards(tiny_dirs, tmp_path):
 
 
 def test_non_finite_loss_raises_and_keeps_the_last_checkpoint(tiny_dirs, tmp_path, monkeypatch):
-    calls, real_loss = [], distill.sdd_loss
+    calls, real_loss = [], engine.sdd_loss
 
     def diverging(*args, **kwargs):
         calls.append(1)
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 4 else loss
 
-    monkeypatch.setattr(distill, "sdd_loss", diverging)
+    monkeypatch.setattr(engine, "sdd_loss", diverging)
     with pytest.raises(NonFiniteLossError, match="nan at step 4; last good checkpoint: step 2"):
         erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path, fast_config(steps=6, checkpoint_every=2))
     meta = json.loads((tmp_path / "checkpoint/state.json").read_text())
@@ -529,12 +529,12 @@ def test_cli_user_errors_are_one_line(tiny_dirs, tmp_path, extra, message):
 
 
 def test_default_concepts_for_the_toy_world():
-    concepts = distill.default_concepts("toy", ["red"])
+    concepts = default_concepts("toy", ["red"])
     assert concepts[0].prompts == ["red", "crimson"]
     assert not any("scarlet" in p for p in concepts[0].prompts)  # held out for evaluation
     with pytest.raises(ConfigError):
-        distill.default_concepts("toy", ["teal"])
-    assert distill.default_concepts("org/model", ["nudity"])[0].prompts == ["nudity"]
+        default_concepts("toy", ["teal"])
+    assert default_concepts("org/model", ["nudity"])[0].prompts == ["nudity"]
 
 
 def test_gpu_bench_dry_run_starts():

@@ -30,9 +30,9 @@ from typer.testing import CliRunner
 
 from sdd.cli import app
 from sdd.config import DistillConfig
-from sdd.distill import CHECKPOINT_DIR, PATCH_FILE, default_concepts, erase
-from sdd.layout import image_dirs
-from sdd.prompts import write_prompt_set
+from sdd.erasure import erase
+from sdd.layout import CHECKPOINT_DIR, PATCH_FILE, image_dirs
+from sdd.prompts import default_concepts, write_prompt_set
 
 REPO = Path(__file__).resolve().parents[1]
 # Self-attention training keeps the checkpoint (~1.9 MB) well below the model's UNet (~9.3 MB), so the
@@ -255,7 +255,8 @@ def test_patch_bytes_do_not_depend_on_the_process(tmp_path):
 
     from safetensors.torch import load_file
 
-    from sdd.distill import Concept, save_patch
+    from sdd.erasure import save_patch
+    from sdd.prompts import Concept
 
     teacher = [torch.arange(6.0).reshape(2, 3), torch.ones(4)]
     fake = SimpleNamespace(config=SimpleNamespace(train_method="xattn"), base_hash="ab" * 32,

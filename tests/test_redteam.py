@@ -12,6 +12,7 @@ import torch
 
 from sdd import attacks as A
 from sdd import redteam as R
+from sdd import tokens as T
 from sdd.config import ConfigError, RedteamConfig, RobustnessGatesConfig, load_redteam_config, validate
 from sdd.judges import BaseJudge, Judgement, ToyConceptJudge
 from sdd.models import load_pipeline
@@ -46,7 +47,7 @@ class StubJudge(BaseJudge):
 def _state(pipe) -> dict:
     """Everything an attack could leave modified: tokenizers, embedding modules, all weights."""
     out = {}
-    for t, e in A.ENCODER_PAIRS:
+    for t, e in T.ENCODER_PAIRS:
         if getattr(pipe, t, None) is not None:
             out[t] = (id(getattr(pipe, t)), len(getattr(pipe, t)))
             out[e] = id(getattr(pipe, e).get_input_embeddings())
@@ -217,8 +218,8 @@ def test_toy_rephrasings_are_not_in_the_eval_set():
 
 
 def test_substitute_concept_word():
-    assert A.substitute("a Scarlet box in scarlet", ["red", "scarlet"], "<t>") == "a <t> box in <t>"
-    assert A.substitute("a redwood box", ["red"], "<t>") == "<t> a redwood box"
+    assert T.substitute("a Scarlet box in scarlet", ["red", "scarlet"], "<t>") == "a <t> box in <t>"
+    assert T.substitute("a redwood box", ["red"], "<t>") == "<t> a redwood box"
 
 
 # --- placeholder tokens on every architecture ----------------------------------------------------
@@ -238,22 +239,22 @@ def tiny_pipes(tiny_dirs):
 def test_placeholder_gradients_reach_every_text_encoder_and_pipeline_is_restored(kind, toy_pipe, tiny_pipes):
     pipe = toy_pipe if kind == "toy" else tiny_pipes[kind]
     before = _state(pipe)
-    reference = A.encode(pipe, ["a red box"]).hidden_states
-    with A.Placeholders(pipe, ["<sdd-x>"]) as ph:
+    reference = T.encode(pipe, ["a red box"]).hidden_states
+    with T.Placeholders(pipe, ["<sdd-x>"]) as ph:
         assert len(ph.slots) == (2 if kind == "sdxl" else 1)
         rows = [torch.randn(1, s.vocab.shape[1], requires_grad=True) for s in ph.slots]
         for i, r in enumerate(rows):
             ph.set_rows(i, r)
-        cond = A.encode(pipe, ["<sdd-x> a red box"])
+        cond = T.encode(pipe, ["<sdd-x> a red box"])
         latents = torch.randn(2, *(pipe.unet.config.in_channels, pipe.unet.config.sample_size,
                                    pipe.unet.config.sample_size))
-        loss = A.denoise_loss(pipe, A._noise_scheduler(pipe), latents, cond[[0, 0]],
+        loss = T.denoise_loss(pipe, A._noise_scheduler(pipe), latents, cond[[0, 0]],
                               torch.Generator().manual_seed(0))
         loss.backward()
         assert all(r.grad is not None and r.grad.abs().sum() > 0 for r in rows)
         pipe(prompt=["<sdd-x> red"], num_inference_steps=1, output_type="pil")  # the pipeline understands it
     _assert_same(before, _state(pipe))
-    assert torch.equal(A.encode(pipe, ["a red box"]).hidden_states, reference)
+    assert torch.equal(T.encode(pipe, ["a red box"]).hidden_states, reference)
 
 
 # --- the attacks on the toy model ----------------------------------------------------------------

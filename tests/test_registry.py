@@ -30,9 +30,10 @@ from typer.testing import CliRunner
 from sdd import registry
 from sdd.cli import app
 from sdd.config import ConfigError, DistillConfig, GatesConfig, RegistryConfig, load_registry_config
-from sdd.distill import Concept, erase
+from sdd.erasure import erase
 from sdd.evaluate import apply_gates, concept_metrics
 from sdd.models import load_pipeline
+from sdd.prompts import Concept
 from sdd.report import render_markdown
 
 STEPS = 3

@@ -1,4 +1,4 @@
-"""Tests for robust erasure (sdd/robust.py): the adversarial pool, the retention term, resume, config."""
+"""Tests for robust erasure (sdd/erasure/adversary.py): the adversarial pool, the retention term, resume, config."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import sdd.distill as distill
+import sdd.erasure.engine as engine
 from sdd.config import AdversarialConfig, ConfigError, DistillConfig, validate
-from sdd.distill import Concept, Distiller, erase
+from sdd.erasure import Distiller, erase
+from sdd.prompts import Concept
 
 CONCEPTS = [Concept("red", ["a red circle", "something red"])]
 ADV = dict(every=2, inversion_steps=2, inversion_batch=2, targets=2, fraction=0.5, pool_size=3,
@@ -145,7 +146,7 @@ def test_retention_target_is_the_frozen_base_and_is_stop_gradient(sd1):
 
 
 def test_retention_prompts_that_name_an_erased_concept_are_left_out(sd1):
-    from sdd.robust import benign_only
+    from sdd.erasure import benign_only
 
     prompts = ["a blue square", "a RED box", "something red here", "a reddish circle", "a circle"]
     assert benign_only(prompts, CONCEPTS) == ["a blue square", "a reddish circle", "a circle"]
@@ -165,7 +166,7 @@ def test_resume_with_the_adversary_is_bit_identical(tiny_dirs, tmp_path, monkeyp
     cfg = config(adv={"attacks": ["inversion", "tokens"]}, steps=6, checkpoint_every=3)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", cfg)
 
-    calls, real_loss = [], distill.sdd_loss
+    calls, real_loss = [], engine.sdd_loss
 
     def interrupted(*args, **kwargs):  # interrupt step 5, after its attack (every 2: step index 4)
         calls.append(1)
@@ -173,12 +174,12 @@ def test_resume_with_the_adversary_is_bit_identical(tiny_dirs, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(distill, "sdd_loss", interrupted)
+    monkeypatch.setattr(engine, "sdd_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
         erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", cfg)
     meta = json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())
     assert meta["step"] == 4 and meta["adversarial"]["attacks"] == 2
-    monkeypatch.setattr(distill, "sdd_loss", real_loss)
+    monkeypatch.setattr(engine, "sdd_loss", real_loss)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", cfg, resume=True)
     a, b = tmp_path / "straight", tmp_path / "resumed"
     for f in ("patch.safetensors", "checkpoint/state.safetensors"):

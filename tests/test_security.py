@@ -72,7 +72,7 @@ def unsafe_calls(path: Path) -> list[str]:
 
 
 def test_sources_were_found():
-    assert len(SOURCES) > 10 and any(p.name == "distill.py" for p in SOURCES)
+    assert len(SOURCES) > 10 and any(p.name == "engine.py" for p in SOURCES)
 
 
 def test_no_unsafe_deserialisation_in_sdd_or_flows():
@@ -135,8 +135,7 @@ def test_different_concept_names_get_different_file_stems(a, b):
 def test_hostile_concept_names_are_refused_where_they_enter(name):
     """Concept, concept sets and prompt rows refuse names that could act as paths or break a line."""
     from sdd.config import ConceptSet, check_concept_name
-    from sdd.distill import Concept
-    from sdd.prompts import PromptRow
+    from sdd.prompts import Concept, PromptRow
 
     harmless = name in {"~root", "con", "-rf", "$(rm -rf ~)", "a:b", "*?<>|"}  # odd, but no path parts
     for make in (lambda: Concept(name), lambda: ConceptSet(concepts=[name])):
@@ -195,7 +194,8 @@ def test_planted_secret_reaches_neither_mlflow_nor_the_manifest(tmp_path, monkey
 
     from sdd import registry
     from sdd.config import DistillConfig, RegistryConfig
-    from sdd.distill import Concept, erase
+    from sdd.erasure import erase
+    from sdd.prompts import Concept
 
     for key, value in SECRET_ENV.items():
         monkeypatch.setenv(key, value)

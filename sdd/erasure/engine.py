@@ -1,44 +1,21 @@
 """SDD: Safe self-Distillation of Diffusion models (Kim et al. 2023) -- the erasure engine.
 
-The student UNet θ learns to predict, for a prompt naming the concept, what it predicts for the
-empty prompt:
-
-    L(θ) = || ε_θ(z_t, c_s, t) − sg[ε_θ(z_t, ∅, t)] ||²
-
-Training latents come from the model itself: an EMA copy θ* (the *teacher*, and the model that is
-shipped) samples with classifier-free guidance towards the concepts for k of N DDIM steps, and t
-is drawn from the DDPM timestep bin that DDIM step k stands for. No images are needed.
-
-Where z_k comes from (``DistillConfig.sampler``):
-
-* ``reference`` (the paper): every training sample is a fresh trajectory of k ~ U{0..N-1} guided
-  DDIM steps, so a sample costs ~N+1 UNet image-passes (2 per CFG step, 2 for the loss), of which
-  all but 2 only produce z_k. One optimizer step = ``batch_size`` such trajectories, batched.
-* ``pool`` (the default): ``batch_size`` trajectories stay in flight at staggered steps. Each
-  optimizer step trains on every slot's current z_k, then moves every slot one DDIM step on
-  (a slot that just gave z_{N-1} restarts from fresh noise at k = 0): ~4 passes per sample. Each
-  slot cycles through k = 0..N-1 from a uniformly random phase, so k stays uniform on
-  {0..N-1} at every step, as in the paper. The price is staleness: z_k was sampled by the
-  teachers of the last k steps rather than today's, which with an EMA teacher barely differs
-  (bench/bench_loops.py measures the erasure outcome of both loops).
+:class:`Distiller` holds one run's whole state -- student, EMA teacher, optimizer, RNGs, trajectory
+pool, robust erasure's adversary -- and takes one optimizer step at a time; :func:`erase` runs it
+and writes the outputs. What it optimises is :mod:`sdd.erasure.objective`'s, where its training
+latents come from :mod:`sdd.erasure.sampler`'s, its adversary :mod:`sdd.erasure.adversary`'s, and
+the checkpoint that saves its state :mod:`sdd.erasure.checkpoint`'s.
 
 All randomness comes from one seeded ``torch.Generator`` and one ``random.Random``, both saved in
 checkpoints, so a resumed run reproduces an uninterrupted one bit for bit (on CPU).
 
-Outputs in ``out_dir`` (written by :mod:`sdd.outputs`): ``model/``, ``patch.safetensors``,
+Outputs in ``out_dir`` (written by :mod:`sdd.erasure.outputs`): ``model/``, ``patch.safetensors``,
 ``manifest.json``, ``loss.csv``; while training runs, the resumable ``checkpoint/``
 (state.safetensors + state.json). The concepts themselves are :mod:`sdd.prompts.concepts`'.
-
-Why this module is over 500 lines: :class:`Distiller` (about 330 of them) holds one run's whole
-state — student, EMA teacher, optimizer, RNGs, trajectory pool — and the one step and one
-checkpoint format that must agree on it for a resume to be bit-identical; split further, that
-state would be spread over modules that each need all of it.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 import random
@@ -46,136 +23,34 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.optimization import get_scheduler
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sdd.config import ConfigError, DistillConfig, check_concept_names
-from sdd.layout import CHECKPOINT_DIR, LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
-from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash
-from sdd.outputs import ErasureResult, apply_patch, loss_summary, save_patch, write_outputs
-from sdd.prompts import Concept, concepts_hash, default_concepts
-from sdd.storage import atomic_path, check_writable_dir, recover_interrupted_writes
+from sdd.erasure.adversary import Adversary
+from sdd.erasure.checkpoint import load_checkpoint, save_checkpoint
+from sdd.erasure.objective import TRAIN_METHODS, ema_copy, ema_update, sdd_loss, select_parameters
+from sdd.erasure.outputs import ErasureResult, write_outputs
+from sdd.erasure.sampler import Batch, Pool, ddim_step, pool_phases, sample_latents, timestep_bin
+from sdd.layout import CHECKPOINT_DIR
+from sdd.models import Conditioner, autocast, latent_shape, load_pipeline, unet_weights_hash
+from sdd.prompts import Concept
+from sdd.storage import check_writable_dir, recover_interrupted_writes
 
-logger = logging.getLogger(__name__)
+# The logger keeps the name users and docs/reliability.md know it by (the engine was sdd/distill.py).
+logger = logging.getLogger("sdd.distill")
 
-#: The engine's public names, with the concepts, outputs and file names it is used with (re-exported
-#: so ``from sdd.distill import Concept, erase, apply_patch, CHECKPOINT_DIR`` keeps working).
-__all__ = ["CHECKPOINT_DIR", "LOSS_FILE", "MANIFEST_FILE", "MODEL_DIR", "PATCH_FILE", "Concept", "Distiller",
-           "ErasureResult", "NonFiniteLossError", "apply_patch", "concepts_hash", "ddim_step", "default_concepts",
-           "ema_copy", "ema_update", "erase", "loss_summary", "pool_phases", "sample_latents", "save_patch",
-           "sdd_loss", "select_parameters", "timestep_bin", "write_outputs"]
-
-
-#: Which UNet parameters each ``train_method`` trains, by parameter name.
-TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
-    "xattn": lambda name: "attn2" in name,
-    # Only the cross-attention output projections: their input is the few-dimensional value space,
-    # so erasing a direction there removes it for every text embedding, an attacker's included.
-    "xattn_out": lambda name: "attn2.to_out" in name,
-    "selfattn": lambda name: "attn1" in name,
-    "noxattn": lambda name: "attn2" not in name,
-    "full": lambda name: True,
-}
 # With several concepts, the teacher samples towards one prompt of each, joined with this.
 SAMPLING_SEPARATOR = ", "
-# Settings that may change between a checkpoint and its resumption.
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last checkpoint on disk is left untouched."""
 
-
-# --- the maths -------------------------------------------------------------------------------
-
-
-def select_parameters(unet: torch.nn.Module, train_method: str) -> list[str]:
-    """Names of the parameters ``train_method`` trains (xattn, xattn_out, selfattn, noxattn, full)."""
-    keep = TRAIN_METHODS[train_method]
-    names = [name for name, _ in unet.named_parameters() if keep(name)]
-    if not names:
-        raise ConfigError(f"train_method '{train_method}' selects no parameters of this UNet")
-    return names
-
-
-def timestep_bin(k: int, num_steps: int, num_train_timesteps: int) -> tuple[int, int]:
-    """The DDPM timesteps [lo, hi) that DDIM step k of ``num_steps`` stands for."""
-    lo = round((1 - (k + 1) / num_steps) * num_train_timesteps)
-    hi = round((1 - k / num_steps) * num_train_timesteps)
-    return lo, max(hi, lo + 1)
-
-
-@torch.no_grad()
-def sample_latents(unet: torch.nn.Module, scheduler: DDIMScheduler, noise: torch.Tensor, ks: list[int],
-                   cond: Conditioning, uncond: Conditioning, guidance_scale: float) -> torch.Tensor:
-    """Run exactly ``ks[b]`` guided DDIM steps from ``noise[b]`` (k = 0 returns the noise itself).
-
-    Trajectories advance in lockstep over ``scheduler.timesteps``, so at every step all still-active
-    ones share a timestep and go through the UNet as one batch (with their unconditional twins).
-    """
-    latents = noise.clone()
-    steps = torch.tensor(ks)
-    for i, t in enumerate(scheduler.timesteps[: max(ks, default=0)]):
-        active = (steps > i).nonzero().flatten().tolist()
-        x = latents[active]
-        model_input = scheduler.scale_model_input(torch.cat([x, x]), t)
-        out = unet(model_input, t, **Conditioning.cat([uncond[active], cond[active]]).unet_kwargs()).sample
-        out_uncond, out_cond = out.float().chunk(2)
-        guided = out_uncond + guidance_scale * (out_cond - out_uncond)
-        latents[active] = scheduler.step(guided, t, x, eta=0.0).prev_sample.to(latents.dtype)
-    return latents
-
-
-@torch.no_grad()
-def ddim_step(unet: torch.nn.Module, scheduler: DDIMScheduler, latents: torch.Tensor, ks: list[int],
-              cond: Conditioning, uncond: Conditioning, guidance_scale: float) -> torch.Tensor:
-    """One guided DDIM step for every latent, each from its own step index ``ks[b]``, in one UNet batch.
-
-    The UNet takes a timestep per sample; the scheduler step (cheap, elementwise) runs per latent.
-    """
-    t = scheduler.timesteps[torch.tensor(ks, device=scheduler.timesteps.device)]
-    x = torch.cat([scheduler.scale_model_input(latents[b:b + 1], t[b]) for b in range(len(ks))])
-    out = unet(torch.cat([x, x]), torch.cat([t, t]), **Conditioning.cat([uncond, cond]).unet_kwargs()).sample
-    out_uncond, out_cond = out.float().chunk(2)
-    guided = out_uncond + guidance_scale * (out_cond - out_uncond)
-    return torch.cat([scheduler.step(guided[b:b + 1], t[b], latents[b:b + 1], eta=0.0).prev_sample
-                      for b in range(len(ks))]).to(latents.dtype)
-
-
-def pool_phases(offset: int, size: int, num_steps: int) -> list[int]:
-    """Starting step indices of ``size`` trajectories, evenly staggered over ``num_steps`` from ``offset``."""
-    return [(offset + b * num_steps // size) % num_steps for b in range(size)]
-
-
-def sdd_loss(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
-             uncond: Conditioning) -> torch.Tensor:
-    """MSE between the conditional prediction and the stop-gradient unconditional one."""
-    with torch.no_grad():
-        target = unet(latents, timesteps, **uncond.unet_kwargs()).sample
-    pred = unet(latents, timesteps, **cond.unet_kwargs()).sample
-    return F.mse_loss(pred.float(), target.float())
-
-
-@torch.no_grad()
-def ema_update(teacher: list[torch.Tensor], student: list[torch.Tensor], decay: float) -> None:
-    """θ* ← decay·θ* + (1 − decay)·θ, with a constant decay (no warm-up ramp)."""
-    torch._foreach_lerp_(teacher, student, 1.0 - decay)
-
-
-def ema_copy(unet: torch.nn.Module, trained: list[str]) -> torch.nn.Module:
-    """A frozen copy of ``unet`` that shares storage for every parameter that is not trained."""
-    params = dict(unet.named_parameters())
-    trained = set(trained)
-    frozen = {id(p): p for name, p in params.items() if name not in trained}
-    teacher = copy.deepcopy(unet, memo=frozen)
-    return teacher.eval().requires_grad_(False)
 
 
 @contextmanager
@@ -198,32 +73,6 @@ def _interrupts_deferred() -> Iterator[None]:
 
 
 # --- the engine ------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """Everything random about one optimizer step.
-
-    Reference loop: ``noise`` holds z_T of every sample. Pool: ``latents`` holds the pool's z_k,
-    ``noise`` and ``restart_prompts`` the fresh starts of the slots that finish this step.
-    """
-
-    ks: list[int]
-    timesteps: list[int]
-    sampling_prompts: list[str]
-    erased_prompts: list[str]
-    noise: torch.Tensor
-    latents: torch.Tensor | None = None
-    restart_prompts: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Pool:
-    """In-flight teacher trajectories: slot b holds z_{ks[b]}, sampled towards ``prompts[b]``."""
-
-    latents: torch.Tensor
-    ks: list[int]
-    prompts: list[str]
 
 
 class Distiller:
@@ -249,12 +98,8 @@ class Distiller:
         self.teacher = ema_copy(self.student, self.trained)
         teacher_params = dict(self.teacher.named_parameters())
         self.teacher_params = [teacher_params[n] for n in self.trained]
-        # Robust erasure (sdd/robust.py): its frozen base copy is made here, before any hook or training.
-        self.adversary = None
-        if config.adversarial is not None:
-            from sdd.robust import Adversary
-
-            self.adversary = Adversary(self)
+        # Robust erasure (sdd/erasure/adversary.py): its frozen base copy is made here, before any hook or training.
+        self.adversary = Adversary(self) if config.adversarial is not None else None
 
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=config.betas,
                                            eps=config.eps, weight_decay=config.weight_decay)
@@ -491,7 +336,7 @@ class Distiller:
                     rng_at_step = self.rng_state()
                     due = self.step % self.config.checkpoint_every == 0 or self.step == steps
                     if checkpoint_dir and due:
-                        self.save_checkpoint(checkpoint_dir)
+                        save_checkpoint(self, checkpoint_dir)
                 if on_step:
                     on_step(self.step, loss)
         except KeyboardInterrupt:
@@ -502,7 +347,7 @@ class Distiller:
                     self.optimizer.zero_grad(set_to_none=True)
                     if self.adversary is not None:
                         self.adversary.discard()
-                    self.save_checkpoint(checkpoint_dir)
+                    save_checkpoint(self, checkpoint_dir)
             raise
 
     # -- state --
@@ -513,83 +358,6 @@ class Distiller:
     def set_rng_state(self, state: tuple) -> None:
         self.generator.set_state(state[0])
         self.rng.setstate(state[1])
-
-    def identity(self) -> dict:
-        """What a checkpoint must agree on to be resumed by this run."""
-        return {"config": self.config.model_dump(mode="json", exclude=_RESUMABLE_CHANGES),
-                "concepts_sha256": concepts_hash(self.concepts),
-                "base_unet_sha256": self.base_hash,
-                "trained_parameters": self.trained}
-
-    def save_checkpoint(self, directory: Path) -> None:
-        tensors = {}
-        for name, s, t in zip(self.trained, self.student_params, self.teacher_params, strict=True):
-            tensors[f"student.{name}"] = s.detach()
-            tensors[f"teacher.{name}"] = t.detach()
-        optim = self.optimizer.state_dict()
-        for index, state in optim["state"].items():
-            for key, value in state.items():
-                tensors[f"optimizer.{index}.{key}"] = value
-        tensors["rng.torch"] = self.generator.get_state()
-        tensors["loss"] = torch.tensor(self.losses, dtype=torch.float64)
-        meta = {"step": self.step, **self.identity(), "python_rng": self.rng.getstate(),
-                "param_groups": optim["param_groups"], "grad_scaler": self.scaler.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict()}
-        if self.pool is not None:
-            tensors["pool.latents"] = self.pool.latents
-            tensors["pool.ks"] = torch.tensor(self.pool.ks, dtype=torch.int64)
-            meta["pool_prompts"] = self.pool.prompts
-        if self.adversary is not None:
-            adv_tensors, meta["adversarial"] = self.adversary.state_tensors()
-            tensors.update(adv_tensors)
-        with atomic_path(Path(directory)) as tmp:
-            tmp.mkdir()
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                      tmp / "state.safetensors")
-            (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-        self.last_checkpoint_step = self.step
-
-    def load_checkpoint(self, directory: Path) -> None:
-        directory = Path(directory)
-        try:
-            meta = json.loads((directory / "state.json").read_text())
-            tensors = load_file(directory / "state.safetensors")
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{directory}: unreadable checkpoint ({e}); delete it to start over") from None
-        mine = self.identity()
-        for key, value in mine.items():
-            if key == "config":
-                diff = sorted(k for k in value if meta[key].get(k) != value[k])
-                if diff:
-                    raise ConfigError(f"{directory}: checkpoint was made with different settings "
-                                      f"({', '.join(diff)}); use another --out or the same settings")
-            elif meta.get(key) != value:
-                raise ConfigError(f"{directory}: checkpoint was made for different {key.replace('_', ' ')}; "
-                                  f"use another --out")
-        with torch.no_grad():
-            for name, s, t in zip(self.trained, self.student_params, self.teacher_params, strict=True):
-                s.copy_(tensors[f"student.{name}"])
-                t.copy_(tensors[f"teacher.{name}"])
-        state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        self.scaler.load_state_dict(meta["grad_scaler"])
-        if "lr_scheduler" in meta:  # checkpoints from before lr schedules were constant-lr
-            self.lr_scheduler.load_state_dict(meta["lr_scheduler"])
-        version, internal, gauss = meta["python_rng"]
-        self.set_rng_state((tensors["rng.torch"], (version, tuple(internal), gauss)))
-        self.losses = tensors["loss"].tolist()
-        self.pool = None  # a checkpoint written before the pool was started has none
-        if "pool.latents" in tensors:
-            self.pool = Pool(tensors["pool.latents"].to(self.device), tensors["pool.ks"].tolist(),
-                             meta["pool_prompts"])
-        if self.adversary is not None:
-            self.adversary.load_state(tensors, meta.get("adversarial"))
-        self.step = meta["step"]
-        self.last_checkpoint_step = self.step
 
 
 def erase(model: str | DiffusionPipeline, concepts: list[Concept], out_dir: Path | str,
@@ -616,7 +384,7 @@ def erase(model: str | DiffusionPipeline, concepts: list[Concept], out_dir: Path
     distiller = Distiller(pipe, concepts, config)
     distiller.base_hash = base_hash
     if resume and checkpoint.exists():
-        distiller.load_checkpoint(checkpoint)
+        load_checkpoint(distiller, checkpoint)
 
     bar = tqdm(total=config.steps, initial=distiller.step, desc="sdd erase", unit="step",
                disable=not progress)

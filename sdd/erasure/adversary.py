@@ -4,7 +4,7 @@ A min-max run in the spirit of AdvUnlearn / STEREO / RECE. Every ``every`` steps
 student is attacked, by each of ``attacks`` in turn, so that it redraws the base model's images of
 a concept (the *target latents*: the frozen base drawing the concept prompts, drawn once and kept):
 
-* ``inversion``: one new token embedding is learnt (with :mod:`sdd.attacks`' placeholder tokens
+* ``inversion``: one new token embedding is learnt (with :mod:`sdd.tokens`' placeholder tokens
   and denoising loss); the concept prompts with that token in place of the concept words;
 * ``tokens``: a prefix of real vocabulary tokens is found by PEZ (projected gradient, as the red
   team's adversarial-tokens attack); the concept prompts with that prefix.
@@ -36,7 +36,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from sdd.attacks import (
+from sdd.erasure.objective import ema_copy
+from sdd.erasure.sampler import sample_latents
+from sdd.errors import ConfigError
+from sdd.models import Conditioning, autocast
+from sdd.tokens import (
     Placeholders,
     denoise_loss,
     encode,
@@ -46,13 +50,12 @@ from sdd.attacks import (
     substitute,
     words_pattern,
 )
-from sdd.errors import ConfigError
-from sdd.models import Conditioning
 
 if TYPE_CHECKING:
-    from sdd.distill import Distiller
+    from sdd.erasure.engine import Distiller
 
-logger = logging.getLogger(__name__)
+# The logger keeps the name it had as sdd/robust.py.
+logger = logging.getLogger("sdd.robust")
 
 TOKEN = "<sdd-adversary>"
 
@@ -70,11 +73,9 @@ class AdversaryState:
 
 
 class Adversary:
-    """The adversarial part of one :class:`sdd.distill.Distiller` run."""
+    """The adversarial part of one :class:`sdd.erasure.engine.Distiller` run."""
 
     def __init__(self, distiller: Distiller):
-        from sdd.distill import ema_copy
-
         self.d = distiller
         self.cfg = distiller.config.adversarial
         # The frozen base: a copy of the trained parameters as they are now (untrained), the rest shared.
@@ -177,9 +178,6 @@ class Adversary:
     @torch.no_grad()
     def _draw_latents(self, prompts: list[str]) -> torch.Tensor:
         """The frozen base model's final DDIM latents for ``prompts`` (guided, the Distiller's settings)."""
-        from sdd.distill import sample_latents
-        from sdd.models import autocast
-
         d = self.d
         noise = d._noise(len(prompts)).to(d.device)
         with autocast(d.device, d.precision):

@@ -30,7 +30,7 @@ from sdd.prompts import concepts_hash
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from sdd.distill import Distiller
+    from sdd.erasure.engine import Distiller
 
 
 @dataclass
