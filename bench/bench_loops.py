@@ -29,8 +29,10 @@ from toy_erasure_sweep import judged  # noqa: E402
 
 from sdd.config import DistillConfig, read_yaml  # noqa: E402
 from sdd.erasure import Distiller  # noqa: E402
-from sdd.evaluate import wilson_interval  # noqa: E402
-from sdd.judges import parse_toy_prompt  # noqa: E402
+from sdd.evaluation import (
+    parse_toy_prompt,  # noqa: E402
+    wilson_interval,  # noqa: E402
+)
 from sdd.models import load_pipeline  # noqa: E402
 from sdd.prompts import default_concepts, toy_benign_prompts, toy_eval_prompts  # noqa: E402
 from sdd.toy import TOY_JUDGE_DIR, TOY_PIPELINE_DIR  # noqa: E402

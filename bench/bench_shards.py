@@ -74,8 +74,7 @@ def main() -> None:
 
     from flows.shards import run_evaluate_sharded
     from sdd.config import EvalConfig, GatesConfig
-    from sdd.evaluate import evaluate
-    from sdd.judges import build_judge
+    from sdd.evaluation import build_judge, evaluate
     from sdd.models import load_pipeline
     from sdd.toy import save_standin_erased
 

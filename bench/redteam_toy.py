@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sdd.config import load_redteam_config
-from sdd.judges import ToyConceptJudge
+from sdd.evaluation import ToyConceptJudge
 from sdd.models import load_pipeline
 from sdd.prompts import load_prompts
 from sdd.redteam import run_redteam

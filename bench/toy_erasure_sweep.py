@@ -26,7 +26,7 @@ import torch
 
 from sdd.config import DistillConfig, read_yaml
 from sdd.erasure import Distiller
-from sdd.judges import parse_toy_prompt
+from sdd.evaluation import parse_toy_prompt
 from sdd.models import load_pipeline
 from sdd.prompts import default_concepts, toy_benign_prompts, toy_eval_prompts
 from sdd.toy import TOY_JUDGE_DIR, TOY_PIPELINE_DIR, world

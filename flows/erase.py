@@ -326,8 +326,7 @@ def distill_stage(plan: ErasurePlan, distill_deployment: str | None = None) -> d
       **_STAGE)
 def evaluate_stage(plan: ErasurePlan) -> dict[str, Any]:
     """Generate with the base and the erased model, judge, measure and apply the gates."""
-    from sdd.evaluate import evaluate
-    from sdd.judges import build_judge
+    from sdd.evaluation import build_judge, evaluate
     from sdd.models import load_pipeline
     from sdd.prompts import load_prompts
 
@@ -363,7 +362,7 @@ def redteam_stage(plan: ErasurePlan) -> dict[str, Any]:
     The evaluation's metrics.json changes only once every attack has finished, so a red team killed
     half-way leaves the verdict as it was (robustness unmeasured) and the rerun attacks again.
     """
-    from sdd.judges import build_judge
+    from sdd.evaluation import build_judge
     from sdd.models import load_pipeline
     from sdd.prompts import load_prompts
     from sdd.redteam import fold_into_evaluation, run_redteam

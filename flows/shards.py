@@ -123,7 +123,7 @@ def _pipeline(model: str, device: str):
 @functools.lru_cache(maxsize=2)
 def _judge(judge_json: str, device: str):
     from sdd.config import JudgeConfig
-    from sdd.judges import build_judge
+    from sdd.evaluation import build_judge
 
     return build_judge(JudgeConfig.model_validate_json(judge_json), device=device)
 
@@ -133,7 +133,7 @@ def eval_shard(job: ShardJob, prompt_set: PromptSet, shard: dict[str, Any]) -> d
     """Generate and judge one shard's rows (:func:`sdd.shards.run_shard`); resumes its images on a retry."""
     import torch
 
-    from sdd.shards import Shard, run_shard
+    from sdd.evaluation import Shard, run_shard
 
     worker = _dask_worker()
     if worker is not None and not torch.cuda.is_available():
@@ -181,9 +181,8 @@ def evaluate_sharded(
         gpu_per_shard: Ask Dask for one GPU per shard; None = when this machine has CUDA.
         base_name, erased_name: Names recorded in metrics.json (default: the model references).
     """
-    from sdd.judges import build_judge
+    from sdd.evaluation import build_judge, finish, split, throughput
     from sdd.prompts import limit_rows, load_prompts
-    from sdd.shards import finish, split, throughput
 
     logger = get_run_logger()
     prompt_set = limit_rows(load_prompts(prompts), max_eval_prompts)

@@ -29,7 +29,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from sdd.config import AdvTokensConfig, ConceptInversionConfig, TransferAttackConfig
-from sdd.judges import Judge
+from sdd.evaluation import Judge
 from sdd.progress import ProgressLog
 from sdd.prompts import PromptRow
 from sdd.tokens import (

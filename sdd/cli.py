@@ -255,8 +255,7 @@ def evaluate_cmd(
 ) -> None:
     """Measure erasure and quality of MODEL against BASE, apply the gates, write a report."""
     from sdd.config import PARAMS_DIR, load_eval_config, load_gates_config
-    from sdd.evaluate import evaluate
-    from sdd.judges import build_judge
+    from sdd.evaluation import build_judge, evaluate
     from sdd.models import load_pipeline
     from sdd.prompts import load_prompts
     from sdd.storage import check_writable_dir
@@ -306,7 +305,7 @@ def redteam_cmd(
         load_gates_config,
         load_model,
     )
-    from sdd.judges import build_judge
+    from sdd.evaluation import build_judge
     from sdd.layout import METRICS_FILE, REDTEAM_DIR
     from sdd.models import load_pipeline
     from sdd.prompts import load_prompts
@@ -347,7 +346,7 @@ def plots_cmd(
                              help="Output folder (loss.png, rates.png)."),
 ) -> None:
     """Render the loss curve and the per-concept base/erased rates as PNGs (viewable offline)."""
-    from sdd.plots import write_plots
+    from sdd.evaluation import write_plots
 
     with exit_on_error():
         written = write_plots(loss, rates, out)

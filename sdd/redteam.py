@@ -27,8 +27,7 @@ from typing import Any
 
 from sdd.attacks import ATTACKS, AttackContext, AttackResult, encode_images
 from sdd.config import ConfigError, RedteamConfig, RobustnessGatesConfig
-from sdd.evaluate import rate
-from sdd.judges import Judge
+from sdd.evaluation import Judge, rate
 from sdd.layout import concept_stem
 from sdd.prompts import PromptRow, PromptSet, PromptSetError, read_text, write_prompt_set
 from sdd.toy import world
@@ -301,8 +300,8 @@ def fold_into_evaluation(eval_dir: Path, redteam_metrics: dict[str, Any], redtea
     :func:`sdd.evaluate.apply_gates`) are replaced; the report is rendered again. Called only after
     :func:`run_redteam` returned, so a half-finished red team never changes a verdict.
     """
+    from sdd.evaluation import render_markdown
     from sdd.layout import METRICS_FILE, REPORT_FILE, read_metrics
-    from sdd.report import render_markdown
     from sdd.storage import write_json_atomic, write_text_atomic
 
     eval_dir = Path(eval_dir)

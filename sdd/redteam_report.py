@@ -11,8 +11,9 @@ from typing import Any
 
 from PIL import Image
 
+from sdd.evaluation import image_grid
 from sdd.layout import GRIDS_DIR, concept_stem
-from sdd.report import image_grid, spread
+from sdd.prompts import spread
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
 LABELS = {"adversarial_tokens": "adv tokens", "concept_inversion": "inversion"}  # fit the grid's label column

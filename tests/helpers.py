@@ -19,7 +19,8 @@ import urllib.error
 import uuid
 from pathlib import Path
 
-from sdd.generate import INDEX_FILE, read_index
+from sdd.evaluation import read_index
+from sdd.evaluation.generate import INDEX_FILE
 from sdd.stack import http_json
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from helpers import sdd_command
 
 from sdd import registry
 from sdd.config import load_eval_config
-from sdd.judges import ToyConceptJudge
+from sdd.evaluation import ToyConceptJudge
 from sdd.prompts import load_prompts
 from sdd.provenance import file_md5
 

@@ -29,8 +29,8 @@ def test_transient_errors_exit_1_and_are_retried(kind):
 
 def test_the_old_import_paths_still_name_the_same_classes():
     from sdd.config import ConfigError, one_line
+    from sdd.errors import ShardError
     from sdd.registry import ArtifactUploadError, RegistryError
-    from sdd.shards import ShardError
     from sdd.stack import StackError
 
     assert (ConfigError, one_line, ArtifactUploadError, ShardError, StackError) == (

@@ -15,9 +15,15 @@ from typer.testing import CliRunner
 
 from sdd.cli import app
 from sdd.config import ConceptGate, EvalConfig, GatesConfig
-from sdd.evaluate import apply_gates, evaluate, relative_reduction, wilson_interval
-from sdd.generate import load_images
-from sdd.judges import ToyConceptJudge, parse_toy_prompt
+from sdd.evaluation import (
+    ToyConceptJudge,
+    apply_gates,
+    evaluate,
+    load_images,
+    parse_toy_prompt,
+    relative_reduction,
+    wilson_interval,
+)
 from sdd.prompts import PromptRow, PromptSet, write_prompt_set
 from sdd.toy import TOY_JUDGE_DIR, world
 from sdd.toy.judge import ToyJudge, train_judge
@@ -226,7 +232,8 @@ def test_identical_models_have_zero_fid_and_no_reduction(tmp_path, toy):
 
 def test_concepts_that_slug_alike_get_grids_of_their_own(tmp_path):
     """`van gogh`, `van-gogh` and a concept named `benign` never overwrite each other's or the benign grid."""
-    from sdd.report import LABEL_WIDTH, render_markdown, write_grids
+    from sdd.evaluation import render_markdown, write_grids
+    from sdd.evaluation.report import LABEL_WIDTH
 
     colours = {"van gogh": "red", "van-gogh": "green", "benign": "blue", None: "yellow"}
     rows, paths = [], []
@@ -302,7 +309,7 @@ def test_rates_csv_quotes_concept_names_with_commas():
     import csv
     import io
 
-    from sdd.report import rates_csv
+    from sdd.evaluation import rates_csv
 
     metrics = {"concepts": {"blood, gore": {"base": {"rate": 0.5}, "erased": {"rate": 0.0}},
                             "red": {"base": {"rate": 1.0}, "erased": {"rate": None}}}}

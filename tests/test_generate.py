@@ -10,7 +10,8 @@ from PIL import Image
 from tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 from sdd.config import ConfigError
-from sdd.generate import INDEX_FILE, GenerationSettings, generate, read_index
+from sdd.evaluation import GenerationSettings, generate, read_index
+from sdd.evaluation.generate import INDEX_FILE
 from sdd.prompts import PromptRow, PromptSet
 
 SETTINGS = GenerationSettings(num_inference_steps=2, guidance_scale=4.0)

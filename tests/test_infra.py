@@ -430,8 +430,9 @@ def test_k8s_readme_commands_use_the_files_that_exist():
 
 
 def test_split_is_deterministic_balanced_and_keeps_identical_rows_together():
+    from sdd.errors import ShardError
+    from sdd.evaluation import split
     from sdd.prompts import PromptRow, PromptSet
-    from sdd.shards import ShardError, split
 
     ps = toy_prompt_set(16)
     shards = split(ps, 3)
@@ -452,7 +453,7 @@ def test_split_is_deterministic_balanced_and_keeps_identical_rows_together():
 
 def _fake_result(ps, shard, models=None):
     """A shard result as run_shard makes it, without generating anything."""
-    from sdd.shards import SHARD_FORMAT
+    from sdd.evaluation import SHARD_FORMAT
 
     judgements = {}
     for concept in ps.concepts():
@@ -467,7 +468,8 @@ def _fake_result(ps, shard, models=None):
 
 
 def test_merge_restores_row_order_and_rejects_incomplete_or_mixed_results():
-    from sdd.shards import ShardError, merge, split
+    from sdd.errors import ShardError
+    from sdd.evaluation import merge, split
 
     ps = toy_prompt_set(16)
     shards = split(ps, 3)
@@ -506,8 +508,7 @@ def test_sharded_evaluation_on_two_dask_workers_equals_a_single_process_run(tmp_
 
     from flows.shards import run_evaluate_sharded
     from sdd.config import EvalConfig, GatesConfig
-    from sdd.evaluate import evaluate
-    from sdd.judges import build_judge
+    from sdd.evaluation import build_judge, evaluate
     from sdd.models import load_pipeline
     from sdd.prompts import load_prompts, write_prompt_set
 

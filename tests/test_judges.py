@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sdd.config import ClipJudgeConfig, ConfigError, JudgeConfig, NudeNetJudgeConfig
-from sdd.judges import (
+from sdd.evaluation import (
     ClipImageFeatures,
     ClipJudge,
     Judge,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sdd.config import ConfigError, load_registry_config
-from sdd.evaluate import concept_metrics
+from sdd.evaluation import concept_metrics
 from sdd.registry import version_description
 from sdd.registry.check import (
     CheckResult,

@@ -14,7 +14,7 @@ from sdd import attacks as A
 from sdd import redteam as R
 from sdd import tokens as T
 from sdd.config import ConfigError, RedteamConfig, RobustnessGatesConfig, load_redteam_config, validate
-from sdd.judges import BaseJudge, Judgement, ToyConceptJudge
+from sdd.evaluation import BaseJudge, Judgement, ToyConceptJudge
 from sdd.models import load_pipeline
 from sdd.prompts import PromptRow, PromptSet, PromptSetError, toy_eval_prompts
 from sdd.toy import world
@@ -91,7 +91,7 @@ def test_asr_record_has_wilson_interval():
 
 
 def _metrics(transfer=(1, 10), tokens=(5, 10), union=(6, 10)):
-    from sdd.evaluate import rate
+    from sdd.evaluation import rate
 
     def r(k, n):
         return rate([True] * k + [False] * (n - k))
@@ -401,8 +401,7 @@ def test_skip_ineffective_records_unmeasured_robustness(tiny_pipes, tmp_path):
 def _evaluation(eval_dir, concepts=("red",)):
     """A minimal evaluation folder, gated as `sdd evaluate` gates it (robustness: placeholders)."""
     from sdd.config import GatesConfig
-    from sdd.evaluate import apply_gates, rate
-    from sdd.report import render_markdown
+    from sdd.evaluation import apply_gates, rate, render_markdown
 
     metrics = {"concepts": {c: {"n": 4, "base": rate([True] * 4), "erased": rate([False] * 4),
                                 "relative_reduction": 1.0} for c in concepts},
@@ -454,7 +453,7 @@ def test_evaluation_carries_unmeasured_robustness_until_the_red_team_folds_in(ti
 
 def test_strict_robustness_fails_an_evaluation_without_a_red_team(tmp_path):
     from sdd.config import GatesConfig
-    from sdd.evaluate import apply_gates, rate
+    from sdd.evaluation import apply_gates, rate
 
     metrics = {"concepts": {"red": {"n": 4, "base": rate([True] * 4), "erased": rate([False] * 4),
                                     "relative_reduction": 1.0}}, "quality": {}}

@@ -31,10 +31,9 @@ from sdd import registry
 from sdd.cli import app
 from sdd.config import ConfigError, DistillConfig, GatesConfig, RegistryConfig, load_registry_config
 from sdd.erasure import erase
-from sdd.evaluate import apply_gates, concept_metrics
+from sdd.evaluation import apply_gates, concept_metrics, render_markdown
 from sdd.models import load_pipeline
 from sdd.prompts import Concept
-from sdd.report import render_markdown
 
 STEPS = 3
 PREDICT_PARAMS = {"num_inference_steps": 2, "guidance_scale": 3.0}

@@ -40,7 +40,7 @@ from typing import Any
 
 from sdd.config import EvalConfig, PostPromotionCheckConfig, RedteamConfig, RegistryConfig, RobustnessGatesConfig
 from sdd.errors import RegistryInputError
-from sdd.evaluate import wilson_interval
+from sdd.evaluation import wilson_interval
 from sdd.layout import EVAL_PROMPTS_FILE, METRICS_FILE, REDTEAM_DIR
 from sdd.prompts import PromptSet
 
@@ -283,7 +283,7 @@ def check_promoted(name: str, version: int | str, alias: str, cfg: RegistryConfi
     Raises :class:`~sdd.errors.RegistryInputError` when ``alias`` no longer points at ``version``
     (a later promotion; that one gets its own check) or the version has no recorded evaluation.
     """
-    from sdd.judges import build_judge
+    from sdd.evaluation import build_judge
     from sdd.registry.promotion import alias_version, load_model
     from sdd.registry.store import resolve_store
 

@@ -50,7 +50,7 @@ from sdd.prompts import PromptRow, PromptSet
 from sdd.storage import write_json_atomic
 
 if TYPE_CHECKING:
-    from sdd.evaluate import Judged
+    from sdd.evaluation.core import Judged
 
 SHARD_FORMAT = 1
 
@@ -136,7 +136,7 @@ def run_shard(shard: Shard, prompt_set: PromptSet, base_pipe, erased_pipe, judge
     import os
     import platform
 
-    from sdd.evaluate import generate_both, judge_all, model_infos
+    from sdd.evaluation.core import generate_both, judge_all, model_infos
 
     subset = shard_prompt_set(prompt_set, shard)
     models = model_infos(base_pipe, erased_pipe, base_name, erased_name)
@@ -224,7 +224,7 @@ def merge(prompt_set: PromptSet, results: Sequence[ShardResult]) -> Merged:
                 for i, present, score in zip(entry["rows"], entry[role]["present"], entry[role]["score"],
                                              strict=True):
                     target[i] = (present, score)
-    from sdd.judges import Judgement
+    from sdd.evaluation.judges import Judgement
 
     judged: Judged = {}
     for concept in prompt_set.concepts():
@@ -246,7 +246,7 @@ def merge(prompt_set: PromptSet, results: Sequence[ShardResult]) -> Merged:
 def measure_merged(prompt_set: PromptSet, merged: Merged, judge, cfg: EvalConfig,
                    judgements_file: Path | None = None) -> dict[str, Any]:
     """:func:`sdd.evaluate.measure`'s result, from the shards' judgements and the merged images."""
-    from sdd.evaluate import measure_judged
+    from sdd.evaluation.core import measure_judged
 
     return measure_judged(prompt_set, merged.judged, merged.paths, judge, cfg, judgements_file)
 
@@ -258,7 +258,7 @@ def finish(prompt_set: PromptSet, results: Sequence[ShardResult], judge, cfg: Ev
     Returns the metrics dict (also in ``out_dir/metrics.json``): the same keys and values as a
     single-process evaluation of the same set with the same models and settings.
     """
-    from sdd.evaluate import write_evaluation
+    from sdd.evaluation.core import write_evaluation
 
     out_dir = Path(out_dir)
     merged = merge(prompt_set, results)

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from sdd.generate import load_images
+from sdd.evaluation.generate import load_images
 from sdd.layout import BENIGN_STEM, GRIDS_DIR, METRICS_FILE, RATES_FILE, REPORT_FILE, concept_stem
 from sdd.prompts import PromptSet, spread
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
