@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdd import attacks as A
 from sdd import redteam as R
 from sdd import tokens as T
 from sdd.config import ConfigError, RedteamConfig, RobustnessGatesConfig, load_redteam_config, validate
 from sdd.evaluation import BaseJudge, Judgement, ToyConceptJudge
 from sdd.models import load_pipeline
 from sdd.prompts import PromptRow, PromptSet, PromptSetError, toy_eval_prompts
+from sdd.redteam import attacks as A
 from sdd.toy import world
 
 TINY = {"transfer": {"per_prompt": 2}, "adversarial_tokens": {"steps": 3, "check_every": 2, "max_prompts": 2,
