@@ -164,7 +164,8 @@ def reset_stack(stack) -> dict:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from sdd.stack import _start_workers, is_alive, read_records, stack_env
+    from sdd.stack import is_alive, read_records, stack_env
+    from sdd.stack.services import _start_workers
 
     cancel_runs(stack, all_run_ids(stack, ["RUNNING", "PENDING", "CANCELLING", "PAUSED"]))
     cfg = stack["cfg"]

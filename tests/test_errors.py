@@ -29,9 +29,8 @@ def test_transient_errors_exit_1_and_are_retried(kind):
 
 def test_the_old_import_paths_still_name_the_same_classes():
     from sdd.config import ConfigError, one_line
-    from sdd.errors import ShardError
+    from sdd.errors import ShardError, StackError
     from sdd.registry import ArtifactUploadError, RegistryError
-    from sdd.stack import StackError
 
     assert (ConfigError, one_line, ArtifactUploadError, ShardError, StackError) == (
         errors.ConfigError, errors.one_line, errors.ArtifactUploadError, errors.ShardError, errors.StackError)
@@ -66,7 +65,7 @@ def test_a_process_with_an_empty_cmdline_is_alive_unless_a_zombie(monkeypatch):
     `sdd stack up` took the guard for dead right after starting it."""
     import os
 
-    from sdd import stack
+    from sdd.stack import processes as stack
 
     record = {"pid": os.getpid(), "marker": "python"}
     monkeypatch.setattr(stack, "_cmdline", lambda pid: "")

@@ -67,16 +67,16 @@ def database_url(name: str, driver: str) -> str:
 
 
 def test_database_urls_reach_their_server_by_environment_only(tmp_path, monkeypatch):
-    import sdd.stack
+    import sdd.stack.services
 
     spawned = {}
-    monkeypatch.setattr(sdd.stack, "spawn", lambda name, cmd, env, *_: spawned.setdefault(name, (cmd, env)))
-    monkeypatch.setattr(sdd.stack, "wait_for", lambda *_: None)
+    monkeypatch.setattr(sdd.stack.services, "spawn", lambda name, cmd, env, *_: spawned.setdefault(name, (cmd, env)))
+    monkeypatch.setattr(sdd.stack.services, "wait_for", lambda *_: None)
     secret = "pw-5c1e7d"
     cfg = StackConfig(project=tmp_path, prefect_db_url=f"postgresql+asyncpg://u:{secret}@db:5432/prefect",
                       mlflow_backend_uri=f"postgresql://u:{secret}@db:5432/mlflow")
     env = sdd.stack.stack_env(cfg)
-    sdd.stack._start_servers(cfg, env)
+    sdd.stack.services._start_servers(cfg, env)
     (prefect_cmd, prefect_env), (mlflow_cmd, mlflow_env) = spawned["prefect-server"], spawned["mlflow-server"]
     assert prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == cfg.prefect_db_url
     assert mlflow_env["MLFLOW_BACKEND_STORE_URI"] == cfg.mlflow_backend_uri

@@ -24,7 +24,7 @@ from helpers import GATES_OFF, TINY, create_run, registry, wait_for_run
 from servers import free_port
 from typer.testing import CliRunner
 
-import sdd.stack
+import sdd.stack.services
 from sdd.cli import app
 from sdd.errors import ConfigError
 from sdd.stack import StackAuth, StackConfig, down, read_records, up
@@ -73,12 +73,12 @@ def test_cli_stack_up_auth_reads_the_environment_and_refuses_without_it(tmp_path
 
 def test_credentials_reach_servers_and_workers_by_environment_only(tmp_path, monkeypatch):
     spawned = {}
-    monkeypatch.setattr(sdd.stack, "spawn", lambda name, cmd, env, *_: spawned.setdefault(name, (cmd, env)))
-    monkeypatch.setattr(sdd.stack, "wait_for", lambda *_: None)
+    monkeypatch.setattr(sdd.stack.services, "spawn", lambda name, cmd, env, *_: spawned.setdefault(name, (cmd, env)))
+    monkeypatch.setattr(sdd.stack.services, "wait_for", lambda *_: None)
     cfg = StackConfig(project=tmp_path, auth=StackAuth(USER, SECRET))
     cfg.state_dir.mkdir(parents=True)
     env = sdd.stack.stack_env(cfg)
-    sdd.stack._start_servers(cfg, env)
+    sdd.stack.services._start_servers(cfg, env)
     (prefect_cmd, prefect_env), (mlflow_cmd, mlflow_env) = spawned["prefect-server"], spawned["mlflow-server"]
     assert prefect_env["PREFECT_SERVER_API_AUTH_STRING"] == f"{USER}:{SECRET}"
     assert mlflow_cmd[2:4] == ["--app-name", "basic-auth"]

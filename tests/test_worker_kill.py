@@ -49,7 +49,9 @@ from helpers import (
     wait_for_run,
 )
 
-from sdd.stack import HEARTBEAT_S, StackConfig, _reap, _start_workers, descendants, read_records, stack_env
+from sdd.stack import HEARTBEAT_S, StackConfig, descendants, read_records, stack_env
+from sdd.stack.processes import _reap
+from sdd.stack.services import _start_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
