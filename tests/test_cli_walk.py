@@ -44,7 +44,7 @@ INPUT_DIR = {"missing": MISSING, "a-file": FILE, **({} if IS_ROOT else {"unreada
 INPUT_PATH = {"missing": MISSING, "not-utf8": NOT_UTF8}
 OUTPUT_DIR = {"empty": "", "a-file": FILE, "below-a-file": BELOW_A_FILE}
 
-#: Bad values by kind: the parser an option declares (sdd/cli_types.py), else its annotation.
+#: Bad values by kind: the parser an option declares (sdd/cli/types.py), else its annotation.
 BAD_VALUES: dict[str, dict[str, str]] = {
     "Text": TEXT,
     "PathOrURI": {**TEXT, "missing": MISSING, "a-folder": FOLDER},
