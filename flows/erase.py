@@ -38,172 +38,38 @@ artifact holding the gate table and links to the MLflow run and model version.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
-import socket
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as current_run
-from pydantic import BaseModel
 
 from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, RedteamSettings
-from sdd.config import (
-    PARAMS_DIR,
-    ConfigError,
-    DistillConfig,
-    EvalConfig,
-    GatesConfig,
-    RedteamConfig,
-    load_model,
-    load_registry_config,
-)
+from flows.plan import ErasurePlan, folder_id, make_plan, run_folder_lock
+from flows.report import mlflow_ui_url, render_report
+from sdd.config import DistillConfig, load_registry_config
 from sdd.errors import is_user_error
 from sdd.layout import (
     EVAL_PROMPTS_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     MODEL_DIR,
-    REDTEAM_DIR,
     REGISTRATION_FILE,
-    REPORT_FILE,
     read_manifest,
     read_metrics,
 )
 from sdd.progress import ProgressLog
-from sdd.prompts import concept_set_hash, limit_rows, normalise_concepts
+from sdd.prompts import limit_rows
 from sdd.storage import write_json_atomic
 
-CACHE_ID_FILE = ".cache-id"
-LOCK_FILE = ".lock"
 RETRY_DELAYS_S = [10, 60]
 
 
-# --- the plan: which folders this run uses ------------------------------------------------------
-
-
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class ErasurePlan(BaseModel):
-    """The resolved inputs of one erasure and the folders its stages write."""
-
-    key: str
-    eval_key: str
-    runs_dir: str
-    base_model: str
-    concepts: list[str]
-    distill: DistillConfig
-    evaluation: EvalConfig
-    gates: GatesConfig
-    prompts: PromptOptions
-    redteam: RedteamConfig
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.key
-
-    @property
-    def prompts_dir(self) -> Path:
-        return self.run_dir / "prompts"
-
-    @property
-    def erasure_dir(self) -> Path:
-        return self.run_dir / "erasure"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.run_dir / f"eval-{self.eval_key}"
-
-    @property
-    def redteam_dir(self) -> Path:
-        return self.eval_dir / REDTEAM_DIR
-
-    @property
-    def model_kind(self) -> str:
-        return "toy" if self.base_model == "toy" else "real"
-
-
-def make_plan(concepts: list[str], base_model: str, distill: DistillConfig, evaluation: EvalConfig,
-              gates: GatesConfig, prompts: PromptOptions, runs_dir: str,
-              redteam: RedteamConfig | None = None) -> ErasurePlan:
-    """Key the run folder on what the erasure depends on, and the eval folder on what evaluation adds."""
-    concepts = normalise_concepts(concepts)
-    if not concepts:
-        raise ConfigError("give at least one concept to erase")
-    erasure_inputs = {"base_model": base_model, "concepts": concepts,
-                      "concepts_sha256": concept_set_hash(base_model, concepts),  # names and their prompts
-                      "distill": distill.model_dump(mode="json"), "prompts": prompts.model_dump(mode="json")}
-    redteam = redteam or load_model(RedteamConfig, PARAMS_DIR / "redteam.yaml")
-    eval_inputs = {"evaluation": evaluation.model_dump(mode="json"), "gates": gates.model_dump(mode="json"),
-                   "redteam": redteam.model_dump(mode="json")}
-    plan = ErasurePlan(key=_digest(erasure_inputs), eval_key=_digest(eval_inputs), runs_dir=str(runs_dir),
-                       base_model=base_model, concepts=concepts,
-                       distill=DistillConfig.model_validate(distill.model_dump()),
-                       evaluation=EvalConfig.model_validate(evaluation.model_dump()),
-                       gates=GatesConfig.model_validate(gates.model_dump()), prompts=prompts,
-                       redteam=RedteamConfig.model_validate(redteam.model_dump()))
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(plan.run_dir / "plan.json", {**erasure_inputs, "key": plan.key})
-    return plan
-
-
-def folder_id(folder: Path) -> str:
-    """The folder's ``.cache-id``, created on first use: a deleted folder comes back with a new one.
-
-    Created with a hard link of a complete temporary file, so two processes asking at once agree on
-    one id (the second link fails) and nobody reads a half-written one.
-    """
-    marker = folder / CACHE_ID_FILE
-    if not marker.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{CACHE_ID_FILE}.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(uuid.uuid4().hex)
-        try:
-            os.link(tmp, marker)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    return marker.read_text().strip()
-
-
-@contextmanager
-def run_folder_lock(run_dir: Path, logger=None, holder: str = "") -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir/.lock``; wait (and say so) while another run holds it.
-
-    The lock file names its holder (``holder``, pid, host, time) for the log of a run that waits.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            other = f.read().strip() or "unknown"
-            if logger is not None:
-                logger.info("another run of this erasure holds %s (%s); waiting for it to finish",
-                            run_dir / LOCK_FILE, other)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.truncate(0)
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            f.write(f"{holder} pid {os.getpid()} on {socket.gethostname()} since {stamp}".strip() + "\n")
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+# --- what every stage shares: its cache key and when it retries ---------------------------------
 
 
 def _cache_key(folder_of):
@@ -417,59 +283,6 @@ def register_stage(plan: ErasurePlan) -> dict[str, Any]:
               "lineage": {k: lineage[k] for k in LINEAGE_KEYS}}
     write_json_atomic(record_file, record)
     return record
-
-
-# --- the report artifact ------------------------------------------------------------------------
-
-
-def mlflow_ui_url() -> str | None:
-    """The MLflow server's base URL (without credentials), or None for a local SQLite store."""
-    from sdd.registry import resolve_store
-
-    uri = resolve_store(load_registry_config()).tracking_uri
-    if not uri.startswith(("http://", "https://")):
-        return None
-    parts = urlsplit(uri)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}"
-
-
-def _fmt(value: Any) -> str:
-    return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def render_report(plan: ErasurePlan, evaluation: dict, registration: dict, stages: dict[str, str],
-                  mlflow_url: str | None) -> str:
-    verdict = evaluation["verdict"].upper()
-    lines = [f"## Erasure of {', '.join(plan.concepts)} from `{plan.base_model}`: **{verdict}**", "",
-             "| concept | base rate | erased rate |", "|---|---:|---:|"]
-    lines += [f"| {c} | {_fmt(r['base'])} | {_fmt(r['erased'])} |" for c, r in evaluation["concepts"].items()]
-    attacks = sorted({a for r in evaluation.get("redteam", {}).values() for a in r} - {"effective_prompts"})
-    if attacks:
-        lines += ["", "Attack success rates (red team, over the effective prompts):", "",
-                  "| concept | effective prompts | " + " | ".join(attacks) + " |",
-                  "|---|---:|" + "---:|" * len(attacks)]
-        lines += [f"| {c} | {r['effective_prompts']} | " + " | ".join(_fmt(r.get(a)) for a in attacks) + " |"
-                  for c, r in evaluation["redteam"].items()]
-    lines += ["", "| gate | concept | value | threshold | result |", "|---|---|---:|---:|---|"]
-    lines += [f"| {c['gate']} | {c['concept'] or ''} | {_fmt(c['value'])} | "
-              f"{c['bound']} {_fmt(c['threshold'])} | {c['status']} |" for c in evaluation["checks"]]
-    run_id, name, version = registration["run_id"], registration["name"], registration["version"]
-    if mlflow_url:
-        run = f"[{run_id[:12]}]({mlflow_url}/#/runs/{run_id})"
-        model = f"[{name} version {version}]({mlflow_url}/#/models/{name}/versions/{version})"
-    else:
-        run, model = f"`runs:/{run_id}`", f"`models:/{name}/{version}`"
-    alias = f"alias `{registration['alias']}`" if registration["alias"] else "no alias (a gate failed)"
-    lineage = registration.get("lineage") or {}
-    prompt_sha = (evaluation.get("prompt_set") or {}).get("sha256")
-    lines += ["", f"**MLflow**: run {run} · model {model} · {alias}", "",
-              f"**Lineage**: git `{lineage.get('git_commit', 'none')}` (dirty: {lineage.get('git_dirty', 'none')})"
-              f" · params/concepts.yaml md5 `{lineage.get('dvc_concepts', 'none')}`"
-              f" · prompt set sha256 `{prompt_sha or 'none'}` · dvc.lock commit `{lineage.get('dvc_rev', 'none')}`", "",
-              f"Run folder: `{plan.run_dir}` · report: `{Path(evaluation['dir']) / REPORT_FILE}`", "",
-              "Stages: " + ", ".join(f"{stage} {state.lower()}" for stage, state in stages.items())]
-    return "\n".join(lines)
 
 
 # --- the flow -----------------------------------------------------------------------------------

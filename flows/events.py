@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from sdd.cli.types import InputFile, Text
+from sdd.cli import InputFile, Text
 from sdd.errors import ConfigError
 from sdd.prompts import concepts_updated_payload
 
