@@ -22,7 +22,7 @@ An **evaluation folder** (``sdd evaluate --out``, written by :mod:`sdd.evaluate`
                                       the evaluation's metrics.json and verdict
 
 Engine, evaluation, registry and flows take these names from here. Only the standard library and
-:mod:`sdd.config` are imported, so ``sdd plots`` (a DVC stage) stays free of torch.
+:mod:`sdd.errors` are imported, so ``sdd plots`` (a DVC stage) stays free of torch.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sdd.config import ConfigError
+from sdd.errors import ConfigError
 
 # --- erasure output folder ----------------------------------------------------------------------
 

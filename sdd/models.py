@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from sdd.config import ConfigError
+from sdd.errors import ConfigError
 
 PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
     "StableDiffusionPipeline": StableDiffusionPipeline,

@@ -81,7 +81,7 @@ def write_json_atomic(target: Path, data: Any) -> None:
 
 def check_writable_dir(directory: Path) -> None:
     """Create ``directory`` if needed and check a file can be written in it, else a one-line ConfigError."""
-    from sdd.config import ConfigError
+    from sdd.errors import ConfigError
 
     directory = Path(directory)
     try:
