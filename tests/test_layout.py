@@ -3,7 +3,7 @@
 * no import cycle between the modules of ``sdd/``;
 * the packages import only what the map allows (:data:`MAY_IMPORT`, the README's table);
 * no module of ``sdd/`` or ``flows/`` is over :data:`MAX_LINES` lines;
-* ``sdd/`` imports neither Prefect nor ``flows/``.
+* ``sdd/`` imports neither Prefect nor ``flows/``, and ``sdd plots`` (a DVC stage) not torch.
 
 Imports are read with :mod:`ast`, every ``import`` and ``from … import`` of a file, relative ones
 resolved, **those inside functions included**: a lazy import still ties two modules together, and a
@@ -16,6 +16,8 @@ except a module's own parent packages (Python is already importing them when it 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ MAX_LINES = 500
 
 #: What each package of ``sdd/`` may import from the others (the README's map). The cross-cutting
 #: modules at the top (``sdd.errors``, ``sdd.layout``, ``sdd.storage``, ``sdd.progress``,
-#: ``sdd.provenance``, ``sdd.models``, ``sdd.tokens``) are listed by name like packages.
+#: ``sdd.provenance``, ``sdd.models``, ``sdd.tokens``, ``sdd.plots``) are listed like packages.
 MAY_IMPORT: dict[str, set[str]] = {
     "sdd.errors": set(),
     "sdd.progress": set(),
@@ -44,9 +46,10 @@ MAY_IMPORT: dict[str, set[str]] = {
                     "sdd.tokens", "sdd.toy"},
     "sdd.registry": {"sdd.config", "sdd.errors", "sdd.evaluation", "sdd.layout", "sdd.models", "sdd.prompts",
                      "sdd.provenance", "sdd.redteam"},
+    "sdd.plots": {"sdd.layout", "sdd.storage"},
     "sdd.stack": {"sdd.config", "sdd.errors"},
-    "sdd.cli": {"sdd.config", "sdd.erasure", "sdd.errors", "sdd.evaluation", "sdd.layout", "sdd.models", "sdd.prompts",
-                "sdd.redteam", "sdd.registry", "sdd.stack", "sdd.storage", "sdd.toy"},
+    "sdd.cli": {"sdd.config", "sdd.erasure", "sdd.errors", "sdd.evaluation", "sdd.layout", "sdd.models", "sdd.plots",
+                "sdd.prompts", "sdd.redteam", "sdd.registry", "sdd.stack", "sdd.storage", "sdd.toy"},
 }
 
 #: The one cycle left, between two lazy imports: ``sdd.models`` resolves the model name "toy" to the
@@ -211,6 +214,13 @@ def test_sdd_imports_neither_prefect_nor_flows():
     found = sorted({f"{module} imports {name}" for module, path in sources("sdd").items()
                     for name in imported_names(path, module) if name.split(".")[0] in ("prefect", "flows")})
     assert not found, "sdd/ must not import Prefect or flows/:\n" + "\n".join(found)
+
+
+def test_sdd_plots_runs_without_torch():
+    """The ``plots`` stage of dvc.yaml renders two PNGs: the CLI and :mod:`sdd.plots` load no torch."""
+    code = "import sys; from sdd.cli import app; import sdd.plots; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # --- the checker finds what it should, and only that ----------------------------------------------

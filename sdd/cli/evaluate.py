@@ -1,5 +1,5 @@
 """``sdd evaluate`` and ``sdd plots``: measure an erased model against its base, plot the results
-(:mod:`sdd.evaluation`)."""
+(:mod:`sdd.evaluation`, :mod:`sdd.plots`)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def plots_cmd(
                              help="Output folder (loss.png, rates.png)."),
 ) -> None:
     """Render the loss curve and the per-concept base/erased rates as PNGs (viewable offline)."""
-    from sdd.evaluation import write_plots
+    from sdd.plots import write_plots
 
     with exit_on_error():
         written = write_plots(loss, rates, out)

@@ -10,8 +10,10 @@ shows; the measurements are gated (``params/gates.yaml``) and reported.
 * :mod:`sdd.evaluation.metrics`: presence rates with Wilson intervals, quality (correctness, FID, CLIP score);
 * :mod:`sdd.evaluation.gates`: thresholds, checks and the verdict;
 * :mod:`sdd.evaluation.report`: ``report.md``, ``rates.csv`` and the before/after grids;
-* :mod:`sdd.evaluation.shards`: split a large prompt set, run each shard anywhere, merge;
-* :mod:`sdd.evaluation.plots`: ``sdd plots``, the loss curve and the rates as PNGs.
+* :mod:`sdd.evaluation.shards`: split a large prompt set, run each shard anywhere, merge.
+
+``sdd plots`` (the loss curve and the rates as PNGs) is :mod:`sdd.plots`, outside this package: a
+DVC stage that must not import torch, which every module here does.
 """
 
 from sdd.evaluation.core import (
@@ -51,7 +53,6 @@ from sdd.evaluation.metrics import (
     relative_reduction,
     wilson_interval,
 )
-from sdd.evaluation.plots import write_plots
 from sdd.evaluation.report import image_grid, rates_csv, render_markdown, write_grids, write_report
 from sdd.evaluation.shards import (
     SHARD_FORMAT,
@@ -74,5 +75,5 @@ __all__ = [
     "load_images", "measure", "measure_judged", "merge", "metrics_document", "model_info", "model_infos",
     "parse_toy_prompt", "portable_path", "quality_metrics", "rate", "rates_csv", "read_index", "relative_reduction",
     "render_markdown", "robustness_placeholders", "row_guidance", "run_shard", "shard_prompt_set", "split",
-    "throughput", "wilson_interval", "write_evaluation", "write_grids", "write_plots", "write_report",
+    "throughput", "wilson_interval", "write_evaluation", "write_grids", "write_report",
 ]
