@@ -16,7 +16,7 @@ is reused), and prints:
   results (the final merge, quality metrics and report excluded);
 * ``per-shard generation``: each shard's own generation rate (images / its generation seconds).
 
-A single-process run (``sdd.evaluate.evaluate``, torch on 1 thread) is the reference; every
+A single-process run (``sdd.evaluation.evaluate``, torch on 1 thread) is the reference; every
 sharded run's ``metrics.json`` is checked to equal it. Prefect runs against ``$PREFECT_API_URL``
 when set, else a throwaway local server (as in the tests). CPU only: on a GPU machine each shard
 takes one GPU instead. On a machine with fewer free cores than workers, workers only add overhead.

@@ -5,8 +5,8 @@ Every stage is one ``sdd`` call writing into a folder keyed on everything it dep
     <runs_dir>/<key>/             key: base model, concept set, distill settings, prompt options
         plan.json                 the resolved settings this folder was made with
         prompts/                  train / eval / benign sets   (sdd.prompts.build_prompt_sets)
-        erasure/                  model/, patch, manifest, loss (sdd.distill.erase, resumable)
-        eval-<eval key>/          metrics.json, report.md ...  (sdd.evaluate.evaluate)
+        erasure/                  model/, patch, manifest, loss (sdd.erasure.erase, resumable)
+        eval-<eval key>/          metrics.json, report.md ...  (sdd.evaluation.evaluate)
             redteam/              attacks on the erased model  (sdd.redteam.run_redteam; its
                                   robustness gates are folded into metrics.json and the verdict)
             registration.json     MLflow run + model version   (sdd.registry.register)
@@ -115,7 +115,7 @@ def prepare_prompts(plan: ErasurePlan) -> dict[str, Any]:
 
 
 class DistillProgress:
-    """``on_step`` callback of :func:`sdd.distill.erase`: a progress artifact and a log line.
+    """``on_step`` callback of :func:`sdd.erasure.erase`: a progress artifact and a log line.
 
     Both are updated at most every ``every_s`` seconds (and at the last step), so a long run does
     not send one API call per optimizer step; the log line (step/total, rate, ETA, loss) is what the
@@ -147,7 +147,7 @@ def erasure_summary(erasure_dir: Path) -> dict[str, Any]:
 
 
 def run_distillation(erasure_dir: Path, base_model: str, concepts: list[str], config: DistillConfig) -> dict:
-    """:func:`sdd.distill.erase` into ``erasure_dir``, resuming its checkpoint; skipped when finished."""
+    """:func:`sdd.erasure.erase` into ``erasure_dir``, resuming its checkpoint; skipped when finished."""
     from sdd.erasure import erase
     from sdd.prompts import default_concepts
 

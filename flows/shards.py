@@ -1,6 +1,6 @@
 """The ``evaluate-sharded`` flow: one evaluation split into shards that run in parallel on a Dask cluster.
 
-The work is :mod:`sdd.shards` (split -> per shard: generate + judge -> merge -> metrics and report);
+The work is :mod:`sdd.evaluation.shards` (split -> per shard: generate + judge -> merge -> metrics and report);
 this module only decides *where* each shard runs. The flow's task runner is Prefect's
 :class:`prefect_dask.DaskTaskRunner` on a ``distributed.LocalCluster`` of worker **processes**
 (default: 2 workers x 1 thread on a CPU machine, one worker per GPU on a GPU machine), or an
@@ -130,7 +130,7 @@ def _judge(judge_json: str, device: str):
 
 @task(name="eval-shard", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def eval_shard(job: ShardJob, prompt_set: PromptSet, shard: dict[str, Any]) -> dict[str, Any]:
-    """Generate and judge one shard's rows (:func:`sdd.shards.run_shard`); resumes its images on a retry."""
+    """Generate and judge one shard's rows (:func:`sdd.evaluation.run_shard`); resumes its images on a retry."""
     import torch
 
     from sdd.evaluation import Shard, run_shard

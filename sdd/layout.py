@@ -1,6 +1,6 @@
 """The on-disk contract: what an erasure output folder and an evaluation folder hold, and readers.
 
-An **erasure output folder** (``sdd erase --out``, written by :mod:`sdd.distill`)::
+An **erasure output folder** (``sdd erase --out``, written by :mod:`sdd.erasure`)::
 
     model/               the erased diffusers pipeline
     patch.safetensors    the trained parameters only
@@ -8,12 +8,12 @@ An **erasure output folder** (``sdd erase --out``, written by :mod:`sdd.distill`
     loss.csv             step,loss
     checkpoint/          resumable state while training runs
 
-An **evaluation folder** (``sdd evaluate --out``, written by :mod:`sdd.evaluate` and :mod:`sdd.report`)::
+An **evaluation folder** (``sdd evaluate --out``, written by :mod:`sdd.evaluation` and :mod:`sdd.evaluation.report`)::
 
     metrics.json  report.md  rates.csv  judgements.jsonl
     grids/<stem>.png                  one per concept (:func:`concept_stem`), and benign.png
     images/base/  images/erased/      generated images (base: shareable with --base-images)
-    shards.json                       sharded runs only (:mod:`sdd.shards`)
+    shards.json                       sharded runs only (:mod:`sdd.evaluation.shards`)
     registration.json                 the flow's registry record (:mod:`flows.erase`)
     prompts.jsonl                     the rows evaluated (:mod:`flows.erase`), logged with the MLflow
                                       run so ``promoted-check`` can redraw them (:mod:`sdd.registry.check`)

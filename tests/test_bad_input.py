@@ -1,6 +1,6 @@
 """Bad input never becomes a traceback: malformed params files, concept lists and prompt sets.
 
-Every loader in ``sdd/config.py``, ``sdd erase``, ``sdd evaluate`` and ``sdd prompts build`` is fed
+Every loader in ``sdd/config/``, ``sdd erase``, ``sdd evaluate`` and ``sdd prompts build`` is fed
 random and hand-picked bad input. The contract (README, ``sdd/cli/``): a user error exits with
 status 2 and prints exactly one line on stderr, starting ``error:`` and naming the field; a loader
 either returns a valid model or raises a one-line :class:`sdd.config.ConfigError`.

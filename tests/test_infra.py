@@ -1,4 +1,4 @@
-"""The team stack (infra/) and sharded evaluation (sdd/shards.py, flows/shards.py).
+"""The team stack (infra/) and sharded evaluation (sdd/evaluation/shards.py, flows/shards.py).
 
 No Docker engine or cluster is needed:
 

@@ -154,8 +154,8 @@ def test_hostile_concept_names_are_refused_where_they_enter(name):
 
 def test_flow_run_folders_are_keyed_by_a_digest_not_by_concept_names(tmp_path):
     pytest.importorskip("prefect")
-    from flows.plan import make_plan
     from flows.params import PromptOptions
+    from flows.plan import make_plan
     from sdd.config import ConfigError, DistillConfig, EvalConfig, GatesConfig
 
     for unsafe in (["../../escape"], ["/etc"], ["a\\b"]):  # refused outright, before any folder exists

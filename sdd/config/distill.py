@@ -16,7 +16,7 @@ class AdversarialConfig(_Strict):
     inversion (one new token learnt on the base model's images of a concept) or a discrete token
     prefix (PEZ); the encoded conditionings of the found prompts join a pool whose members replace
     ``fraction`` of each batch's erased conditionings. A retention term keeps the student's
-    predictions on ``retention_prompts`` (benign) close to the frozen base model's. See sdd/robust.py.
+    predictions on ``retention_prompts`` (benign) close to the frozen base model's. See sdd/erasure/adversary.py.
     """
 
     every: int = Field(50, ge=1, description="Attack the student every N steps (the first at step 0).")
@@ -63,7 +63,7 @@ class DistillConfig(_Strict):
 
     ``sampler: reference`` is the paper's loop (a fresh teacher trajectory of k DDIM steps for
     every training sample); ``pool`` reuses in-flight trajectories and costs ~2 instead of ~N
-    teacher passes per sample (see sdd/distill.py). The last three settings trade compute for
+    teacher passes per sample (see sdd/erasure/engine.py). The last three settings trade compute for
     memory and do not change what is learnt beyond rounding.
     """
 
@@ -105,7 +105,7 @@ class DistillConfig(_Strict):
         "sdpa", description="UNet attention: sdpa = torch's fused kernel (diffusers' default), sliced = one "
                             "head slice at a time, eager = the full attention matrix.")
     adversarial: AdversarialConfig | None = Field(
-        None, description="Robust erasure: adversarial conditionings + a retention term (sdd/robust.py); "
+        None, description="Robust erasure: adversarial conditionings + a retention term (sdd/erasure/adversary.py); "
                           "None = plain SDD.")
 
     @model_validator(mode="after")

@@ -52,7 +52,7 @@ def model_infos(base_pipe, erased_pipe, base_name: str | None, erased_name: str 
 def generate_both(base_pipe, erased_pipe, prompt_set: PromptSet, folders: dict[str, Path], cfg: EvalConfig,
                   models: dict[str, dict], *, progress: bool = False, desc: str = "generate",
                   log: Callable[[str], None] | None = None) -> dict[str, list[Path]]:
-    """Every row drawn by both models into ``folders`` (resumable; see :func:`sdd.generate.generate`)."""
+    """Every row drawn by both models into ``folders`` (resumable; see :func:`sdd.evaluation.generate`)."""
     paths: dict[str, list[Path]] = {}
     for role, pipe in zip(ROLES, (base_pipe, erased_pipe), strict=True):
         settings = GenerationSettings(cfg.num_inference_steps, cfg.guidance_scale, cfg.height, cfg.width,
@@ -88,7 +88,7 @@ def measure_judged(prompt_set: PromptSet, judged: Judged, paths: dict[str, Seque
                    cfg: EvalConfig, judgements_file: Path | None = None) -> dict[str, Any]:
     """Erasure metrics from the judgements, quality metrics from the images: the one evaluation core.
 
-    The single-process path (:func:`measure`) and the sharded one (:func:`sdd.shards.finish`) both end
+    The single-process path (:func:`measure`) and the sharded one (:func:`sdd.evaluation.finish`) both end
     here, so their metrics agree by construction once their judgements and images do.
     """
     concepts = {c: concept_metrics(j["base"].present, j["erased"].present) for c, j in judged.items()}

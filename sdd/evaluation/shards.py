@@ -1,17 +1,17 @@
 """Sharded evaluation: split a prompt set into N shards, generate and judge each one anywhere, merge.
 
-An evaluation (:func:`sdd.evaluate.evaluate`) is dominated by generation: every row of the prompt
+An evaluation (:func:`sdd.evaluation.evaluate`) is dominated by generation: every row of the prompt
 set is drawn by the base and by the erased model. This module cuts that work into shards that can
 run in parallel -- one per GPU, or one per worker process on a CPU machine -- and puts the results
 back together so that **the merged metrics equal those of a single-process run** with the same
 prompt set and settings. That holds because nothing a shard computes depends on which other rows
 share its shard:
 
-* **generation** is seeded per row (one CPU ``torch.Generator`` per row, see :mod:`sdd.generate`),
+* **generation** is seeded per row (one CPU ``torch.Generator`` per row, see :mod:`sdd.evaluation.generate`),
   so an image depends only on its model, prompt, seed and guidance, not on its batch or shard;
 * **presence judging** is per image, and the merged presence lists are put back in row order;
 * **set-level quality** (FID, CLIP score and, for the toy judge, prompt correctness, all computed
-  by :func:`sdd.evaluate.quality_metrics`) is *not* a sum of per-shard values -- FID needs the
+  by :func:`sdd.evaluation.quality_metrics`) is *not* a sum of per-shard values -- FID needs the
   mean and covariance of all features at once -- so it is computed once, after the merge, over the
   merged images in row order, exactly as the single-process evaluation does.
 
@@ -27,7 +27,7 @@ module imports neither Prefect nor Dask; :mod:`flows.shards` runs them on a Dask
 3. :func:`merge` checks that the results cover every row exactly once, come from the same prompt
    set and were made with the same model weights, and puts images and judgements back in row order.
 4. :func:`finish` turns the merged shards into the ``metrics.json`` / ``report.md`` /
-   ``judgements.jsonl`` that :func:`sdd.evaluate.evaluate` writes, plus ``shards.json`` (which
+   ``judgements.jsonl`` that :func:`sdd.evaluation.evaluate` writes, plus ``shards.json`` (which
    shard did which rows, and how long it took).
 
 :func:`evaluate_in_shards` runs all of it in this process, one shard after the other (the
@@ -85,7 +85,7 @@ class Shard:
 
 
 def _image_identity(row: PromptRow) -> tuple[str, int, float | None]:
-    """Rows equal in this are drawn as one image by :func:`sdd.generate.generate`: keep them together."""
+    """Rows equal in this are drawn as one image by :func:`sdd.evaluation.generate`: keep them together."""
     return row.prompt, row.seed, row.guidance
 
 
@@ -130,7 +130,7 @@ def run_shard(shard: Shard, prompt_set: PromptSet, base_pipe, erased_pipe, judge
               erased_name: str | None = None, progress: bool = False) -> ShardResult:
     """Generate the shard's rows with both models and judge every concept on them.
 
-    Generation is resumable as in :func:`sdd.generate.generate`: rerunning a crashed shard keeps
+    Generation is resumable as in :func:`sdd.evaluation.generate`: rerunning a crashed shard keeps
     the images it finished. Returns a :data:`ShardResult` (JSON-serialisable).
     """
     import os
@@ -245,7 +245,7 @@ def merge(prompt_set: PromptSet, results: Sequence[ShardResult]) -> Merged:
 
 def measure_merged(prompt_set: PromptSet, merged: Merged, judge, cfg: EvalConfig,
                    judgements_file: Path | None = None) -> dict[str, Any]:
-    """:func:`sdd.evaluate.measure`'s result, from the shards' judgements and the merged images."""
+    """:func:`sdd.evaluation.measure`'s result, from the shards' judgements and the merged images."""
     from sdd.evaluation.core import measure_judged
 
     return measure_judged(prompt_set, merged.judged, merged.paths, judge, cfg, judgements_file)
@@ -253,7 +253,7 @@ def measure_merged(prompt_set: PromptSet, merged: Merged, judge, cfg: EvalConfig
 
 def finish(prompt_set: PromptSet, results: Sequence[ShardResult], judge, cfg: EvalConfig, gates: GatesConfig,
            out_dir: Path) -> dict[str, Any]:
-    """Merge the shard results and write what :func:`sdd.evaluate.evaluate` writes, plus ``shards.json``.
+    """Merge the shard results and write what :func:`sdd.evaluation.evaluate` writes, plus ``shards.json``.
 
     Returns the metrics dict (also in ``out_dir/metrics.json``): the same keys and values as a
     single-process evaluation of the same set with the same models and settings.

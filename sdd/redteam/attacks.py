@@ -89,7 +89,7 @@ class AttackContext:
         return ProgressLog(f"{self.concept}: {what}", total, self.log, unit=unit)
 
     def draw(self, prompts: list[str], rows: list[PromptRow], what: str | None = None) -> list[Image.Image]:
-        """One image per prompt, with the seed and guidance of the matching row (as sdd.generate);
+        """One image per prompt, with the seed and guidance of the matching row (as sdd.evaluation.generate);
         with ``what``, progress is logged under that name."""
         images: list[Image.Image | None] = [None] * len(prompts)
         tick = self.progress(what, len(prompts), "images")

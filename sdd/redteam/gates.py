@@ -74,7 +74,7 @@ def fold_into_evaluation(eval_dir: Path, redteam_metrics: dict[str, Any], redtea
     """Put a finished red team's rates and robustness checks into ``eval_dir``'s metrics.json and verdict.
 
     Robustness checks already there (an earlier red team, or the ``unmeasured`` placeholder of
-    :func:`sdd.evaluate.apply_gates`) are replaced; the report is rendered again. Called only after
+    :func:`sdd.evaluation.apply_gates`) are replaced; the report is rendered again. Called only after
     :func:`run_redteam` returned, so a half-finished red team never changes a verdict.
     """
     from sdd.evaluation import render_markdown
