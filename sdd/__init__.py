@@ -1,7 +1,11 @@
 """sdd: Safe self-Distillation of Diffusion models, as a production pipeline.
 
 The library (this package) holds every piece of the method and its measurement; ``flows/``
-only orchestrates calls into it.
+only orchestrates calls into it. One package per stage, in data-flow order: :mod:`sdd.prompts`,
+:mod:`sdd.erasure`, :mod:`sdd.evaluation`, :mod:`sdd.redteam`, :mod:`sdd.registry`; beside them the
+toy world (:mod:`sdd.toy`), the local stack (:mod:`sdd.stack`), the settings (:mod:`sdd.config`),
+the command line (:mod:`sdd.cli`) and a few shared modules (errors, layout, storage, progress,
+provenance, models, tokens, plots). The README's "Layout" is the map.
 """
 
 __version__ = "0.1.0"

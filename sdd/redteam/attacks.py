@@ -32,15 +32,7 @@ from sdd.config import AdvTokensConfig, ConceptInversionConfig, TransferAttackCo
 from sdd.evaluation import Judge
 from sdd.progress import ProgressLog
 from sdd.prompts import PromptRow
-from sdd.tokens import (
-    Placeholders,
-    denoise_loss,
-    encode,
-    project_to_vocab,
-    set_tokens,
-    straight_through,
-    substitute,
-)
+from sdd.tokens import Placeholders, denoise_loss, encode, project_to_vocab, set_tokens, straight_through, substitute
 from sdd.toy import world
 
 #: Toy rephrasings: word orders and templates that no evaluation set of :mod:`sdd.prompts` uses.
