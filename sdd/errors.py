@@ -88,7 +88,7 @@ class ArtifactUploadError(RegistryError, TransientError):
     """
 
 
-# --- the local stack (sdd.stack) and sharded evaluation (sdd.shards) ------------------------------
+# --- the local stack (sdd.stack) and sharded evaluation (sdd.evaluation.shards) -------------------
 
 
 class StackError(TransientError):
