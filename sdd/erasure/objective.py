@@ -31,8 +31,6 @@ TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
     "noxattn": lambda name: "attn2" not in name,
     "full": lambda name: True,
 }
-# With several concepts, the teacher samples towards one prompt of each, joined with this.
-
 
 
 def select_parameters(unet: torch.nn.Module, train_method: str) -> list[str]:
