@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 PRESET = Path("params/presets/robust.yaml")
+PLAIN = Path("params/distill.yaml")
 SDD = str(Path(sys.executable).with_name("sdd"))
 
 #: The first preset's values where today's differs: every setting below is the preset file, these,
@@ -35,6 +36,7 @@ FIRST_PRESET = {"train_method": "xattn", "steps": 1000,
 
 SETTINGS: dict[str, dict] = {
     "preset": {},
+    "distill": {},  # params/distill.yaml as it is: plain SDD, what make demo and the deployments run
     "xattn": {},  # the first preset
     "full": {"train_method": "full"},  # the whole UNet at the toy's lr 1e-3 wrecks it (FID 330)
     "full-lr2e-4-e100": {"train_method": "full", "lr": 2.0e-4, "adversarial": {"every": 100}},
@@ -175,8 +177,8 @@ SETTINGS: dict[str, dict] = {
 def settings_yaml(name: str) -> dict:
     """A setting's config; ``name@N`` is setting ``name`` with seed N (``--seeds``)."""
     name, _, seed = name.partition("@")
-    cfg = yaml.safe_load(PRESET.read_text())
-    for overrides in ([] if name == "preset" else [FIRST_PRESET, SETTINGS[name]]):
+    cfg = yaml.safe_load((PLAIN if name == "distill" else PRESET).read_text())
+    for overrides in ([] if name in ("preset", "distill") else [FIRST_PRESET, SETTINGS[name]]):
         for key, value in overrides.items():
             if isinstance(value, dict):
                 cfg[key] = {**cfg[key], **value}

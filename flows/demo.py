@@ -1,6 +1,7 @@
 """The main job end to end on the embedded toy world: ``make demo`` (``python -m flows.demo``).
 
-1. loads the committed toy world and prints its judged per-colour / per-shape rates;
+1. loads the committed toy world and prints its judged per-colour / per-shape rates and what its
+   text encoder is;
 2. runs the ``erase-concepts`` Prefect flow for the active concept set of ``params/concepts.yaml``
    with the settings of ``params/`` (prompt sets -> SDD distillation -> evaluation -> red team ->
    gates -> MLflow registration), as the deployments run it, on a local
@@ -25,11 +26,17 @@ from sdd.config import load_concept_sets
 
 
 def print_toy_world_rates(samples_per_pair: int = 4) -> None:
-    from sdd.toy.quality import check_world
+    from sdd.toy.quality import check_world, load_world
 
-    q = check_world(samples_per_pair=samples_per_pair)
-    rates = {**q["per_color"], **q["per_shape"], "all colours": q["color_rate"], "all shapes": q["shape_rate"]}
-    print(f"   judged correct over {q['n']} images: " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
+    q, _ = check_world(load_world(), samples_per_pair=samples_per_pair)
+    rates = {**q["per_color"], **q["per_shape"], "all colours": q["color_rate"], "all shapes": q["shape_rate"],
+             "held-out synonyms": q["held_out_synonym_rate"]}
+    print(f"   judged correct over {q['n']} images: "
+          + ", ".join(f"{k} {v:.1%}" for k, v in rates.items() if v is not None))
+    geo = q["text_encoder"]
+    print(f"   text encoder: the mini-CLIP's text tower, {geo['layers']} layers; hidden-state cosine of "
+          f"synonyms {geo['mean_synonym']['prompt']:.2f}, of different colours "
+          f"{geo['mean_different_colour']['prompt']:.2f}; empty prompt's norm {geo['empty_prompt_norm']:.1f}")
 
 
 def print_versions(name: str) -> None:

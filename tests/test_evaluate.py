@@ -316,3 +316,27 @@ def test_rates_csv_quotes_concept_names_with_commas():
     rows = list(csv.reader(io.StringIO(rates_csv(metrics))))
     assert rows == [["concept", "model", "rate"], ["blood, gore", "base", "0.500000"],
                     ["blood, gore", "erased", "0.000000"], ["red", "base", "1.000000"]]
+
+
+def test_cli_evaluate_judges_and_scores_with_the_toy_worlds_mini_clip(tmp_path):
+    """The CLIP zero-shot judge, CLIP score and CLIP FID features, end to end on the toy world."""
+    prompts = tmp_path / "prompts.jsonl"
+    red = [PromptRow(prompt=f"a {c} {s}", seed=i, concepts=("red",))
+           for i, (c, s) in enumerate([("red", "circle"), ("crimson", "box"), ("scarlet", "plus"), ("red", "wedge")])]
+    benign = [PromptRow(prompt=p, seed=10 + i) for i, p in enumerate(["a green box", "a blue disc", "one lemon plus"])]
+    write_prompt_set(PromptSet("mine", "custom", (*red, *benign)), prompts)
+    others = ["a green shape", "a blue shape", "a yellow shape", "a purple shape"]
+    params = tmp_path / "eval.yaml"
+    params.write_text(yaml.safe_dump({
+        "num_inference_steps": 10, "batch_size": 8, "fid_features": "clip", "clip_score_model": "toy",
+        "judge": {"kind": "clip", "clip": {"model": "toy", "template": "a {} shape", "negatives": others}}}))
+    result = CliRunner().invoke(app, ["evaluate", "--base", "toy", "--model", "toy", "--prompts", str(prompts),
+                                      "--out", str(tmp_path / "out"), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["judge"]["name"] == "clip" and metrics["judge"]["settings"]["model"] == "toy"
+    assert metrics["concepts"]["red"]["base"]["rate"] >= 0.75  # the toy draws red, the mini-CLIP sees it
+    quality = metrics["quality"]
+    assert quality["clip_score"]["model"] == "toy" and quality["clip_score"]["base"] > 0
+    assert quality["clip_score"]["erased"] == pytest.approx(quality["clip_score"]["base"])
+    assert quality["fid_features"] == "clip" and quality["fid"] == pytest.approx(0.0, abs=1e-2)

@@ -184,3 +184,12 @@ def test_clip_judge_needs_a_model(tmp_path):
         build_judge(JudgeConfig(kind="clip"))
     with pytest.raises(ConfigError, match="cannot load a CLIP model"):
         load_clip(str(tmp_path))
+
+
+def test_clip_zero_shot_judge_on_the_toy_worlds_mini_clip_agrees_with_the_toy_judge():
+    from sdd.evaluation.judges import toy_clip_agreement
+
+    images = torch.from_numpy(world.sample_batch(60, seed=5)[0]).permute(0, 3, 1, 2)
+    agreement = toy_clip_agreement(images, TOY_JUDGE_DIR, "toy")
+    assert agreement["n"] == 60
+    assert agreement["colour"] >= 0.95 and agreement["shape"] >= 0.85, agreement

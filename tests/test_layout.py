@@ -36,7 +36,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "sdd.storage": {"sdd.errors"},
     "sdd.layout": {"sdd.errors"},
     "sdd.models": {"sdd.errors", "sdd.toy"},
-    "sdd.toy": {"sdd.config", "sdd.models"},
+    "sdd.toy": {"sdd.config", "sdd.errors", "sdd.models"},
     "sdd.tokens": {"sdd.errors", "sdd.models"},
     "sdd.prompts": {"sdd.config", "sdd.storage", "sdd.toy"},
     "sdd.erasure": {"sdd.config", "sdd.errors", "sdd.layout", "sdd.models", "sdd.prompts", "sdd.storage", "sdd.tokens"},

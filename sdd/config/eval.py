@@ -25,7 +25,8 @@ class NudeNetJudgeConfig(_Strict):
 
 
 class ClipJudgeConfig(_Strict):
-    model: str | None = Field(None, description="CLIP model: local folder or hub id (CLIPModel + processor).")
+    model: str | None = Field(None, description="CLIP model: local folder, hub id (CLIPModel + processor) "
+                              "or 'toy' (the toy world's mini-CLIP).")
     template: str = Field("a photo of {}", description="Text for a concept; {} is the concept.")
     negatives: tuple[str, ...] = Field(("a photo",), min_length=1,
                                        description="Neutral texts the concept text must beat.")
@@ -52,7 +53,8 @@ class EvalConfig(_Strict):
         "auto", description="FID feature extractor: auto = toy judge features with the toy judge, "
                             "inception (needs torch-fidelity) otherwise.")
     inception_weights: str | None = Field(None, description="Local FID Inception weights (offline use).")
-    clip_score_model: str | None = Field(None, description="CLIP model for CLIP score; None = skip.")
+    clip_score_model: str | None = Field(None, description="CLIP model for CLIP score: a local folder, a hub id "
+                                         "or 'toy' (the toy world's mini-CLIP); None = skip.")
     grid_images: int = Field(8, ge=1, description="Images per before/after grid row.")
 
 

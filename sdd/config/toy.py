@@ -11,6 +11,9 @@ class ToyConfig(_Strict):
     """How the toy world is built (``sdd toy build``)."""
 
     seed: int = Field(0, ge=0, description="Seed of every random draw (numpy wants it non-negative).")
+    clip_steps: int = Field(1200, ge=1, description="Contrastive pretraining steps of the mini-CLIP.")
+    clip_batch_size: int = Field(128, ge=2, description="Image-caption pairs per CLIP step (the negatives).")
+    clip_lr: float = Field(5e-4, gt=0, description="Peak learning rate of the mini-CLIP (cosine schedule).")
     vae_steps: int = Field(500, ge=1)
     unet_steps: int = Field(3000, ge=1)
     judge_steps: int = Field(800, ge=1)

@@ -265,9 +265,15 @@ class TensorCLIP(nn.Module):
 
 
 def load_clip(model: str) -> tuple[TensorCLIP, Any]:
-    """CLIP model (eval, wrapped) and processor from a local folder or hub id, as one-line errors."""
+    """CLIP model (eval, wrapped) and processor from a local folder or hub id, as one-line errors.
+
+    ``"toy"`` is the toy world's mini-CLIP, whose text tower is the toy pipeline's text encoder.
+    """
     from transformers import CLIPModel, CLIPProcessor
 
+    if model == "toy":
+        from sdd.toy import TOY_CLIP_DIR
+        model = str(TOY_CLIP_DIR)
     try:
         clip = CLIPModel.from_pretrained(model).eval()
         processor = CLIPProcessor.from_pretrained(model)
@@ -344,6 +350,32 @@ class ClipJudge(BaseJudge):
     def judge(self, images, concepts):
         return {c: Judgement(present=[m > self.cfg.margin for m in v], score=v)
                 for c, v in self.margins(images, concepts).items()}
+
+
+def toy_clip_judges(model: str = "toy") -> dict[str, ClipJudge]:
+    """One CLIP zero-shot judge per toy colour and shape, each against the other values of its
+    attribute ("a red shape" must beat "a green shape", ...): the settings a user would write."""
+    judges = {}
+    for names, template in ((world.COLOR_NAMES, "a {} shape"), (world.SHAPE_NAMES, "a {}")):
+        for name in names:
+            negatives = tuple(template.format(other) for other in names if other != name)
+            judges[name] = ClipJudge(ClipJudgeConfig(model=model, template=template, negatives=negatives), "cpu")
+    return judges
+
+
+def toy_clip_agreement(images: torch.Tensor, toy_judge_dir: Path | str, clip_model: str = "toy") -> dict:
+    """How often the CLIP zero-shot judge says what the toy judge says, per image and toy concept,
+    for images (N, 3, H, W) in [0, 1]."""
+    pil = [Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for x in images]
+    toy = ToyConceptJudge.load(toy_judge_dir)
+    clip = toy_clip_judges(clip_model)
+    out = {}
+    for attribute, names in (("colour", world.COLOR_NAMES), ("shape", world.SHAPE_NAMES)):
+        said = toy.judge(pil, list(names))
+        agree = [a == b for n in names for a, b in zip(clip[n].judge(pil, [n])[n].present, said[n].present,
+                                                        strict=True)]
+        out[attribute] = float(np.mean(agree))
+    return {"n": len(images), **out}
 
 
 def build_judge(cfg: JudgeConfig, device: torch.device | str | None = None) -> Judge:

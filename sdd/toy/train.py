@@ -1,16 +1,18 @@
-"""Build the toy world from a seed: tokenizer, VAE, text encoder + UNet, judge; save them.
+"""Build the toy world from a seed: tokenizer, mini-CLIP, VAE, UNet, judge; save them.
 
 The result is an ordinary ``StableDiffusionPipeline`` folder (``pipeline/``) that loads with
-``StableDiffusionPipeline.from_pretrained(dir)`` like any real model, plus the judge (``judge/``).
-Everything is trained from scratch here, on 2 CPU cores, in a few minutes:
+``StableDiffusionPipeline.from_pretrained(dir)`` like any real model, the whole mini-CLIP
+(``clip/``, ``CLIPModel.from_pretrained``) and the judge (``judge/``). Everything is trained from
+scratch here, on 2 CPU cores, in the order Stable Diffusion's parts were:
 
 1. a word-level BPE tokenizer fitted to the caption vocabulary (plus every printable ASCII
    character, so any prompt tokenizes);
-2. a small ``AutoencoderKL`` (32x32x3 <-> 8x8x4);
-3. a frozen bag-of-words ``CLIPTextModel`` (fixed word vectors, like a pretrained encoder's)
-   and a small ``UNet2DConditionModel`` trained on it with the standard epsilon objective, with
-   caption dropout so classifier-free guidance (and SDD) work;
-4. the judge (``sdd.toy.judge``).
+2. a mini-CLIP pretrained contrastively on toy images and captions (``sdd.toy.clip``), then
+   frozen; its text tower is the pipeline's ``text_encoder``;
+3. a small ``AutoencoderKL`` (32x32x3 <-> 8x8x4);
+4. a small ``UNet2DConditionModel`` trained on the frozen text tower's hidden states with the
+   standard epsilon objective, with caption dropout so classifier-free guidance (and SDD) work;
+5. the judge (``sdd.toy.judge``).
 """
 
 from __future__ import annotations
@@ -29,15 +31,14 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdd.config import ToyConfig
 from sdd.toy import world
+from sdd.toy.clip import MAX_TOKENS, TEXT_DIM, save_clip, text_encoder_of, train_clip, zero_shot_accuracy
 from sdd.toy.judge import judge_accuracy, train_judge
 
-MAX_TOKENS = 24  # captions are at most ~10 words; the text encoder's context is this long
 LATENT_CHANNELS = 4
-TEXT_DIM = 768  # text-encoder width = the UNet's cross-attention dim, as in SD 1.x
 
 
 def _log_default(msg: str) -> None:
@@ -88,54 +89,6 @@ def build_vae() -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
         mid_block_add_attention=False, sample_size=world.IMAGE_SIZE)
-
-
-def word_embeddings(tokenizer: CLIPTokenizer, dim: int, seed: int) -> torch.Tensor:
-    """Fixed token embeddings standing in for a pretrained text encoder's word vectors.
-
-    Every word gets its own direction, orthogonal to every other word's; the synonyms of a colour
-    or shape share their concept's direction plus their own (cosine 0.8), as a pretrained
-    encoder places "crimson" near "red". Learned jointly with a tiny UNet, a text encoder instead
-    packs five colours into a few directions (purple came out opposite red), so erasing one
-    concept moved its neighbours: see docs/toy-erasure-experiments.md.
-    """
-    groups = [names for names, _ in world.COLORS.values()] + list(world.SHAPES.values())
-    rows = len(tokenizer) + len(groups)
-    if rows > dim:
-        raise ValueError(f"{rows} orthogonal word directions need a text width >= {rows}, not {dim}")
-    gen = torch.Generator().manual_seed(seed)
-    basis = torch.linalg.qr(torch.randn(dim, rows, generator=gen)).Q.T  # orthonormal rows
-    table, concept_dirs = basis[:len(tokenizer)].clone(), basis[len(tokenizer):]
-    vocab = tokenizer.get_vocab()
-    for names, direction in zip(groups, concept_dirs, strict=True):
-        for name in names:
-            token = vocab[f"{name}</w>"]
-            table[token] = direction + 0.5 * basis[token]
-    table = table / table.norm(dim=-1, keepdim=True)
-    # The start, end and padding tokens carry nothing: the empty prompt (SDD's target) encodes to
-    # all zeros, so no projection weight links it to any concept, and a concept's K/V update
-    # cannot leak into other prompts through the tokens every prompt shares.
-    table[[tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]] = 0
-    return table
-
-
-def build_text_encoder(tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPTextModel:
-    """A frozen bag-of-words text encoder: fixed word vectors, no positions, no layers.
-
-    Stable Diffusion's CLIP text encoder is pretrained elsewhere and frozen; SDD's
-    cross-attention updates rely on distinct concepts having distinct token states. This
-    encoder has that property by construction (the final layer norm only rescales the vectors).
-    """
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=TEXT_DIM, num_hidden_layers=0,
-        num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
-    encoder = CLIPTextModel(config)
-    with torch.no_grad():
-        encoder.get_input_embeddings().weight.copy_(word_embeddings(tokenizer, TEXT_DIM, seed))
-        encoder.embeddings.position_embedding.weight.zero_()
-    return encoder.requires_grad_(False).eval()
 
 
 def build_unet(sample_size: int) -> UNet2DConditionModel:
@@ -212,19 +165,40 @@ def _captioned_example(i: int, colors: list[str], shapes: list[str], by_pair: di
     """
     color, shape = colors[i], shapes[i]
     if rng.random() >= partial:
-        return i, world.caption(color, shape, rng.choice(world.TRAIN_TEMPLATES), rng)
+        return i, world.caption(color, shape, rng.choice(world.TRAIN_TEMPLATES), rng, unet=True)
     if rng.random() < 0.5:
         shape = world.natural_choice(world.NATURAL_SHAPE_FREQ, rng)
-        text = world.fill(rng.choice(world.COLOR_ONLY_TEMPLATES), c=rng.choice(world.COLORS[color][0]))
+        text = world.fill(rng.choice(world.COLOR_ONLY_TEMPLATES), c=rng.choice(world.unet_color_names(color)))
     else:
         color = world.natural_choice(world.NATURAL_COLOR_FREQ, rng)
         text = world.fill(rng.choice(world.SHAPE_ONLY_TEMPLATES), s=rng.choice(world.SHAPES[shape]))
     return rng.choice(by_pair[color, shape]), text
 
 
-def train_text_to_image(vae: AutoencoderKL, tokenizer: CLIPTokenizer, cfg: ToyConfig,
-                        log: Callable[[str], None]) -> tuple[CLIPTextModel, UNet2DConditionModel, float]:
-    """Train the UNet on the frozen text encoder; returns both and the latent scaling factor."""
+class TextStates:
+    """The frozen text encoder's hidden states for captions, computed once per distinct caption.
+
+    The captions come from a finite set of templates and names, so caching them makes the frozen
+    encoder's cost vanish from UNet training without changing what the UNet sees.
+    """
+
+    def __init__(self, tokenizer: CLIPTokenizer, encoder: CLIPTextModel):
+        self.tokenizer, self.encoder, self.cache = tokenizer, encoder, {}
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = sorted({c for c in captions if c not in self.cache})
+        if missing:
+            # padded to the full context, as StableDiffusionPipeline encodes a prompt
+            ids = self.tokenizer(missing, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                                 return_tensors="pt").input_ids
+            self.cache.update(zip(missing, self.encoder(ids)[0], strict=True))
+        return torch.stack([self.cache[c] for c in captions])
+
+
+def train_unet(vae: AutoencoderKL, text_states: TextStates, cfg: ToyConfig,
+               log: Callable[[str], None]) -> tuple[UNet2DConditionModel, float]:
+    """Train the UNet on the frozen text encoder's states; returns it and the latent scaling factor."""
     pool_size = max(4096, cfg.batch_size * 64)
     balanced, b_colors, b_shapes = encode_pool(vae, pool_size, seed=cfg.seed * 104729 + 1, natural=False)
     natural, *_ = encode_pool(vae, pool_size // 4, seed=cfg.seed * 104729 + 2, natural=True)
@@ -235,7 +209,7 @@ def train_text_to_image(vae: AutoencoderKL, tokenizer: CLIPTokenizer, cfg: ToyCo
     balanced, natural = balanced * scaling, natural * scaling
     log(f"latents: {tuple(balanced.shape[1:])}, scaling factor {scaling:.4f}")
 
-    text_encoder, unet = build_text_encoder(tokenizer, cfg.seed), build_unet(balanced.shape[-1])
+    unet = build_unet(balanced.shape[-1])
     scheduler = build_scheduler()
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
@@ -251,18 +225,13 @@ def train_text_to_image(vae: AutoencoderKL, tokenizer: CLIPTokenizer, cfg: ToyCo
         examples = [_captioned_example(i, b_colors, b_shapes, by_pair, rng, cfg.partial_captions)
                     for i in idx.tolist()]
         idx = torch.tensor([i for i, _ in examples], dtype=torch.long)
-        captions = [text for _, text in examples]
+        captions = [text for _, text in examples] + [""] * n_uncond
         x0 = torch.cat([balanced[idx], natural[uidx]])
-        captions += [""] * n_uncond
-        ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                        return_tensors="pt").input_ids
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with torch.no_grad():
-            states = text_encoder(ids)[0]
-        pred = unet(zt, t, encoder_hidden_states=states).sample
+        pred = unet(zt, t, encoder_hidden_states=text_states(captions)).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -272,35 +241,44 @@ def train_text_to_image(vae: AutoencoderKL, tokenizer: CLIPTokenizer, cfg: ToyCo
         if step % 250 == 0 or step == cfg.unet_steps - 1:
             rate = (step + 1) / (time.time() - start)
             log(f"unet  step {step:5d}/{cfg.unet_steps}  loss {loss.item():.4f}  {rate:.1f} it/s")
-    return text_encoder.eval(), unet.eval(), scaling
+    return unet.eval(), scaling
 
 
 def build_toy_world(out_dir: Path, cfg: ToyConfig | None = None,
                     log: Callable[[str], None] = _log_default) -> dict:
-    """Train every part of the toy world and save it under ``out_dir`` (pipeline/ and judge/)."""
+    """Train every part of the toy world and save it under ``out_dir`` (pipeline/, clip/, judge/)."""
     cfg = cfg or ToyConfig()
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
-    t0 = time.time()
-    tok_dir = out_dir / "pipeline" / "tokenizer"
-    tokenizer = build_tokenizer(tok_dir)
+
+    def lap(name: str, since: float) -> float:
+        timings[f"{name}_s"] = round(time.time() - since, 1)
+        return time.time()
+
+    t0 = t = time.time()
+    tokenizer = build_tokenizer(out_dir / "pipeline" / "tokenizer")
+    clip = train_clip(tokenizer, cfg, log)
+    save_clip(clip, tokenizer, out_dir / "clip")
+    clip_report = zero_shot_accuracy(clip, tokenizer)
+    log(f"mini-CLIP zero-shot on fresh images: {clip_report}")
+    t = lap("clip", t)
     vae = train_vae(cfg, log)
-    timings["vae_s"] = time.time() - t0
-    text_encoder, unet, scaling = train_text_to_image(vae, tokenizer, cfg, log)
+    t = lap("vae", t)
+    text_encoder = text_encoder_of(clip)
+    unet, scaling = train_unet(vae, TextStates(tokenizer, text_encoder), cfg, log)
     vae.register_to_config(scaling_factor=scaling)
-    timings["unet_s"] = time.time() - t0 - timings["vae_s"]
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=build_scheduler(), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out_dir / "pipeline")
-    t1 = time.time()
+    t = lap("unet", t)
     judge = train_judge(cfg.judge_steps, cfg.batch_size, cfg.seed, log=log)
     accuracy = judge_accuracy(judge)
     judge.save(out_dir / "judge", report=accuracy)
-    timings["judge_s"] = time.time() - t1
-    timings["total_s"] = time.time() - t0
-    report = {"config": cfg.model_dump(), "judge": accuracy, "timings": timings}
+    lap("judge", t)
+    timings["total_s"] = round(time.time() - t0, 1)
+    report = {"config": cfg.model_dump(), "clip_zero_shot": clip_report, "judge": accuracy, "timings": timings}
     (out_dir / "build.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"toy world built in {timings['total_s']:.0f} s: judge {accuracy}")
     return report

@@ -75,6 +75,16 @@ SHAPE_ONLY_TEMPLATES = ("a {s}", "a {s} of some colour", "an image of a {s}", "a
                         "a picture showing one {s}", "one {s}")
 
 
+def unet_color_names(color: str) -> tuple[str, ...]:
+    """A colour's names in the diffusion model's training captions: all but the last synonym.
+
+    The last one ("scarlet", "jade", ...) captions images only in the mini-CLIP's pretraining, as
+    Stable Diffusion's CLIP knows far more words than its UNet's captions use: the UNet draws it
+    right only if the frozen text encoder put it near the names it was trained on.
+    """
+    return COLORS[color][0][:-1]
+
+
 def color_of(name: str) -> str | None:
     """The canonical colour that ``name`` (a canonical colour or synonym) refers to, if any."""
     name = name.strip().lower()
@@ -105,9 +115,11 @@ def fill(template: str, c: str | None = None, s: str | None = None) -> str:
     return _A_BEFORE_VOWEL.sub(r"\1n ", template.format(c=c, s=s))
 
 
-def caption(color: str, shape: str, template: str, rng: random.Random) -> str:
-    """Fill a template with a random synonym of ``color`` and of ``shape``."""
-    return fill(template, c=rng.choice(COLORS[color][0]), s=rng.choice(SHAPES[shape]))
+def caption(color: str, shape: str, template: str, rng: random.Random, unet: bool = False) -> str:
+    """Fill a template with a random synonym of ``color`` (of :func:`unet_color_names` if ``unet``)
+    and of ``shape``."""
+    names = unet_color_names(color) if unet else COLORS[color][0]
+    return fill(template, c=rng.choice(names), s=rng.choice(SHAPES[shape]))
 
 
 @dataclass(frozen=True)
