@@ -530,7 +530,7 @@ def test_cli_user_errors_are_one_line(tiny_dirs, tmp_path, extra, message):
 
 def test_default_concepts_for_the_toy_world():
     concepts = default_concepts("toy", ["red"])
-    assert concepts[0].prompts == ["red", "crimson"]
+    assert concepts[0].prompts == ["a red shape", "something red", "a crimson shape", "something crimson"]
     assert not any("scarlet" in p for p in concepts[0].prompts)  # held out for evaluation
     with pytest.raises(ConfigError):
         default_concepts("toy", ["teal"])

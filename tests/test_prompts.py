@@ -114,8 +114,11 @@ def test_toy_training_prompts_hold_out_the_last_synonym():
     text = " ".join(r.prompt for r in train.rows)
     for held_out in ("scarlet", "wedge"):
         assert held_out not in text
-    assert sorted(r.prompt for r in train.rows) == ["crimson", "red", "triangle"]
-    # the concept's names alone: a caption would also erase the other words ("circle") everywhere
+    assert sorted(r.prompt for r in train.rows) == ["a crimson shape", "a red shape", "a triangle",
+                                                    "a triangle of some colour", "something crimson",
+                                                    "something red"]
+    # the concept named alone, in the world's phrasing: a full caption would also erase the other
+    # words ("circle") everywhere
     assert {r.concepts for r in train.rows} == {("red",), ("triangle",)}
     assert P.concepts_from_prompt_set(train) == {"red": world.toy_erasure_prompts("red"),
                                                  "triangle": world.toy_erasure_prompts("triangle")}

@@ -216,10 +216,14 @@ def sample_batch(n: int, seed: int, natural_fraction: float = 0.0, partial_fract
 def toy_erasure_prompts(concept: str) -> list[str]:
     """Prompts that express a toy concept, for erasing it (``sdd erase --model toy``).
 
-    The concept's names on their own ("red", "crimson"), as the paper erases "nudity". The toy text
-    encoder is bag-of-words, so a word alone encodes exactly as it does inside a caption; a
-    caption would also teach the model to ignore its other words ("circle", "a") and damage the
-    prompts that share them. The concept's last synonym is left out, so evaluation can test
-    whether erasure generalises to a name it never saw.
+    The concept named alone in the world's own phrasing -- the first two partial-caption templates
+    ("a crimson shape", "something crimson"; "a wedge", "a wedge of some colour") -- as the paper
+    erases "nudity" with that one word. Not the bare word: the text encoder is contextual and never
+    read "crimson" without context, so the bare word's states are unlike any caption's. Not a full
+    caption either: that would also teach the model to ignore the other attribute's words. The
+    concept's last synonym is left out, so evaluation can test whether erasure generalises to a
+    name it never saw.
     """
-    return list(concept_names(concept)[:-1])
+    templates = COLOR_ONLY_TEMPLATES[:2] if color_of(concept) else SHAPE_ONLY_TEMPLATES[:2]
+    names = concept_names(concept)[:-1]
+    return [fill(t, c=n, s=n) for n in names for t in templates]
