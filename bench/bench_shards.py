@@ -75,8 +75,7 @@ def main() -> None:
     from flows.shards import run_evaluate_sharded
     from sdd.config import EvalConfig, GatesConfig
     from sdd.evaluation import build_judge, evaluate
-    from sdd.models import load_pipeline
-    from sdd.toy import save_standin_erased
+    from sdd.models import load_pipeline, save_standin_erased
 
     cfg = EvalConfig(num_inference_steps=args.steps, batch_size=8, grid_images=2)
     gates = GatesConfig()

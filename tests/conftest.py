@@ -81,7 +81,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def erased_toy(tmp_path_factory) -> Path:
     """The toy pipeline with seeded noise on its cross-attention keys and values: a stand-in erased model."""
-    from sdd.toy import save_standin_erased
+    from sdd.models import save_standin_erased
 
     return save_standin_erased(tmp_path_factory.mktemp("erased") / "model")
 

@@ -36,7 +36,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "sdd.storage": {"sdd.errors"},
     "sdd.layout": {"sdd.errors"},
     "sdd.models": {"sdd.errors", "sdd.toy"},
-    "sdd.toy": {"sdd.config", "sdd.errors", "sdd.models"},
+    "sdd.toy": {"sdd.config", "sdd.errors"},
     "sdd.tokens": {"sdd.errors", "sdd.models"},
     "sdd.prompts": {"sdd.config", "sdd.storage", "sdd.toy"},
     "sdd.erasure": {"sdd.config", "sdd.errors", "sdd.layout", "sdd.models", "sdd.prompts", "sdd.storage", "sdd.tokens"},
@@ -52,12 +52,6 @@ MAY_IMPORT: dict[str, set[str]] = {
                 "sdd.prompts", "sdd.redteam", "sdd.registry", "sdd.stack", "sdd.storage", "sdd.toy"},
 }
 
-#: The one cycle left, between two lazy imports: ``sdd.models`` resolves the model name "toy" to the
-#: toy world's folder, and ``sdd.toy.save_standin_erased`` (a helper of the tests and benches) loads the
-#: toy pipeline through ``sdd.models``. It goes when that helper leaves ``sdd/toy/``, which the toy-world
-#: work in progress owns (issue 29's note). Any other cycle fails, and so does one that pulls a third
-#: module into this one (a known cycle is its exact set of modules).
-KNOWN_CYCLES = {frozenset({"sdd.models", "sdd.toy"})}
 
 
 def sources(*packages: str, root: Path = ROOT) -> dict[str, Path]:
@@ -188,10 +182,8 @@ def package_of(module: str) -> str:
 def test_no_import_cycle_in_sdd():
     graph = import_graph(sources("sdd"))
     found = tangles(graph)
-    cycles = [_a_cycle_in(graph, c) for c in found if frozenset(c) not in KNOWN_CYCLES]
+    cycles = [_a_cycle_in(graph, c) for c in found]
     assert not cycles, "import cycles in sdd/:\n" + "\n".join(" -> ".join(c) for c in cycles)
-    gone = KNOWN_CYCLES - {frozenset(c) for c in found}
-    assert not gone, f"no longer a cycle, take it out of KNOWN_CYCLES: {[sorted(c) for c in gone]}"
 
 
 def test_packages_import_only_what_the_layout_allows():
