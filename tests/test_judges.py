@@ -190,6 +190,6 @@ def test_clip_zero_shot_judge_on_the_toy_worlds_mini_clip_agrees_with_the_toy_ju
     from sdd.evaluation.judges import toy_clip_agreement
 
     images = torch.from_numpy(world.sample_batch(60, seed=5)[0]).permute(0, 3, 1, 2)
-    agreement = toy_clip_agreement(images, TOY_JUDGE_DIR, "toy")
+    agreement = toy_clip_agreement(images, ToyJudge.load(TOY_JUDGE_DIR), "toy")
     assert agreement["n"] == 60
     assert agreement["colour"] >= 0.95 and agreement["shape"] >= 0.85, agreement

@@ -50,7 +50,7 @@ def toy_check(
     with exit_on_error():
         toy = load_world(world_dir)
         q, images = check_world(toy, samples, seed)
-        agreement = toy_clip_agreement(images, toy.directory / "judge", str(toy.clip_dir)) if toy.clip_dir else None
+        agreement = toy_clip_agreement(images, toy.judge, str(toy.clip_dir)) if toy.clip_dir else None
     table = Table(title=f"toy base model, held-out captions ({q['n']} images)")
     table.add_column("asked for")
     table.add_column("judged correct", justify="right")

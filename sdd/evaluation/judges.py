@@ -303,12 +303,14 @@ class ClipJudge(BaseJudge):
 
     name = "clip"
 
-    def __init__(self, cfg: ClipJudgeConfig, device: torch.device | str | None = None, batch_size: int = 32):
+    def __init__(self, cfg: ClipJudgeConfig, device: torch.device | str | None = None, batch_size: int = 32,
+                 loaded: tuple[TensorCLIP, Any] | None = None):
+        """``loaded``: ``load_clip(cfg.model)``'s result, for judges that share one model."""
         if not cfg.model:
             raise ConfigError("the CLIP judge needs judge.clip.model (a local CLIP folder or hub id)")
         self.cfg = cfg
         self.device = torch.device(device or default_device())
-        self.clip, self.processor = load_clip(cfg.model)
+        self.clip, self.processor = loaded or load_clip(cfg.model)
         self.clip.to(self.device)
         self.batch_size = batch_size
 
@@ -354,20 +356,22 @@ class ClipJudge(BaseJudge):
 
 def toy_clip_judges(model: str = "toy") -> dict[str, ClipJudge]:
     """One CLIP zero-shot judge per toy colour and shape, each against the other values of its
-    attribute ("a red shape" must beat "a green shape", ...): the settings a user would write."""
-    judges = {}
+    attribute ("a red shape" must beat "a green shape", ...): the settings a user would write.
+    The judges share one copy of the model."""
+    loaded, judges = load_clip(model), {}
     for names, template in ((world.COLOR_NAMES, "a {} shape"), (world.SHAPE_NAMES, "a {}")):
         for name in names:
             negatives = tuple(template.format(other) for other in names if other != name)
-            judges[name] = ClipJudge(ClipJudgeConfig(model=model, template=template, negatives=negatives), "cpu")
+            cfg = ClipJudgeConfig(model=model, template=template, negatives=negatives)
+            judges[name] = ClipJudge(cfg, "cpu", loaded=loaded)
     return judges
 
 
-def toy_clip_agreement(images: torch.Tensor, toy_judge_dir: Path | str, clip_model: str = "toy") -> dict:
-    """How often the CLIP zero-shot judge says what the toy judge says, per image and toy concept,
-    for images (N, 3, H, W) in [0, 1]."""
+def toy_clip_agreement(images: torch.Tensor, toy_judge: nn.Module, clip_model: str = "toy") -> dict:
+    """How often the CLIP zero-shot judge says what ``toy_judge`` (a loaded ``ToyJudge``) says, per
+    image and toy concept, for images (N, 3, H, W) in [0, 1]."""
     pil = [Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for x in images]
-    toy = ToyConceptJudge.load(toy_judge_dir)
+    toy = ToyConceptJudge(toy_judge, device="cpu")
     clip = toy_clip_judges(clip_model)
     out = {}
     for attribute, names in (("colour", world.COLOR_NAMES), ("shape", world.SHAPE_NAMES)):

@@ -80,10 +80,13 @@ def pixel_values(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+def cosine_lr(opt: torch.optim.Optimizer, steps: int, warmup: int = 100) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to 0: the schedule of every toy training loop."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def train_clip(tokenizer: CLIPTokenizer, cfg: ToyConfig,
@@ -92,7 +95,7 @@ def train_clip(tokenizer: CLIPTokenizer, cfg: ToyConfig,
     torch.manual_seed(cfg.seed)
     clip = build_clip(tokenizer)
     opt = torch.optim.AdamW(clip.parameters(), lr=cfg.clip_lr, weight_decay=0.1, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.clip_steps, warmup=100))
+    sched = cosine_lr(opt, cfg.clip_steps)
     clip.train()
     start = time.time()
     for step in range(cfg.clip_steps):

@@ -57,10 +57,10 @@ def held_out_prompts(samples_per_pair: int, seed: int = 0) -> list[tuple[str, st
     return rows
 
 
-def held_out_synonyms() -> dict[str, str]:
-    """Colour names the UNet never saw in a caption (only the mini-CLIP did) -> their colour."""
-    return {names[-1]: color for color, (names, _) in world.COLORS.items()
-            if names[-1] not in world.unet_color_names(color)}
+def held_out_synonyms() -> tuple[str, ...]:
+    """Colour names the UNet never saw in a caption (only the mini-CLIP did)."""
+    return tuple(name for color, (names, _) in world.COLORS.items() for name in names
+                 if name not in world.unet_color_names(color))
 
 
 def measure_quality(pipe: DiffusionPipeline, judge: ToyJudge, samples_per_pair: int = 8,
@@ -76,9 +76,9 @@ def measure_quality(pipe: DiffusionPipeline, judge: ToyJudge, samples_per_pair: 
     shape_ok = np.array([g == r[2] for g, r in zip(got_shape, rows, strict=True)])
     per_color = {c: float(color_ok[[r[1] == c for r in rows]].mean()) for c in world.COLOR_NAMES}
     per_shape = {s: float(shape_ok[[r[2] == s for r in rows]].mean()) for s in world.SHAPE_NAMES}
-    synonym_rows = [i for i, r in enumerate(rows) if set(r[0].split()) & set(held_out_synonyms())]
-    per_synonym = {name: float(np.mean([color_ok[i] for i in synonym_rows if name in rows[i][0].split()]))
-                   for name in held_out_synonyms() if any(name in rows[i][0].split() for i in synonym_rows)}
+    naming = {name: [i for i, r in enumerate(rows) if name in r[0].split()] for name in held_out_synonyms()}
+    per_synonym = {name: float(color_ok[idx].mean()) for name, idx in naming.items() if idx}
+    synonym_rows = [i for idx in naming.values() for i in idx]
     return {"n": len(rows), "color_rate": float(color_ok.mean()), "shape_rate": float(shape_ok.mean()),
             "per_color": per_color, "per_shape": per_shape, "per_held_out_synonym": per_synonym,
             "held_out_synonym_rate": float(color_ok[synonym_rows].mean()) if synonym_rows else None,
@@ -117,7 +117,6 @@ def text_geometry(pipe: DiffusionPipeline) -> dict:
     return {
         "layers": encoder.config.num_hidden_layers,
         "width": encoder.config.hidden_size,
-        "causal": True,  # CLIPTextModel always masks attention causally
         "synonyms": {f"{red[0]}/{name}": cosines(red[0], name) for name in red[1:]},
         "different_colours": {f"{red[0]}/{c}": cosines(red[0], c) for c in world.COLOR_NAMES if c != "red"},
         "mean_synonym": mean([cosines(names[0], n) for names, _ in world.COLORS.values() for n in names[1:]]),

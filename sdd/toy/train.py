@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import random
 import string
 import time
@@ -35,7 +34,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdd.config import ToyConfig
 from sdd.toy import world
-from sdd.toy.clip import MAX_TOKENS, TEXT_DIM, save_clip, text_encoder_of, train_clip, zero_shot_accuracy
+from sdd.toy.clip import MAX_TOKENS, TEXT_DIM, cosine_lr, save_clip, text_encoder_of, train_clip, zero_shot_accuracy
 from sdd.toy.judge import judge_accuracy, train_judge
 
 LATENT_CHANNELS = 4
@@ -112,18 +111,10 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() * 2 - 1
 
 
-def _cosine_lr(opt: torch.optim.Optimizer, steps: int, warmup: int = 100):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 def train_vae(cfg: ToyConfig, log: Callable[[str], None]) -> AutoencoderKL:
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    sched = _cosine_lr(opt, cfg.vae_steps)
+    sched = cosine_lr(opt, cfg.vae_steps)
     vae.train()
     for step in range(cfg.vae_steps):
         images, *_ = world.sample_batch(cfg.batch_size, seed=cfg.seed * 7919 + step, natural_fraction=0.5)
@@ -213,7 +204,7 @@ def train_unet(vae: AutoencoderKL, text_states: TextStates, cfg: ToyConfig,
     scheduler = build_scheduler()
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-    sched = _cosine_lr(opt, cfg.unet_steps, warmup=200)
+    sched = cosine_lr(opt, cfg.unet_steps, warmup=200)
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     alphas = scheduler.alphas_cumprod
     unet.train()
