@@ -186,6 +186,18 @@ def settings_yaml(name: str) -> dict:
                 cfg[key] = value
     if seed:
         cfg["seed"] = int(seed)
+    return cfg if name == "distill" else retention_moved_out(cfg)
+
+
+def retention_moved_out(cfg: dict) -> dict:
+    """The settings above were written when the retention term was ``adversarial.retention_*``; it is
+    ``retention:`` now (sdd/erasure/retention.py). A setting without the adversary had no retention."""
+    adversarial = cfg.get("adversarial")
+    if adversarial is None:
+        cfg["retention"] = None
+        return cfg
+    for key in [k for k in adversarial if k.startswith("retention_")]:
+        cfg["retention"][key.removeprefix("retention_")] = adversarial.pop(key)
     return cfg
 
 

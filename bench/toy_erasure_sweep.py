@@ -3,7 +3,7 @@
 Each setting erases the concepts in memory (no files), then generates the official toy prompt sets
 (held-out concept prompts, benign prompts) and lets the toy judge score them. Prints, per
 setting: concept rate(s), benign correctness (colour and shape right) and its drop from the base,
-and the most frequent colour confusions on benign prompts -- the numbers in
+and the most frequent colour and shape confusions on benign prompts -- the numbers in
 docs/toy-erasure-experiments.md.
 
     python bench/toy_erasure_sweep.py --set lr=1e-3 --set "lr=2e-3 eps=1e-4"
@@ -56,6 +56,7 @@ def measure(pipe, judge: ToyJudge, concepts: list[str]) -> dict:
     wanted = [parse_toy_prompt(r.prompt) for r in benign_set.rows]
     out["benign"] = 100 * float(np.mean([(c, s) == w for c, s, w in zip(colors, shapes, wanted, strict=True)]))
     confusions = collections.Counter(f"{w[0]}->{c}" for c, w in zip(colors, wanted, strict=True) if c != w[0])
+    confusions.update(f"{w[1]}->{s}" for s, w in zip(shapes, wanted, strict=True) if s != w[1])
     out["confusions"] = ", ".join(notes + [f"{k} {n}" for k, n in confusions.most_common(3)])
     return out
 
@@ -84,7 +85,7 @@ def main() -> None:
         return p
 
     base = measure(pipe(), judge, concepts)
-    header = f"| setting | {' | '.join(concepts)} | benign | drop | s | per-name rates, top colour confusions |"
+    header = f"| setting | {' | '.join(concepts)} | benign | drop | s | per-name rates, top confusions |"
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     rates = " | ".join(f"{base[c]:.1f}" for c in concepts)
     print(f"| base | {rates} | {base['benign']:.1f} | | | {base['confusions']} |", flush=True)

@@ -1,4 +1,6 @@
-"""Tests for robust erasure (sdd/erasure/adversary.py): the adversarial pool, the retention term, resume, config."""
+"""Tests for robust erasure (sdd/erasure/adversary.py): the adversarial pool, resume with it, config.
+
+The retention term that the robust runs use is tested in test_retention.py."""
 
 from __future__ import annotations
 
@@ -9,17 +11,17 @@ import torch
 from safetensors.torch import load_file
 
 import sdd.erasure.engine as engine
-from sdd.config import AdversarialConfig, ConfigError, DistillConfig, validate
+from sdd.config import AdversarialConfig, ConfigError, DistillConfig, RetentionConfig, validate
 from sdd.erasure import Distiller, erase
 from sdd.prompts import Concept
 
 CONCEPTS = [Concept("red", ["a red circle", "something red"])]
-ADV = dict(every=2, inversion_steps=2, inversion_batch=2, targets=2, fraction=0.5, pool_size=3,
-           retention_prompts=["a blue square", "a circle"], retention_targets=2, retention_batch=2)
+ADV = dict(every=2, inversion_steps=2, inversion_batch=2, targets=2, fraction=0.5, pool_size=3)
+RETENTION = RetentionConfig(prompts=["a blue square", "a circle"], targets=2, batch=2)
 
 
 def config(adv=None, **overrides) -> DistillConfig:
-    base = dict(ddim_steps=4, checkpoint_every=100, seed=1, steps=4, batch_size=4,
+    base = dict(ddim_steps=4, checkpoint_every=100, seed=1, steps=4, batch_size=4, retention=RETENTION,
                 adversarial=AdversarialConfig(**{**ADV, **(adv or {})}))
     return DistillConfig(**{**base, **overrides})
 
@@ -116,50 +118,7 @@ def test_attack_leaves_the_pipeline_and_the_student_gradients_alone(sd1):
     assert all(p.grad is None for p in d.student_params)  # the inversion took grads of the token only
     assert d.adversary.state.targets is None  # pending until the step is committed
     d.adversary.commit()
-    assert d.adversary.state.targets.shape[0] == 2 and d.adversary.state.retain.shape[0] == 2
-
-
-def test_retention_target_is_the_frozen_base_and_is_stop_gradient(sd1):
-    d = Distiller(sd1, CONCEPTS, config(adv={"retention_weight": 2.0}))
-    d.train(2)
-    adv = d.adversary
-    base_params = dict(adv.base.named_parameters())
-    student_params = dict(d.student.named_parameters())
-    for name in d.trained:  # the base copy kept the untrained weights; the student moved on
-        assert not base_params[name].requires_grad
-    assert any(not torch.equal(base_params[n], student_params[n]) for n in d.trained)
-    # At the base weights the retention loss is zero; its gradient reaches the student only.
-    with torch.no_grad():
-        for name in d.trained:
-            student_params[name].copy_(base_params[name])
-    loss = adv.retention_loss()
-    assert loss.item() == 0.0
-    loss2 = None
-    with torch.no_grad():
-        for p in d.student_params:
-            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
-    loss2 = adv.retention_loss()
-    assert loss2.item() > 0
-    loss2.backward()
-    assert all(p.grad is None for p in adv.base.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.student_params)
-
-
-def test_retention_prompts_that_name_an_erased_concept_are_left_out(sd1):
-    from sdd.erasure import benign_only
-
-    prompts = ["a blue square", "a RED box", "something red here", "a reddish circle", "a circle"]
-    assert benign_only(prompts, CONCEPTS) == ["a blue square", "a reddish circle", "a circle"]
-    d = Distiller(sd1, CONCEPTS, config(adv={"retention_prompts": ["a red square", "a blue square"]}))
-    assert d.adversary.retention_prompts == ["a blue square"]
-    with pytest.raises(ConfigError, match="adversarial.retention_prompts"):
-        Distiller(sd1, CONCEPTS, config(adv={"retention_prompts": ["a red square"]}))
-
-
-def test_retention_off_without_prompts(sd1):
-    d = Distiller(sd1, CONCEPTS, config(adv={"retention_prompts": []}))
-    d.train(1)
-    assert d.adversary.state.retain is None and d.adversary.retention_loss() is None
+    assert d.adversary.state.targets.shape[0] == 2
 
 
 def test_resume_with_the_adversary_is_bit_identical(tiny_dirs, tmp_path, monkeypatch):
@@ -185,7 +144,8 @@ def test_resume_with_the_adversary_is_bit_identical(tiny_dirs, tmp_path, monkeyp
     for f in ("patch.safetensors", "checkpoint/state.safetensors"):
         ta, tb = load_file(str(a / f)), load_file(str(b / f))
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
-    assert any(k.startswith("adv.pool.") for k in load_file(str(a / "checkpoint/state.safetensors")))
+    saved = load_file(str(a / "checkpoint/state.safetensors"))
+    assert any(k.startswith("adv.pool.") for k in saved) and "retention.latents" in saved
     assert (a / "loss.csv").read_text() == (b / "loss.csv").read_text()
     manifest = json.loads((a / "manifest.json").read_text())
     assert manifest["adversarial"]["attacks"] == 3 and manifest["config"]["adversarial"]["every"] == 2
@@ -218,7 +178,7 @@ def test_robust_erasure_runs_on_other_architectures(tiny_dirs, tmp_path, kind):
     ("attacks", ["inversion", "guess"], "adversarial.attacks"),
     ("attacks", [], "adversarial.attacks"),
     ("prefix_tokens", 0, "adversarial.prefix_tokens"),
-    ("retention_prompts", ["ok", " "], "adversarial.retention_prompts"),
+    ("retention_prompts", ["a circle"], "adversarial.retention_prompts"),  # moved to retention.prompts
     ("unknown", 1, "adversarial.unknown"),
 ])
 def test_bad_adversarial_settings_are_one_line_errors(field, value, message):
@@ -232,5 +192,5 @@ def test_the_preset_is_valid():
 
     cfg = load_model(DistillConfig, "params/presets/robust.yaml")
     assert cfg.adversarial is not None and cfg.adversarial.attacks == ["inversion", "tokens"]
-    assert cfg.train_method == "xattn_out" and cfg.adversarial.retention_prompts
-    assert not any("red" in p for p in cfg.adversarial.retention_prompts)
+    assert cfg.train_method == "xattn_out" and cfg.retention.prompts
+    assert not any("red" in p for p in cfg.retention.prompts)

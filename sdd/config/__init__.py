@@ -7,7 +7,7 @@ An invalid file fails with :class:`ConfigError`, a one-line message naming the f
 =========================  ===========================  ==============================================
 ``params/``                module                       models
 =========================  ===========================  ==============================================
-``distill.yaml``           :mod:`sdd.config.distill`    :class:`DistillConfig`, :class:`AdversarialConfig`
+``distill.yaml``           :mod:`sdd.config.distill`    :class:`DistillConfig`, its sections' models
 ``eval.yaml``              :mod:`sdd.config.eval`       :class:`EvalConfig` and its judges' settings
 ``gates.yaml``             :mod:`sdd.config.gates`      :class:`GatesConfig`, :class:`RobustnessGatesConfig`
 ``redteam.yaml``           :mod:`sdd.config.redteam`    :class:`RedteamConfig` and its attacks' budgets
@@ -35,7 +35,7 @@ from sdd.config.common import (
     validate,
 )
 from sdd.config.concepts import ConceptSet, ConceptSets, load_concept_sets
-from sdd.config.distill import AdversarialConfig, DistillConfig
+from sdd.config.distill import AdversarialConfig, DistillConfig, RetentionConfig
 from sdd.config.eval import (
     NUDENET_EXPOSED_CLASSES,
     ClipJudgeConfig,
@@ -67,8 +67,8 @@ __all__ = [
     "AdvTokensConfig", "AdversarialConfig", "ClipJudgeConfig", "ConceptGate", "ConceptInversionConfig",
     "ConceptSet", "ConceptSets", "ConfigError", "DistillConfig", "EvalConfig", "GatesConfig", "GuardConfig",
     "JudgeConfig", "NudeNetJudgeConfig", "PostPromotionCheckConfig", "RedteamConfig", "RegistryConfig",
-    "RobustnessGatesConfig", "ToyConfig", "TransferAttackConfig", "check_concept_name", "check_concept_names",
-    "describe_error", "format_validation_error", "load_concept_sets", "load_eval_config", "load_gates_config",
-    "load_model", "load_redteam_config", "load_registry_config", "one_line", "option_flag", "read_yaml",
-    "shown_value", "validate",
+    "RetentionConfig", "RobustnessGatesConfig", "ToyConfig", "TransferAttackConfig", "check_concept_name",
+    "check_concept_names", "describe_error", "format_validation_error", "load_concept_sets", "load_eval_config",
+    "load_gates_config", "load_model", "load_redteam_config", "load_registry_config", "one_line", "option_flag",
+    "read_yaml", "shown_value", "validate",
 ]

@@ -15,8 +15,8 @@ class AdversarialConfig(_Strict):
     Every ``every`` steps the current student is attacked, in turn by each of ``attacks``: concept
     inversion (one new token learnt on the base model's images of a concept) or a discrete token
     prefix (PEZ); the encoded conditionings of the found prompts join a pool whose members replace
-    ``fraction`` of each batch's erased conditionings. A retention term keeps the student's
-    predictions on ``retention_prompts`` (benign) close to the frozen base model's. See sdd/erasure/adversary.py.
+    ``fraction`` of each batch's erased conditionings. See sdd/erasure/adversary.py; benign prompts
+    are kept by :class:`RetentionConfig`.
     """
 
     every: int = Field(50, ge=1, description="Attack the student every N steps (the first at step 0).")
@@ -43,14 +43,19 @@ class AdversarialConfig(_Strict):
     blend: float = Field(0.0, ge=0, le=1, description="Share of the pool draws that are an affine blend "
                                                       "λ·a + (1-λ)·b of two pool conditionings, λ ~ U(-0.5, 1.5): "
                                                       "the region between (and past) the attacks found is erased.")
-    retention_prompts: list[str] = Field([], description="Benign prompts whose predictions stay near the base "
-                                                         "model's; empty = no retention term.")
-    retention_weight: float = Field(1.0, ge=0, description="Weight of the retention loss.")
-    retention_batch: int = Field(4, ge=1, description="Benign samples per step for the retention term.")
-    retention_targets: int = Field(32, ge=1, description="Benign latents drawn by the base model (cycling "
-                                                         "over retention_prompts).")
 
-    @field_validator("retention_prompts")
+
+class RetentionConfig(_Strict):
+    """The retention term (sdd/erasure/retention.py): the student's predictions on benign prompts are
+    pulled towards the frozen base model's, at noised latents the base drew for them before step 0."""
+
+    prompts: list[str] = Field(..., min_length=1, description="Benign prompts to keep; any naming a concept "
+                                                              "being erased is left out at run time.")
+    weight: float = Field(1.0, gt=0, description="Weight of the retention loss beside the SDD loss.")
+    batch: int = Field(4, ge=1, description="Benign samples per step.")
+    targets: int = Field(32, ge=1, description="Benign latents drawn by the base model (cycling over prompts).")
+
+    @field_validator("prompts")
     @classmethod
     def _non_empty_prompts(cls, v: list[str]) -> list[str]:
         if not all(p.strip() for p in v):
@@ -104,8 +109,11 @@ class DistillConfig(_Strict):
     attention: Literal["sdpa", "sliced", "eager"] = Field(
         "sdpa", description="UNet attention: sdpa = torch's fused kernel (diffusers' default), sliced = one "
                             "head slice at a time, eager = the full attention matrix.")
+    retention: RetentionConfig | None = Field(
+        None, description="Keep benign prompts' predictions near the frozen base model's "
+                          "(sdd/erasure/retention.py); None = the SDD loss alone.")
     adversarial: AdversarialConfig | None = Field(
-        None, description="Robust erasure: adversarial conditionings + a retention term (sdd/erasure/adversary.py); "
+        None, description="Robust erasure: adversarial conditionings in the loop (sdd/erasure/adversary.py); "
                           "None = plain SDD.")
 
     @model_validator(mode="after")

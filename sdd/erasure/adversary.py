@@ -14,14 +14,11 @@ text encoder stay unchanged) join the *adversarial pool*. Each step, ``fraction`
 adversarial conditioning, instead of a concept prompt, to the student's unconditional prediction
 (optionally a noised one, ``jitter``, or a blend of two, ``blend``: a neighbourhood instead of a point).
 
-To keep what should stay, a retention term pulls the student's prediction on benign prompts
-(``retention_prompts``), at noised benign latents drawn once by the base model, towards the frozen
-base model's prediction:
-
-    L = SDD(c_s or c_adv) + w · || ε_θ(x_t, c_benign, t) − ε_base(x_t, c_benign, t) ||²
+Benign prompts are kept by the retention term (:mod:`sdd.erasure.retention`, ``DistillConfig.retention``),
+which works with or without the adversary.
 
 Everything random comes from the Distiller's generator and ``random.Random``; target latents,
-benign latents, the pool and the warm-start embeddings are saved in checkpoints, so a resumed run
+the pool and the warm-start embeddings are saved in checkpoints, so a resumed run
 is bit-identical to an uninterrupted one (on CPU). What a step computes is *pending* until the
 Distiller commits the step (:meth:`Adversary.commit`), as for the trajectory pool.
 """
@@ -33,13 +30,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from sdd.erasure.objective import ema_copy
-from sdd.erasure.sampler import sample_latents
-from sdd.errors import ConfigError
-from sdd.models import Conditioning, autocast
+from sdd.erasure.retention import cycle, draw_base_latents
+from sdd.models import Conditioning
 from sdd.tokens import (
     Placeholders,
     denoise_loss,
@@ -48,7 +42,6 @@ from sdd.tokens import (
     set_tokens,
     straight_through,
     substitute,
-    words_pattern,
 )
 
 if TYPE_CHECKING:
@@ -65,7 +58,6 @@ class AdversaryState:
     """What the adversary carries from step to step (all of it checkpointed)."""
 
     targets: torch.Tensor | None = None  # (concepts * targets, C, H, W) base latents of the concept prompts
-    retain: torch.Tensor | None = None  # (retention_targets, C, H, W) base latents of the benign prompts
     embeddings: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # concept -> per encoder, (1, D)
     pool: list[Conditioning] = field(default_factory=list)  # adversarial conditionings, one prompt each
     prefixes: list[str] = field(default_factory=list)  # the token prefixes found so far, as text
@@ -78,16 +70,9 @@ class Adversary:
     def __init__(self, distiller: Distiller):
         self.d = distiller
         self.cfg = distiller.config.adversarial
-        # The frozen base: a copy of the trained parameters as they are now (untrained), the rest shared.
-        self.base = ema_copy(distiller.student, distiller.trained)
         self.noise_scheduler = DDPMScheduler.from_config(distiller.pipe.scheduler.config)
         self.state = AdversaryState()
         self.pending: AdversaryState | None = None
-        self.last_retention: float = 0.0
-        self.retention_prompts = benign_only(self.cfg.retention_prompts, distiller.concepts)
-        if self.cfg.retention_prompts and not self.retention_prompts:
-            raise ConfigError("adversarial.retention_prompts: every prompt names a concept being erased; "
-                              "give benign prompts (none naming the concepts)")
 
     # -- per step --
 
@@ -97,9 +82,7 @@ class Adversary:
         state = replace(self.state, embeddings=dict(self.state.embeddings), pool=list(self.state.pool),
                         prefixes=list(self.state.prefixes))
         if state.targets is None:
-            state.targets = self._draw_latents([p for c in d.concepts for p in _cycle(c.prompts, cfg.targets)])
-            if self.retention_prompts:
-                state.retain = self._draw_latents(_cycle(self.retention_prompts, cfg.retention_targets))
+            state.targets = draw_base_latents(d, [p for c in d.concepts for p in cycle(c.prompts, cfg.targets)])
         if d.step % cfg.every == 0 and d.step < d.config.steps - cfg.settle_steps:
             round_ = d.step // cfg.every
             ci = round_ % len(d.concepts)  # concepts in turn, then the next attack for all of them
@@ -153,44 +136,14 @@ class Adversary:
         return Conditioning(lam * a.hidden_states + (1 - lam) * b.hidden_states,
                             {k: lam * v + (1 - lam) * b.added[k] for k, v in a.added.items()})
 
-    def retention_loss(self) -> torch.Tensor | None:
-        """w · MSE(student, frozen base) on noised benign latents with their prompts; None if off."""
-        cfg, d, state = self.cfg, self.d, self.current
-        if state.retain is None or cfg.retention_weight == 0:
-            return None
-        prompts = _cycle(self.retention_prompts, cfg.retention_targets)
-        idx = torch.randint(len(state.retain), (cfg.retention_batch,), generator=d.generator).tolist()
-        x0 = state.retain[idx].to(d.device)
-        noise = torch.randn(x0.shape, generator=d.generator).to(d.device, x0.dtype)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(idx),),
-                          generator=d.generator).to(d.device)
-        noisy = self.noise_scheduler.add_noise(x0, noise, t)
-        cond = d.conditioner.encode([prompts[i] for i in idx])
-        with torch.no_grad():
-            target = self.base(noisy, t, **cond.unet_kwargs()).sample
-        pred = d.student(noisy, t, **cond.unet_kwargs()).sample
-        loss = cfg.retention_weight * F.mse_loss(pred.float(), target.float())
-        self.last_retention = loss.item()
-        return loss
-
-    # -- the attack and its targets --
-
-    @torch.no_grad()
-    def _draw_latents(self, prompts: list[str]) -> torch.Tensor:
-        """The frozen base model's final DDIM latents for ``prompts`` (guided, the Distiller's settings)."""
-        d = self.d
-        noise = d._noise(len(prompts)).to(d.device)
-        with autocast(d.device, d.precision):
-            return sample_latents(self.base, d.scheduler, noise, [d.config.ddim_steps] * len(prompts),
-                                  d.conditioner.encode(prompts), d.conditioner.empty(len(prompts)),
-                                  d.config.guidance_scale).float()
+    # -- the attack --
 
     def invert(self, ci: int, state: AdversaryState) -> tuple[list[torch.Tensor], list[Conditioning]]:
         """Concept inversion on the student for concept ``ci``: its new embedding(s) and conditionings."""
         d, cfg = self.d, self.cfg
         concept = d.concepts[ci]
         words = [concept.name, *concept.prompts]
-        prompts = _cycle(concept.prompts, cfg.targets)
+        prompts = cycle(concept.prompts, cfg.targets)
         targets = state.targets[ci * cfg.targets:(ci + 1) * cfg.targets].to(d.device)
         pipe, gen = d.pipe, d.generator
         with Placeholders(pipe, [TOKEN]) as ph:
@@ -223,7 +176,7 @@ class Adversary:
         redraw concept ``ci``'s target latents: the prefix as text, and the prefixed concept prompts'
         conditionings."""
         d, cfg = self.d, self.cfg
-        prompts = _cycle(d.concepts[ci].prompts, cfg.targets)
+        prompts = cycle(d.concepts[ci].prompts, cfg.targets)
         targets = state.targets[ci * cfg.targets:(ci + 1) * cfg.targets].to(d.device)
         names = [f"<sdd-prefix-{j}>" for j in range(cfg.prefix_tokens)]
         prefixed = [" ".join(names) + " " + p for p in prompts]
@@ -259,8 +212,6 @@ class Adversary:
         meta: dict = {"attacks": s.attacks, "pool": [], "embeddings": {}, "prefixes": s.prefixes}
         if s.targets is not None:
             tensors["adv.targets"] = s.targets
-        if s.retain is not None:
-            tensors["adv.retain"] = s.retain
         for ci, rows in s.embeddings.items():
             meta["embeddings"][str(ci)] = len(rows)
             for e, row in enumerate(rows):
@@ -275,7 +226,7 @@ class Adversary:
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict | None) -> None:
         meta = meta or {"attacks": 0, "pool": [], "embeddings": {}}
         self.state = AdversaryState(
-            targets=tensors.get("adv.targets"), retain=tensors.get("adv.retain"),
+            targets=tensors.get("adv.targets"),
             embeddings={int(ci): [tensors[f"adv.embedding.{ci}.{e}"] for e in range(n)]
                         for ci, n in meta["embeddings"].items()},
             pool=[Conditioning(tensors[f"adv.pool.{i}.hidden_states"],
@@ -287,20 +238,7 @@ class Adversary:
     def summary(self) -> dict:
         s = self.state
         return {"attacks": s.attacks, "pool": len(s.pool), "target_latents": 0 if s.targets is None else len(s.targets),
-                "retention_latents": 0 if s.retain is None else len(s.retain),
-                "retention_prompts": len(self.retention_prompts), "last_retention_loss": self.last_retention,
                 "prefixes": s.prefixes[-5:]}
-
-
-def benign_only(prompts: list[str], concepts) -> list[str]:
-    """``prompts`` without those naming a concept being erased (its name or one of its prompts, as
-    whole words): kept close to the base model, they would pull the erased concept back."""
-    pattern = words_pattern({w for c in concepts for w in [c.name, *c.prompts]})
-    kept = [p for p in prompts if not pattern.search(p)]
-    if len(kept) < len(prompts):
-        logger.warning("retention: %d of %d prompts name a concept being erased and are left out",
-                       len(prompts) - len(kept), len(prompts))
-    return kept
 
 
 def _one_per_prompt(cond: Conditioning) -> list[Conditioning]:
@@ -308,7 +246,3 @@ def _one_per_prompt(cond: Conditioning) -> list[Conditioning]:
     return [Conditioning(cond.hidden_states[i:i + 1].detach().float().cpu(),
                          {k: v[i:i + 1].detach().float().cpu() for k, v in cond.added.items()})
             for i in range(len(cond.hidden_states))]
-
-
-def _cycle(items: list[str], n: int) -> list[str]:
-    return [items[i % len(items)] for i in range(n)]

@@ -1,10 +1,10 @@
 """The erasure's resumable checkpoint: one run's whole state (:class:`sdd.erasure.engine.Distiller`).
 
 ``checkpoint/state.safetensors`` holds the tensors (student and teacher parameters, optimizer state,
-the torch RNG, the losses, the trajectory pool, the adversary's state) and ``state.json`` the rest
-(step, settings, concepts and base model hash, Python RNG, schedulers). Written atomically, so an
-interrupted write leaves the previous checkpoint; a run resumed from it is bit-identical to an
-uninterrupted one (on CPU).
+the torch RNG, the losses, the trajectory pool, the retention latents, the adversary's state) and
+``state.json`` the rest (step, settings, concepts and base model hash, Python RNG, schedulers).
+Written atomically, so an interrupted write leaves the previous checkpoint; a run resumed from it
+is bit-identical to an uninterrupted one (on CPU).
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def save_checkpoint(d: Distiller, directory: Path) -> None:
         tensors["pool.latents"] = d.pool.latents
         tensors["pool.ks"] = torch.tensor(d.pool.ks, dtype=torch.int64)
         meta["pool_prompts"] = d.pool.prompts
+    if d.retention is not None and d.retention.latents is not None:
+        tensors["retention.latents"] = d.retention.latents
     if d.adversary is not None:
         adv_tensors, meta["adversarial"] = d.adversary.state_tensors()
         tensors.update(adv_tensors)
@@ -104,6 +106,8 @@ def load_checkpoint(d: Distiller, directory: Path) -> None:
     if "pool.latents" in tensors:
         d.pool = Pool(tensors["pool.latents"].to(d.device), tensors["pool.ks"].tolist(),
                       meta["pool_prompts"])
+    if d.retention is not None:
+        d.retention.latents = tensors.get("retention.latents")
     if d.adversary is not None:
         d.adversary.load_state(tensors, meta.get("adversarial"))
     d.step = meta["step"]

@@ -1,9 +1,10 @@
 """SDD: Safe self-Distillation of Diffusion models (Kim et al. 2023) -- the erasure engine.
 
 :class:`Distiller` holds one run's whole state -- student, EMA teacher, optimizer, RNGs, trajectory
-pool, robust erasure's adversary -- and takes one optimizer step at a time; :func:`erase` runs it
+pool, the retention term, robust erasure's adversary -- and takes one optimizer step at a time; :func:`erase` runs it
 and writes the outputs. What it optimises is :mod:`sdd.erasure.objective`'s, where its training
-latents come from :mod:`sdd.erasure.sampler`'s, its adversary :mod:`sdd.erasure.adversary`'s, and
+latents come from :mod:`sdd.erasure.sampler`'s, its retention term :mod:`sdd.erasure.retention`'s, its
+adversary :mod:`sdd.erasure.adversary`'s, and
 the checkpoint that saves its state :mod:`sdd.erasure.checkpoint`'s.
 
 All randomness comes from one seeded ``torch.Generator`` and one ``random.Random``, both saved in
@@ -35,6 +36,7 @@ from sdd.erasure.adversary import Adversary
 from sdd.erasure.checkpoint import load_checkpoint, save_checkpoint
 from sdd.erasure.objective import TRAIN_METHODS, ema_copy, ema_update, sdd_loss, select_parameters
 from sdd.erasure.outputs import ErasureResult, write_outputs
+from sdd.erasure.retention import Retention
 from sdd.erasure.sampler import Batch, Pool, ddim_step, pool_phases, sample_latents, timestep_bin
 from sdd.layout import CHECKPOINT_DIR
 from sdd.models import Conditioner, autocast, latent_shape, load_pipeline, unet_weights_hash
@@ -98,7 +100,11 @@ class Distiller:
         self.teacher = ema_copy(self.student, self.trained)
         teacher_params = dict(self.teacher.named_parameters())
         self.teacher_params = [teacher_params[n] for n in self.trained]
-        # Robust erasure (sdd/erasure/adversary.py): its frozen base copy is made here, before any hook or training.
+        # The frozen base model, for the retention term and the adversary's targets: a copy of the trained
+        # parameters as they are now (untrained), the rest shared; made before any hook or training.
+        needs_base = config.retention is not None or config.adversarial is not None
+        self.base = ema_copy(self.student, self.trained) if needs_base else None
+        self.retention = Retention(self) if config.retention is not None else None
         self.adversary = Adversary(self) if config.adversarial is not None else None
 
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=config.betas,
@@ -268,8 +274,8 @@ class Distiller:
             else:
                 latents = batch.latents
             loss = sdd_loss(self.student, latents, timesteps, erased, uncond)
-            if self.adversary is not None and (retention := self.adversary.retention_loss()) is not None:
-                loss = loss + retention
+            if self.retention is not None:
+                loss = loss + self.retention.loss()
         value = loss.item()
         if not math.isfinite(value):
             where = (f"step {self.last_checkpoint_step}" if self.last_checkpoint_step is not None
@@ -325,6 +331,10 @@ class Distiller:
         """
         rng_at_step = self.rng_state()
         try:
+            if self.retention is not None and self.retention.latents is None and self.step < steps:
+                latents = self.retention.draw_latents()
+                with _interrupts_deferred():
+                    self.retention.latents, rng_at_step = latents, self.rng_state()
             if self.config.sampler == "pool" and self.pool is None and self.step < steps:
                 pool = self.start_pool()
                 with _interrupts_deferred():

@@ -142,6 +142,8 @@ def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
         "outputs": {"model": MODEL_DIR, "patch": PATCH_FILE, "loss": LOSS_FILE},
         "versions": _versions(),
     }
+    if distiller.retention is not None:
+        manifest["retention"] = distiller.retention.summary()
     if distiller.adversary is not None:
         manifest["adversarial"] = distiller.adversary.summary()
     write_json_atomic(out_dir / MANIFEST_FILE, manifest)

@@ -1,0 +1,102 @@
+"""The retention term: benign prompts keep the frozen base model's predictions while a concept is erased.
+
+SDD's update moves whatever the erased prompts' cross-attention inputs share with other prompts'.
+Where the text encoder spreads a family of concepts apart (contrastive pretraining puts four shapes
+or five colours near a simplex, each opposed to the rest), the map that sends one of them to the
+unconditional output also sends the others towards it: erasing "triangle" drew circles as crosses
+and triangles on the toy world (docs/toy-world.md). Like the preservation terms of MACE, UCE or
+AdvUnlearn's utility loss, retention adds
+
+    weight · ‖ε_student(x_t, c_b, t) − sg(ε_base(x_t, c_b, t))‖²
+
+for benign prompts c_b (``retention.prompts``), at x_t = noised final latents that the frozen base
+model drew for them once, before the first step (kept in the checkpoint). Prompts naming a concept
+being erased are left out: held at the base, they would pull the concept back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from sdd.erasure.sampler import sample_latents
+from sdd.errors import ConfigError
+from sdd.models import autocast
+from sdd.tokens import words_pattern
+
+if TYPE_CHECKING:
+    from sdd.erasure.engine import Distiller
+
+logger = logging.getLogger("sdd.distill")
+
+
+class Retention:
+    """The retention term of one :class:`sdd.erasure.engine.Distiller` run."""
+
+    def __init__(self, distiller: Distiller):
+        self.d, self.cfg = distiller, distiller.config.retention
+        self.prompts = benign_only(self.cfg.prompts, distiller.concepts)
+        if not self.prompts:
+            raise ConfigError("retention.prompts: every prompt names a concept being erased; "
+                              "give benign prompts (none naming the concepts)")
+        self.noise_scheduler = DDPMScheduler.from_config(distiller.pipe.scheduler.config)
+        self.latents: torch.Tensor | None = None  # (targets, C, H, W), drawn by the base before step 0
+        self.last_loss = 0.0
+
+    def target_prompts(self) -> list[str]:
+        return cycle(self.prompts, self.cfg.targets)
+
+    @torch.no_grad()
+    def draw_latents(self) -> torch.Tensor:
+        """The frozen base model's final DDIM latents for the benign prompts (the Distiller's guidance)."""
+        return draw_base_latents(self.d, self.target_prompts())
+
+    def loss(self) -> torch.Tensor:
+        """w · MSE(student, frozen base) on a batch of noised benign latents with their prompts."""
+        cfg, d = self.cfg, self.d
+        prompts = self.target_prompts()
+        idx = torch.randint(len(self.latents), (cfg.batch,), generator=d.generator).tolist()
+        x0 = self.latents[idx].to(d.device)
+        noise = torch.randn(x0.shape, generator=d.generator).to(d.device, x0.dtype)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(idx),),
+                          generator=d.generator).to(d.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        cond = d.conditioner.encode([prompts[i] for i in idx])
+        with torch.no_grad():
+            target = d.base(noisy, t, **cond.unet_kwargs()).sample
+        pred = d.student(noisy, t, **cond.unet_kwargs()).sample
+        loss = cfg.weight * F.mse_loss(pred.float(), target.float())
+        self.last_loss = loss.item()
+        return loss
+
+    def summary(self) -> dict:
+        return {"prompts": len(self.prompts), "latents": 0 if self.latents is None else len(self.latents),
+                "weight": self.cfg.weight, "last_loss": self.last_loss}
+
+
+def draw_base_latents(d: Distiller, prompts: list[str]) -> torch.Tensor:
+    """The frozen base model's final DDIM latents for ``prompts`` (guided, the Distiller's settings)."""
+    noise = d._noise(len(prompts)).to(d.device)
+    with torch.no_grad(), autocast(d.device, d.precision):
+        return sample_latents(d.base, d.scheduler, noise, [d.config.ddim_steps] * len(prompts),
+                              d.conditioner.encode(prompts), d.conditioner.empty(len(prompts)),
+                              d.config.guidance_scale).float()
+
+
+def benign_only(prompts: list[str], concepts) -> list[str]:
+    """``prompts`` without those naming a concept being erased (its name or one of its prompts, as
+    whole words): kept close to the base model, they would pull the erased concept back."""
+    pattern = words_pattern({w for c in concepts for w in [c.name, *c.prompts]})
+    kept = [p for p in prompts if not pattern.search(p)]
+    if len(kept) < len(prompts):
+        logger.warning("retention: %d of %d prompts name a concept being erased and are left out",
+                       len(prompts) - len(kept), len(prompts))
+    return kept
+
+
+def cycle(items: list[str], n: int) -> list[str]:
+    return [items[i % len(items)] for i in range(n)]
