@@ -1,6 +1,8 @@
 """Helpers shared by several test modules (fixtures shared by several are in ``conftest.py``).
 
 * running ``sdd`` as a subprocess: :func:`sdd_command`, :func:`sdd_env`;
+* an erasure interrupted mid-step and compared with an uninterrupted one: :func:`interrupt_at_loss`,
+  :func:`assert_same_run`;
 * what an evaluation has drawn so far: :func:`indexed_keys`, :func:`image_stamps`;
 * tiny flow settings: :data:`TINY`, :data:`GATES_OFF`; a small toy prompt set: :func:`toy_prompt_set`;
 * the real local stack (``stack`` fixture in ``conftest.py``) driven like the UI: :func:`api`,
@@ -17,7 +19,13 @@ import sys
 import time
 import urllib.error
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
 
 from sdd.evaluation import read_index
 from sdd.evaluation.generate import INDEX_FILE
@@ -28,6 +36,36 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 def sdd_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from sdd.cli import app; app()", *args]
+
+
+@contextmanager
+def interrupt_at_loss(monkeypatch, call: int) -> Iterator[None]:
+    """Ctrl-C inside the ``call``-th SDD loss computed in the block (after that step's draws and
+    teacher sampling); the block must end with that KeyboardInterrupt."""
+    import sdd.erasure.engine as engine
+
+    calls, real_loss = [], engine.sdd_loss
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "sdd_loss", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(engine, "sdd_loss", real_loss)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two erasure folders hold the same patch, loss curve and checkpoint, bit for bit."""
+    for name in ("patch.safetensors", "checkpoint/state.safetensors"):
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
+    assert (a / "loss.csv").read_text() == (b / "loss.csv").read_text()
 
 
 def digest(path: Path) -> str:

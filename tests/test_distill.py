@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
+from helpers import assert_same_run, interrupt_at_loss
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -302,7 +303,7 @@ def test_interrupt_while_starting_the_pool_resumes_identically(tiny_dirs, tmp_pa
     assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 0
     monkeypatch.setattr(engine, "sample_latents", real)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config, resume=True)
-    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_a_checkpoint_resumes_only_with_the_same_sampler(tiny_dirs, tmp_path):
@@ -377,14 +378,6 @@ def _tensors(path):
     return load_file(str(path))
 
 
-def _assert_same_run(a, b):
-    pa, pb = _tensors(a / "patch.safetensors"), _tensors(b / "patch.safetensors")
-    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
-    assert (a / "loss.csv").read_text() == (b / "loss.csv").read_text()
-    ca, cb = _tensors(a / "checkpoint/state.safetensors"), _tensors(b / "checkpoint/state.safetensors")
-    assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
-
-
 @pytest.mark.parametrize(("sampler", "lr_schedule", "extra"), [
     ("pool", "constant", {}), ("reference", "constant", {}), ("pool", "cosine", {}),
     ("pool", "cosine", {"train_method": "full", "xattn_lr_scale": 4.0}),  # two optimizer groups
@@ -395,22 +388,12 @@ def test_resume_after_interrupt_is_bit_identical(tiny_dirs, tmp_path, monkeypatc
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", config)
 
     # Interrupt in the middle of step 5, after its random draws and its teacher sampling.
-    calls, real_loss = [], engine.sdd_loss
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "sdd_loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_at_loss(monkeypatch, 5):
         erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config)
     assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 4
     assert not (tmp_path / "resumed/patch.safetensors").exists()
-    monkeypatch.setattr(engine, "sdd_loss", real_loss)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", config, resume=True)
-    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_interrupt_between_steps_and_resume_with_more_steps(tiny_dirs, tmp_path):
@@ -425,7 +408,7 @@ def test_interrupt_between_steps_and_resume_with_more_steps(tiny_dirs, tmp_path)
         erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", fast_config(steps=3), on_step=stop_at_2)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", fast_config(steps=3), resume=True)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", fast_config(steps=4), resume=True)
-    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_checkpoint_guards(tiny_dirs, tmp_path):

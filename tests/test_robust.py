@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from helpers import assert_same_run, interrupt_at_loss
 from safetensors.torch import load_file
 
-import sdd.erasure.engine as engine
 from sdd.config import AdversarialConfig, ConfigError, DistillConfig, RetentionConfig, validate
 from sdd.erasure import Distiller, erase
 from sdd.prompts import Concept
@@ -125,28 +125,15 @@ def test_resume_with_the_adversary_is_bit_identical(tiny_dirs, tmp_path, monkeyp
     cfg = config(adv={"attacks": ["inversion", "tokens"]}, steps=6, checkpoint_every=3)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "straight", cfg)
 
-    calls, real_loss = [], engine.sdd_loss
-
-    def interrupted(*args, **kwargs):  # interrupt step 5, after its attack (every 2: step index 4)
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "sdd_loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_at_loss(monkeypatch, 5):  # step 5, after its attack (every 2: step index 4)
         erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", cfg)
     meta = json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())
     assert meta["step"] == 4 and meta["adversarial"]["attacks"] == 2
-    monkeypatch.setattr(engine, "sdd_loss", real_loss)
     erase(str(tiny_dirs["sd1"]), CONCEPTS, tmp_path / "resumed", cfg, resume=True)
     a, b = tmp_path / "straight", tmp_path / "resumed"
-    for f in ("patch.safetensors", "checkpoint/state.safetensors"):
-        ta, tb = load_file(str(a / f)), load_file(str(b / f))
-        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert_same_run(a, b)
     saved = load_file(str(a / "checkpoint/state.safetensors"))
     assert any(k.startswith("adv.pool.") for k in saved) and "retention.latents" in saved
-    assert (a / "loss.csv").read_text() == (b / "loss.csv").read_text()
     manifest = json.loads((a / "manifest.json").read_text())
     assert manifest["adversarial"]["attacks"] == 3 and manifest["config"]["adversarial"]["every"] == 2
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers import DDPMScheduler
 
-from sdd.erasure.retention import cycle, draw_base_latents
+from sdd.erasure.retention import cycle
 from sdd.models import Conditioning
 from sdd.tokens import (
     Placeholders,
@@ -82,7 +82,7 @@ class Adversary:
         state = replace(self.state, embeddings=dict(self.state.embeddings), pool=list(self.state.pool),
                         prefixes=list(self.state.prefixes))
         if state.targets is None:
-            state.targets = draw_base_latents(d, [p for c in d.concepts for p in cycle(c.prompts, cfg.targets)])
+            state.targets = d.draw_base_latents([p for c in d.concepts for p in cycle(c.prompts, cfg.targets)])
         if d.step % cfg.every == 0 and d.step < d.config.steps - cfg.settle_steps:
             round_ = d.step // cfg.every
             ci = round_ % len(d.concepts)  # concepts in turn, then the next attack for all of them

@@ -204,6 +204,16 @@ class Distiller:
         noise = torch.randn((n, *self.latent_shape), generator=self.generator)
         return noise * self.scheduler.init_noise_sigma
 
+    @torch.no_grad()
+    def draw_base_latents(self, prompts: list[str]) -> torch.Tensor:
+        """The frozen base model's final DDIM latents for ``prompts`` (guided, this run's settings): the
+        retention term's benign latents and the adversary's targets."""
+        noise = self._noise(len(prompts)).to(self.device)
+        with autocast(self.device, self.precision):
+            return sample_latents(self.base, self.scheduler, noise, [self.config.ddim_steps] * len(prompts),
+                                  self.conditioner.encode(prompts), self.conditioner.empty(len(prompts)),
+                                  self.config.guidance_scale).float()
+
     def draw_batch(self) -> Batch:
         if self.config.sampler == "pool":
             return self._draw_pool_batch()

@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from sdd.erasure.sampler import sample_latents
 from sdd.errors import ConfigError
-from sdd.models import autocast
 from sdd.tokens import words_pattern
 
 if TYPE_CHECKING:
@@ -44,28 +42,24 @@ class Retention:
             raise ConfigError("retention.prompts: every prompt names a concept being erased; "
                               "give benign prompts (none naming the concepts)")
         self.noise_scheduler = DDPMScheduler.from_config(distiller.pipe.scheduler.config)
+        self.target_prompts = cycle(self.prompts, self.cfg.targets)  # the prompt of each latent
         self.latents: torch.Tensor | None = None  # (targets, C, H, W), drawn by the base before step 0
         self.last_loss = 0.0
 
-    def target_prompts(self) -> list[str]:
-        return cycle(self.prompts, self.cfg.targets)
-
-    @torch.no_grad()
     def draw_latents(self) -> torch.Tensor:
         """The frozen base model's final DDIM latents for the benign prompts (the Distiller's guidance)."""
-        return draw_base_latents(self.d, self.target_prompts())
+        return self.d.draw_base_latents(self.target_prompts)
 
     def loss(self) -> torch.Tensor:
         """w · MSE(student, frozen base) on a batch of noised benign latents with their prompts."""
         cfg, d = self.cfg, self.d
-        prompts = self.target_prompts()
         idx = torch.randint(len(self.latents), (cfg.batch,), generator=d.generator).tolist()
         x0 = self.latents[idx].to(d.device)
         noise = torch.randn(x0.shape, generator=d.generator).to(d.device, x0.dtype)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(idx),),
                           generator=d.generator).to(d.device)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
-        cond = d.conditioner.encode([prompts[i] for i in idx])
+        cond = d.conditioner.encode([self.target_prompts[i] for i in idx])
         with torch.no_grad():
             target = d.base(noisy, t, **cond.unet_kwargs()).sample
         pred = d.student(noisy, t, **cond.unet_kwargs()).sample
@@ -76,15 +70,6 @@ class Retention:
     def summary(self) -> dict:
         return {"prompts": len(self.prompts), "latents": 0 if self.latents is None else len(self.latents),
                 "weight": self.cfg.weight, "last_loss": self.last_loss}
-
-
-def draw_base_latents(d: Distiller, prompts: list[str]) -> torch.Tensor:
-    """The frozen base model's final DDIM latents for ``prompts`` (guided, the Distiller's settings)."""
-    noise = d._noise(len(prompts)).to(d.device)
-    with torch.no_grad(), autocast(d.device, d.precision):
-        return sample_latents(d.base, d.scheduler, noise, [d.config.ddim_steps] * len(prompts),
-                              d.conditioner.encode(prompts), d.conditioner.empty(len(prompts)),
-                              d.config.guidance_scale).float()
 
 
 def benign_only(prompts: list[str], concepts) -> list[str]:
