@@ -242,6 +242,7 @@ def row(name: str, out: Path, concept: str) -> str | None:
     quality = m.get("quality") or {}
     drop = (quality.get("correctness") or {}).get("drop_points")
     fid = quality.get("fid")
+    clip = (quality.get("clip_score") or {}).get("erased")
     rt = ((m.get("redteam") or {}).get("concepts") or {}).get(concept) or {}
     attacks = rt.get("attacks") or {}
 
@@ -252,13 +253,14 @@ def row(name: str, out: Path, concept: str) -> str | None:
     union = (rt.get("union") or {}).get("rate")
     wall = (out / f"{name}.wall").read_text().strip() if (out / f"{name}.wall").exists() else "–"
     return (f"| {name} | {concept} | {_pct(heldout_rate)} | {'–' if drop is None else f'{drop:.1f}'} | "
-            f"{'–' if fid is None else f'{fid:.2f}'} | {_pct(asr('transfer'))} | {_pct(asr('adversarial_tokens'))} | "
+            f"{'–' if fid is None else f'{fid:.2f}'} | {'–' if clip is None else f'{clip:.2f}'} | "
+            f"{_pct(asr('transfer'))} | {_pct(asr('adversarial_tokens'))} | "
             f"{_pct(asr('concept_inversion'))} | {_pct(union)} | {wall} |")
 
 
 def table(out: Path, names: list[str], concepts: list[str]) -> str:
-    lines = ["| setting | concept | held-out % | benign drop (pts) | FID | transfer % | adv. tokens % | "
-             "inversion % | union % | erase wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | concept | held-out % | benign drop (pts) | FID | CLIP score | transfer % | adv. tokens % | "
+             "inversion % | union % | erase wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [r for n in names for c in concepts if (r := row(n, out, c))]
     return "\n".join(lines)
 

@@ -102,8 +102,8 @@ def test_bad_retention_settings_are_one_line_errors(value, message):
     assert "\n" not in str(err.value)
 
 
-def test_the_preset_is_valid():
+def test_the_default_settings_hold_benign_prompts_without_an_adversary():
     from sdd.config import load_model
 
-    cfg = load_model(DistillConfig, "params/presets/retention.yaml")
+    cfg = load_model(DistillConfig, "params/distill.yaml")
     assert cfg.retention is not None and cfg.adversarial is None and len(cfg.retention.prompts) >= 20
