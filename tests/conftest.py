@@ -7,7 +7,9 @@ Units are handed out heaviest first (:data:`HEAVY_FIRST`), so the long ones star
 short ones fill in around them.
 """
 
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,22 @@ def pytest_collection_modifyitems(config, items):
     stack_rank = {module: i for i, module in enumerate(STACK_MODULES)}
     items.sort(key=lambda item: (rank.get(work_unit(item.nodeid), len(rank)),
                                  stack_rank.get(Path(item.fspath).stem, 0)))  # stable: file order within
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``SDD_TEST_TIMELINE=FILE``: one JSON line per test (worker, unit, start, end, setup included),
+    for ``bench/suite_timeline.py`` to show how the workers were loaded and what the critical path is."""
+    path = os.environ.get("SDD_TEST_TIMELINE")
+    start = time.time()
+    try:
+        return (yield)
+    finally:
+        if path:
+            line = {"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "unit": work_unit(item.nodeid),
+                    "test": item.nodeid, "start": start, "end": time.time()}
+            with open(path, "a") as f:
+                f.write(json.dumps(line) + "\n")
 
 
 @pytest.fixture(scope="session")

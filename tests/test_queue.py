@@ -1,4 +1,4 @@
-"""A queue under load: six ``erase-concepts`` runs with different concept sets submitted at once.
+"""A queue under load: three ``erase-concepts`` runs with different concept sets submitted at once.
 
 The real local stack (Prefect and MLflow servers, cpu + gpu process workers) on free ports; the runs
 are created through the REST API the way the UI's "Run" button creates them. The gpu pool's
@@ -8,8 +8,10 @@ distillation to the ``distill/distill-gpu`` deployment, and the runs the pool ca
 shows, with the slot holder in its concurrency status. A watcher polls the API once a second for the
 queue depth (waiting gpu runs) and the slots in use.
 
-All six must complete; the gpu runs never overlap; MLflow holds one version per concept set (six in
-all, none lost, none twice). The wall time, the deepest queue and the order the gpu runs started in
+All three must complete; the gpu runs never overlap; MLflow holds one version per concept set (three
+in all, none lost, none twice). Three is the fewest that loads the queue with a backlog (two waiting
+behind the slot holder) and a multi-concept set; six took 2.5 minutes more of the suite's critical
+path for the same checks (issue 28). The wall time, the deepest queue and the order the gpu runs started in
 are printed (docs/reliability.md records them).
 """
 
@@ -25,7 +27,7 @@ from helpers import GATES_OFF, TINY, api, create_run, registry, runs_of, wait_fo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-CONCEPT_SETS = [["red"], ["green"], ["blue"], ["yellow"], ["circle"], ["purple", "square"]]
+CONCEPT_SETS = [["red"], ["green"], ["purple", "square"]]
 WAITING = {"SCHEDULED", "PENDING"}  # "Late" is a Scheduled state by name
 
 
@@ -64,7 +66,7 @@ def ended(run: dict) -> datetime:
     return datetime.fromisoformat(run["end_time"])
 
 
-def test_six_runs_at_once_queue_on_the_gpu_pool_and_each_registers_once(stack):
+def test_three_runs_at_once_queue_on_the_gpu_pool_and_each_registers_once(stack):
     pool = api(stack, "GET", "/work_pools/gpu")
     assert pool["concurrency_limit"] == 1, pool
     tiny = {**TINY, "gates": GATES_OFF, "runs_dir": str(stack["root"] / "runs-queue"),
