@@ -176,6 +176,9 @@ class Conditioner:
     (how SDXL was trained to be unconditional).
     """
 
+    #: Encoded prompts kept at most (SDXL: ~0.6 MB each); a composite schedule's joins can be many.
+    CACHE_SIZE = 1024
+
     def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
         self.pipe = pipe
         self.sdxl = is_sdxl(pipe)
@@ -184,6 +187,7 @@ class Conditioner:
         # SDXL micro-conditioning: original size, crop top-left, target size (no crop, native size).
         self._time_ids = torch.tensor([[*size, 0, 0, *size]], dtype=torch.float32)
         self._empty: Conditioning | None = None
+        self._cache: dict[str, Conditioning] = {}
 
     @property
     def device(self) -> torch.device:
@@ -242,11 +246,23 @@ class Conditioner:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
+        """The conditioning of ``prompts``. Each distinct prompt is encoded once, alone, and kept (the
+        engine trains no text encoder): an erasure's steps draw from a few dozen prompts, and the text
+        encoder was a fifth of a toy step. Alone, so a prompt's conditioning is the same bits whatever
+        batch it first came in, and a resumed run matches an uninterrupted one."""
+        for prompt in dict.fromkeys(prompts):
+            if prompt not in self._cache:
+                if len(self._cache) >= self.CACHE_SIZE:
+                    del self._cache[next(iter(self._cache))]  # the oldest
+                self._cache[prompt] = self._encode_one(prompt)
+        return Conditioning.cat([self._cache[p] for p in prompts])
+
+    def _encode_one(self, prompt: str) -> Conditioning:
         if self.sdxl:
             embeds, _, pooled, _ = self.pipe.encode_prompt(
-                list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+                [prompt], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
             return self._pack(embeds, pooled)
-        embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
+        embeds, _ = self.pipe.encode_prompt([prompt], self.device, 1, False)
         return self._pack(embeds, None)
 
     @torch.no_grad()

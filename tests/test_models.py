@@ -105,11 +105,30 @@ def test_sd_conditioning_matches_pipeline(tiny_dirs, kind):
     cond = Conditioner(pipe)
     c = cond.encode(["a red circle", "something"])
     expected, _ = pipe.encode_prompt(["a red circle", "something"], "cpu", 1, False)
-    torch.testing.assert_close(c.hidden_states, expected, rtol=0, atol=0)
+    torch.testing.assert_close(c.hidden_states, expected)
+    for i, prompt in enumerate(["a red circle", "something"]):  # each encoded alone: the same bits in any batch
+        alone, _ = pipe.encode_prompt([prompt], "cpu", 1, False)
+        torch.testing.assert_close(c.hidden_states[i:i + 1], alone, rtol=0, atol=0)
     assert c.added == {} and c.unet_kwargs()["added_cond_kwargs"] is None
     empty = cond.empty(3)
     assert len(empty) == 3
     torch.testing.assert_close(empty.hidden_states[2:], cond.encode([""]).hidden_states, rtol=0, atol=0)
+
+
+def test_each_distinct_prompt_goes_through_the_text_encoder_once(tiny_dirs, monkeypatch):
+    pipe = load_pipeline(str(tiny_dirs["sd1"]))
+    cond = Conditioner(pipe)
+    seen = []
+    pipe.text_encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    first = cond.encode(["a", "b", "a"])
+    assert seen == [1, 1]
+    again = cond.encode(["b", "a", "c"])
+    assert seen == [1, 1, 1]  # only "c" is new
+    torch.testing.assert_close(again.hidden_states[:2], first.hidden_states[[1, 0]], rtol=0, atol=0)
+    monkeypatch.setattr(Conditioner, "CACHE_SIZE", 2)
+    cond.encode(["d"])  # over the bound: the oldest ("a") goes, so it is encoded again
+    cond.encode(["a"])
+    assert seen == [1, 1, 1, 1, 1]
 
 
 def test_sdxl_conditioning(tiny_dirs):
