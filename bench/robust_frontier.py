@@ -36,7 +36,7 @@ FIRST_PRESET = {"train_method": "xattn", "steps": 1000,
 
 SETTINGS: dict[str, dict] = {
     "preset": {},
-    "distill": {},  # params/distill.yaml as it is: plain SDD, what make demo and the deployments run
+    "distill": {},  # params/distill.yaml as it is (SDD + retention), what make demo and the deployments run
     "xattn": {},  # the first preset
     "full": {"train_method": "full"},  # the whole UNet at the toy's lr 1e-3 wrecks it (FID 330)
     "full-lr2e-4-e100": {"train_method": "full", "lr": 2.0e-4, "adversarial": {"every": 100}},
@@ -166,7 +166,7 @@ SETTINGS: dict[str, dict] = {
                     "adversarial": {"attacks": ["inversion", "tokens"], "every": 20, "pool_size": 96,
                                     "retention_weight": 10.0, "retention_batch": 8, "warm_start": False,
                                     "inversion_steps": 100}},
-    # Control: plain SDD exactly as params/distill.yaml (what make demo and the deployments run).
+    # Control: plain SDD as params/distill.yaml was on world I (lr 1e-3, xattn, 320 steps, no retention).
     "plain": {"steps": 320, "lr": 1.0e-3, "train_method": "xattn", "checkpoint_every": 20, "adversarial": None},
     "xattn-e100": {"adversarial": {"every": 100}},  # half the attacks: fits the 10-minute demo
     "xattn-f75": {"adversarial": {"fraction": 0.75}},
