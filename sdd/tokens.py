@@ -137,11 +137,24 @@ def encode(pipe, prompts: list[str]) -> Conditioning:
 def denoise_loss(pipe, scheduler: DDPMScheduler, latents: torch.Tensor, cond: Conditioning,
                  generator: torch.Generator, reduce: bool = True) -> torch.Tensor:
     """MSE between the UNet's prediction and the true noise (or v) on noised ``latents``."""
+    return unet_error(pipe, *noised(scheduler, latents, generator), cond, reduce)
+
+
+def noised(scheduler: DDPMScheduler, latents: torch.Tensor,
+           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``latents`` noised at random timesteps (noise first, then timesteps, from ``generator``):
+    the noisy latents, the timesteps and the UNet's target (the noise, or v)."""
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
-    with autocast(latents.device):
+    return noisy, t, target
+
+
+def unet_error(pipe, noisy: torch.Tensor, t: torch.Tensor, target: torch.Tensor, cond: Conditioning,
+               reduce: bool = True) -> torch.Tensor:
+    """The UNet's squared error on ``noisy`` against ``target``: its mean, or one mean per sample."""
+    with autocast(noisy.device):
         pred = pipe.unet(noisy, t, **cond.unet_kwargs()).sample
     err = (pred.float() - target.float()) ** 2
     return err.mean() if reduce else err.flatten(1).mean(1)

@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -320,13 +321,18 @@ def test_concept_inversion_restarts_count_a_prompt_broken_by_any_restart(toy_con
     assert (result.gradient_steps, result.generations) == (2 * cfg.steps, 2 * n)
     assert any(f"seed {toy_context.seed}: {sum(first)}/{n}" in note and f"seed {toy_context.seed + 1}: "
                f"{sum(second)}/{n}" in note for note in result.notes), result.notes
-    # The second restart is the single inversion of the next seed; its images show the prompts it broke.
+    # The second restart is the single inversion of the next seed (trained in one batch beside the first:
+    # the same up to float rounding, a level of a pixel here and there); its images show the prompts it broke.
     next_seed = replace(toy_context, seed=toy_context.seed + 1, judge=ScriptedJudge([False] * n))
     alone = A.concept_inversion_attack(next_seed, cfg.model_copy(update={"restarts": 1}))
+
+    def levels_apart(a, b) -> int:
+        return int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
+
     for i, image in enumerate(result.images):
         if second[i] and not first[i]:
-            assert image.tobytes() == alone.images[i].tobytes()
-    assert result.images[0].tobytes() != alone.images[0].tobytes()  # restart 1 broke prompt 0: its own image
+            assert levels_apart(image, alone.images[i]) <= 2
+    assert levels_apart(result.images[0], alone.images[0]) > 2  # restart 1 broke prompt 0: its own image
 
 
 # --- the whole red team --------------------------------------------------------------------------
@@ -348,7 +354,7 @@ def test_run_redteam_on_tiny_pipelines(kind, tiny_pipes, tmp_path):
     _assert_same(before, _state(pipe))
     # progress lines for the flow's log: each stage's last line at least (more every 5 s)
     for start in ("zebra: base images: 3/3 images", "zebra: erased images (pre-attack): 3/3 images",
-                  "zebra: concept inversion 3/3: 3/3 steps", "zebra: concept inversion 3/3 images: 3/3 images"):
+                  "zebra: concept inversion (3 restarts): 3/3 steps", "zebra: concept inversion 3/3 images: 3/3 images"):
         assert any(line.startswith(start) for line in lines), (start, lines)
     m = metrics["redteam"]["zebra"]
     assert (m["eval_prompts"], m["effective_prompts"]) == (3, 3)

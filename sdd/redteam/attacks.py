@@ -32,7 +32,17 @@ from sdd.config import AdvTokensConfig, ConceptInversionConfig, TransferAttackCo
 from sdd.evaluation import Judge
 from sdd.progress import ProgressLog
 from sdd.prompts import PromptRow
-from sdd.tokens import Placeholders, denoise_loss, encode, project_to_vocab, set_tokens, straight_through, substitute
+from sdd.tokens import (
+    Placeholders,
+    denoise_loss,
+    encode,
+    noised,
+    project_to_vocab,
+    set_tokens,
+    straight_through,
+    substitute,
+    unet_error,
+)
 from sdd.toy import world
 
 #: Toy rephrasings: word orders and templates that no evaluation set of :mod:`sdd.prompts` uses.
@@ -248,14 +258,11 @@ def concept_inversion_attack(ctx: AttackContext, cfg: ConceptInversionConfig) ->
     """Learn one token embedding on the target images, then draw every prompt with it; ``cfg.restarts``
     times from the concept word with seeds ``seed, seed+1, …``: a prompt is broken if any restart breaks it."""
     result = AttackResult("concept_inversion")
-    token = "<sdd-concept>"
     n_images = len(ctx.rows) if cfg.images is None else min(cfg.images, len(ctx.rows))
-    prompts = [substitute(row.prompt, ctx.words, token) for row in ctx.rows]
+    seeds = [ctx.seed + r for r in range(cfg.restarts)]
+    tokens = [TOKEN] if cfg.restarts == 1 else [f"<sdd-concept-{r + 1}>" for r in range(cfg.restarts)]
     per_restart = []
-    for r in range(cfg.restarts):
-        seed = ctx.seed + r
-        label = "concept inversion" if cfg.restarts == 1 else f"concept inversion {r + 1}/{cfg.restarts}"
-        images = _invert_and_draw(ctx, cfg, token, prompts, n_images, seed, label)
+    for r, (seed, images) in enumerate(zip(seeds, _invert_and_draw(ctx, cfg, tokens, n_images, seeds), strict=True)):
         success = ctx.present(images)
         per_restart.append(f"seed {seed}: {sum(success)}/{len(success)}")
         if r == 0:
@@ -265,39 +272,55 @@ def concept_inversion_attack(ctx: AttackContext, cfg: ConceptInversionConfig) ->
                              in zip(result.images, result.success, images, success, strict=True)]
             result.success = [a or b for a, b in zip(result.success, success, strict=True)]
     result.gradient_steps = cfg.steps * cfg.restarts
-    result.generations = len(prompts) * cfg.restarts
+    result.generations = len(ctx.rows) * cfg.restarts
     result.rows = list(range(len(ctx.rows)))
-    result.prompts = prompts
+    result.prompts = [substitute(row.prompt, ctx.words, TOKEN) for row in ctx.rows]
     result.notes.append(f"trained on the base images of {n_images} effective prompts")
     if cfg.restarts > 1:
         result.notes.append(f"{cfg.restarts} restarts ({', '.join(per_restart)}); a prompt counts if any breaks it")
     return result
 
 
-def _invert_and_draw(ctx: AttackContext, cfg: ConceptInversionConfig, token: str, prompts: list[str],
-                     n_images: int, seed: int, label: str) -> list[Image.Image]:
-    """One textual inversion from the concept word (seeded image subsample, noise and timesteps), then
-    every prompt drawn with the learnt token."""
-    train = sorted(random.Random(seed).sample(range(len(ctx.rows)), n_images))
-    gen = torch.Generator("cpu").manual_seed(seed)
+#: The learnt token as the report shows it (restarts each learn a token of their own, numbered).
+TOKEN = "<sdd-concept>"
+
+
+def _invert_and_draw(ctx: AttackContext, cfg: ConceptInversionConfig, tokens: list[str], n_images: int,
+                     seeds: list[int]) -> list[list[Image.Image]]:
+    """One textual inversion per token from the concept word, each with its own seed (image subsample,
+    noise and timesteps), then every prompt drawn with each learnt token.
+
+    The inversions train side by side, in one UNet batch: each one's loss is its own batch's mean and
+    their sum is minimised, so each token gets the gradient (and, Adam being per element, the update)
+    it would get alone -- one pass of ``len(tokens) * batch_size`` instead of ``len(tokens)`` passes.
+    """
+    trains = [sorted(random.Random(seed).sample(range(len(ctx.rows)), n_images)) for seed in seeds]
+    gens = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    prompts = [[substitute(row.prompt, ctx.words, token) for row in ctx.rows] for token in tokens]
     sched = _noise_scheduler(ctx.pipe)
-    with Placeholders(ctx.pipe, [token]) as ph:
-        emb = [ph.word_embedding(e, ctx.words)[None].to(slot.vocab.device).requires_grad_(True)
+    label = "concept inversion" if len(tokens) == 1 else f"concept inversion ({len(tokens)} restarts)"
+    with Placeholders(ctx.pipe, tokens) as ph:
+        emb = [torch.stack([ph.word_embedding(e, ctx.words)] * len(tokens)).to(slot.vocab.device).requires_grad_(True)
                for e, slot in enumerate(ph.slots)]
-        for e, row in enumerate(emb):
-            ph.set_rows(e, row)
+        for e, rows in enumerate(emb):
+            ph.set_rows(e, rows)
         opt = torch.optim.Adam(emb, lr=cfg.lr)
         tick = ctx.progress(label, cfg.steps)
         for step in range(1, cfg.steps + 1):
-            pick = [train[j] for j in torch.randint(n_images, (cfg.batch_size,), generator=gen).tolist()]
-            loss = denoise_loss(ctx.pipe, sched, ctx.latents[pick], encode(ctx.pipe, [prompts[i] for i in pick]), gen)
+            picks = [[train[j] for j in torch.randint(n_images, (cfg.batch_size,), generator=gen).tolist()]
+                     for train, gen in zip(trains, gens, strict=True)]
+            draws = [noised(sched, ctx.latents[pick], gen) for pick, gen in zip(picks, gens, strict=True)]
+            noisy, t, target = (torch.cat(parts) for parts in zip(*draws, strict=True))
+            cond = encode(ctx.pipe, [p[i] for p, pick in zip(prompts, picks, strict=True) for i in pick])
+            losses = unet_error(ctx.pipe, noisy, t, target, cond, reduce=False).view(len(tokens), -1).mean(1)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()
             opt.step()
-            tick(step, f"loss {loss.item():.4f}")
-        for e, row in enumerate(emb):
-            ph.set_rows(e, row.detach())
-        return ctx.draw(prompts, ctx.rows, f"{label} images")
+            tick(step, f"loss {losses.mean().item():.4f}")
+        for e, rows in enumerate(emb):
+            ph.set_rows(e, rows.detach())
+        return [ctx.draw(p, ctx.rows, f"concept inversion {r + 1}/{len(tokens)} images" if len(tokens) > 1
+                         else "concept inversion images") for r, p in enumerate(prompts)]
 
 
 ATTACKS = {"transfer": transfer_attack, "adversarial_tokens": adversarial_tokens_attack,
