@@ -8,11 +8,12 @@ import json
 import os
 import secrets
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from sdd.errors import StackError, WorkerExitedError
-from sdd.stack.api import HEARTBEAT_S, ensure_zombie_automation, port_is_free, wait_for, wait_for_worker
+from sdd.stack.api import HEARTBEAT_S, ensure_zombie_automation, http_json, port_is_free, wait_for, wait_for_worker
 from sdd.stack.config import STATE_DIR, STATE_FILE, StackConfig
 from sdd.stack.processes import is_alive, pid_path, read_records, run_tool, spawn, stop, tool
 
@@ -57,13 +58,16 @@ def create_zombie_automation(cfg: StackConfig) -> None:
 
 
 def create_pools(cfg: StackConfig, env: dict[str, str]) -> None:
+    """The work pools (``prefect work-pool create``, which fills in the process worker's job template),
+    created side by side since each CLI call is seconds of start-up; then the gpu pool's concurrency limit."""
     prefect = tool("prefect")
-    for pool in cfg.pools:
-        run_tool([prefect, "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
-                  env, cfg.project, f"creating work pool {pool}", cfg.timeout_s)
+    with ThreadPoolExecutor(len(cfg.pools)) as pool_creations:
+        list(pool_creations.map(lambda pool: run_tool(
+            [prefect, "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
+            env, cfg.project, f"creating work pool {pool}", cfg.timeout_s), cfg.pools))
     if "gpu" in cfg.pools and cfg.gpu_concurrency:
-        run_tool([prefect, "work-pool", "set-concurrency-limit", "gpu", str(cfg.gpu_concurrency)],
-                  env, cfg.project, "limiting the gpu pool", cfg.timeout_s)
+        http_json("PATCH", f"{cfg.prefect_url}/api/work_pools/gpu", {"concurrency_limit": cfg.gpu_concurrency},
+                  auth=cfg.auth)
 
 
 def deploy(cfg: StackConfig, env: dict[str, str]) -> None:
