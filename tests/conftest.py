@@ -10,16 +10,17 @@ short ones fill in around them.
 import json
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 from tiny_models import one_thread, save_tiny_pipelines
 
 #: Test modules that share one stack (the ``stack`` fixture), in the order they run on their worker.
-STACK_MODULES = ("test_worker_kill", "test_queue", "test_ui_browser", "test_flows_e2e")
+STACK_MODULES = ("test_worker_kill", "test_queue", "test_ui_browser", "test_flows_e2e", "test_postgres_stack")
 #: Work units by their measured length, longest first (tests not named here follow, in file order).
-HEAVY_FIRST = ("stack", "test_demo", "test_registry", "test_stack_auth", "test_dvc", "test_postgres_stack",
-               "test_guard", "test_faults", "test_flows", "test_full_disk", "test_infra", "test_redteam")
+HEAVY_FIRST = ("stack", "test_demo", "test_registry", "test_stack_auth", "test_dvc", "test_guard", "test_faults",
+               "test_flows", "test_full_disk", "test_infra", "test_redteam")
 
 
 def pytest_configure(config):
@@ -107,22 +108,33 @@ def erased_toy(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_stack(tmp_path_factory):
     """The whole local stack (Prefect and MLflow servers, cpu + gpu workers) on free ports, started once
-    for the tests of :data:`STACK_MODULES` (one xdist worker runs them all); torn down after."""
+    for the tests of :data:`STACK_MODULES` (one xdist worker runs them all); torn down after.
+
+    Its two servers run on fresh PostgreSQL databases (``tests/postgres.py``), as the team stack does;
+    where no PostgreSQL server answers they run on SQLite, ``databases`` is None and ``no_postgres``
+    says why (the tests that look at the rows skip with that reason).
+    """
+    from postgres import database_url, fresh_databases, unreachable
     from servers import free_port
 
     from sdd.stack import StackConfig, down, up
 
     root = tmp_path_factory.mktemp("stack")
-    cfg = StackConfig(project=Path(__file__).resolve().parents[1], state_dir=root / "state", prefect_port=free_port(),
-                      mlflow_port=free_port(), guard_port=free_port(),
-                      mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts",
-                      env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
-                      timeout_s=300)
-    try:
-        info = up(cfg)
-        yield {**info, "root": root, "cfg": cfg}
-    finally:
-        down(cfg.state_dir)
+    no_postgres = unreachable()
+    with nullcontext() if no_postgres else fresh_databases() as databases:
+        on_postgres = {} if databases is None else {
+            "prefect_db_url": database_url(databases["prefect"], "postgresql+asyncpg"),
+            "mlflow_backend_uri": database_url(databases["mlflow"], "postgresql+psycopg2")}
+        cfg = StackConfig(project=Path(__file__).resolve().parents[1], state_dir=root / "state",
+                          prefect_port=free_port(), mlflow_port=free_port(), guard_port=free_port(),
+                          mlflow_db=root / "mlflow.db", mlflow_artifacts=root / "artifacts", **on_postgres,
+                          env={"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
+                          timeout_s=300)
+        try:
+            info = up(cfg)
+            yield {**info, "root": root, "cfg": cfg, "databases": databases, "no_postgres": no_postgres}
+        finally:
+            down(cfg.state_dir)
 
 
 @pytest.fixture(scope="module")
