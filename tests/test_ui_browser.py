@@ -67,9 +67,19 @@ def fill_number(section, name: str, value: int) -> None:
     choice = field.locator(":scope > .p-label__body").get_by_role("button", name=re.compile(r"^(int|float)$"))
     if choice.count():  # a nullable number ("int | None"): pick the number type first
         choice.first.click()
-    box = value_input(field)
-    box.fill(str(value))
-    assert box.input_value() == str(value)
+    fill_until_it_holds(field, str(value))
+
+
+def fill_until_it_holds(field, text: str, timeout_s: float = 15) -> None:
+    """Fill the field's input with ``text`` until the input holds it: the form can re-render a field
+    (picking a nullable number's type, a section opening) just after a fill and put its default back."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        box = value_input(field)
+        box.fill(text)
+        if box.input_value() == text:
+            return
+        assert time.monotonic() < deadline, f"the field keeps {box.input_value()!r} instead of {text!r}"
 
 
 def set_none(section, name: str) -> None:
