@@ -312,6 +312,25 @@ def test_stack_down_stops_a_worker_and_the_runs_it_started_in_their_own_session(
     assert not is_alive({"pid": os.getpid(), "marker": "not-this-program"})
 
 
+def test_stack_processes_stop_on_sigint_even_when_started_from_a_background_job(tmp_path):
+    """A shell's background job ignores SIGINT and its children inherit that; a Prefect worker stops on
+    SIGTERM by sending itself SIGINT, so the stack's processes must start with SIGINT at its default."""
+    import os
+    import signal
+    import sys
+
+    from sdd.stack import spawn
+
+    code = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `sdd stack up &` in a script
+    try:
+        record = spawn("interrupt-check", [sys.executable, "-c", code], dict(os.environ), tmp_path, tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    os.waitpid(record["pid"], 0)
+    assert Path(record["log"]).read_text().strip() == "True"
+
+
 def test_cli_stack_status_and_publish_say_what_is_missing(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -69,10 +69,20 @@ def spawn(name: str, cmd: list[str], env: dict[str, str], state_dir: Path, cwd: 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_default_interrupt)
     record = {"name": name, "pid": proc.pid, "marker": Path(cmd[0]).name, "cmd": cmd, "log": str(log)}
     pid_path(state_dir, name).write_text(json.dumps(record))
     return record
+
+
+def _default_interrupt() -> None:
+    """In the child, before exec: SIGINT back to its default action.
+
+    A shell starts background jobs (``sdd stack up &``, a CI step) with SIGINT ignored, and children
+    inherit that. A Prefect worker stops on SIGTERM by sending itself SIGINT: ignored, it ran on until
+    ``stop`` killed it 20 s later, and its flow runs were killed rather than told to stop.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def descendants(pid: int) -> list[int]:
