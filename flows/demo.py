@@ -69,6 +69,8 @@ def main() -> None:
             print(f"   {name}: presence {m['base']['rate']:.1%} -> {m['erased']['rate']:.1%}")
         for reason in metrics["gates"]["failed"]:
             print(f"   gate failed: {reason}")
+        for name, t in ((metrics.get("redteam") or {}).get("threat_models") or {}).items():
+            print(f"   threat model {name} ({', '.join(t['attacks'])}): {t['verdict']}")
     reg = result["registration"]
     print(f"   registered {reg['name']} version {reg['version']} (alias: {reg['alias'] or 'none'})")
     print(f"   report: {result['run_dir']}  (Markdown artifact 'erasure-report' in Prefect)\n")

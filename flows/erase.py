@@ -217,7 +217,8 @@ def evaluation_summary(eval_dir: Path) -> dict[str, Any]:
                          for c, m in metrics["concepts"].items()},
             "redteam": {c: {"effective_prompts": m["effective_prompts"], "pre_attack": m["pre_attack"]["rate"],
                             **{a: r["rate"] for a, r in m["attacks"].items()}, "union": m["union"]["rate"]}
-                        for c, m in (redteam.get("concepts") or {}).items()}}
+                        for c, m in (redteam.get("concepts") or {}).items()},
+            "threat_models": {name: t["verdict"] for name, t in (redteam.get("threat_models") or {}).items()}}
 
 
 @task(name="redteam", cache_key_fn=_cache_key(lambda p: p.eval_dir), retry_condition_fn=_not_a_user_error,

@@ -41,6 +41,9 @@ def render_report(plan: ErasurePlan, evaluation: dict, registration: dict, stage
                   "|---|---:|" + "---:|" * len(attacks)]
         lines += [f"| {c} | {r['effective_prompts']} | " + " | ".join(_fmt(r.get(a)) for a in attacks) + " |"
                   for c, r in evaluation["redteam"].items()]
+    if evaluation.get("threat_models"):
+        lines += ["", "Threat models (`params/gates.yaml`): "
+                  + ", ".join(f"{name} **{verdict}**" for name, verdict in evaluation["threat_models"].items())]
     lines += ["", "| gate | concept | value | threshold | result |", "|---|---|---:|---:|---|"]
     lines += [f"| {c['gate']} | {c['concept'] or ''} | {_fmt(c['value'])} | "
               f"{c['bound']} {_fmt(c['threshold'])} | {c['status']} |" for c in evaluation["checks"]]

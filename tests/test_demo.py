@@ -81,7 +81,8 @@ def test_demo_registers_the_erasure_with_its_provenance_and_robustness(demo, reg
     assert checks[("max_quality_drop_points", None)]["status"] == "pass"
     robustness = [c for c in metrics["gates"]["checks"] if c["gate"].startswith(("max_attack_success", "max_union"))]
     assert {c["gate"] for c in robustness} == {"max_attack_success.transfer", "max_attack_success.adversarial_tokens",
-                                               "max_attack_success.concept_inversion", "max_union_success"}
+                                               "max_attack_success.concept_inversion",
+                                               "max_attack_success.relearning", "max_union_success"}
     assert all(c["status"] in ("pass", "fail") for c in robustness)  # measured, on the 138 effective prompts
     redteam = metrics["redteam"]
     assert redteam["concepts"]["red"]["effective_prompts"] > 100
@@ -100,6 +101,11 @@ def test_demo_registers_the_erasure_with_its_provenance_and_robustness(demo, reg
     assert row.aliases == (["candidate"] if passed else []) and row.concepts == "red"
     assert row.gates == ("passed" if passed else "failed") and row.tags["robustness"] == redteam["verdict"]
     assert row.tags["attack_success"].startswith("red=")
+    # a verdict per threat model (params/gates.yaml): in the evaluation, the demo's output and the version's tags
+    for name, threat in redteam["threat_models"].items():
+        assert threat["verdict"] in ("pass", "fail") and row.tags[f"threat_model.{name}"] == threat["verdict"]
+        assert f"threat model {name} ({', '.join(threat['attacks'])}): {threat['verdict']}" in demo["stdout"]
+    assert set(redteam["threat_models"]) == {"api", "open-weights"}
     assert row.tags["base_model"] == "toy" and len(row.tags["concepts_sha256"]) == 64
     assert row.tags["git_commit"] == git(demo["project"], "rev-parse", "HEAD")
     assert row.tags["dvc_concepts"] == file_md5(demo["project"] / "params" / "concepts.yaml")

@@ -45,7 +45,8 @@ TINY_DISTILL = {"steps": 4, "batch_size": 2, "ddim_steps": 4, "checkpoint_every"
 TINY_EVAL = {"num_inference_steps": 4, "grid_images": 4}
 TINY_REDTEAM = {"num_inference_steps": 4, "grid_images": 4, "transfer": {"per_prompt": 1},
                 "adversarial_tokens": {"steps": 2, "max_prompts": 2, "check_every": 1},
-                "concept_inversion": {"steps": 2, "images": 2, "batch_size": 2}}
+                "concept_inversion": {"steps": 2, "images": 2, "batch_size": 2},
+                "relearning": {"steps": 2, "images": 2, "batch_size": 2}}
 EXPERIMENT_LR = 0.05
 
 
@@ -284,7 +285,9 @@ def test_repro_on_a_clean_clone_writes_metrics_and_png_plots(pipeline):
     metrics = json.loads((project / "data" / "eval" / "metrics.json").read_text())
     assert metrics["generation"]["num_inference_steps"] == TINY_EVAL["num_inference_steps"]
     redteam = json.loads((project / "data" / "redteam" / "metrics.json").read_text())
-    assert set(redteam["redteam"]["red"]["attacks"]) == {"transfer", "adversarial_tokens", "concept_inversion"}
+    assert set(redteam["redteam"]["red"]["attacks"]) == {"transfer", "adversarial_tokens", "concept_inversion",
+                                                         "relearning"}
+    assert set(redteam["gates"]["threat_models"]) == {"api", "open-weights"}
     for name in ("loss.png", "rates.png"):
         assert (project / "data" / "plots" / name).read_bytes().startswith(PNG_MAGIC)
     with open(project / "data" / "erased" / "loss.csv", newline="") as f:

@@ -126,6 +126,9 @@ def test_erase_concepts_registers_a_candidate_and_a_rerun_is_all_cached(world):
     assert progress.type == "progress" and float(progress.data) == 100.0
     report = artifact("erasure-report").data
     assert "| gate |" in report and f"runs:/{reg['run_id']}" in report and "alias `candidate`" in report
+    # every gate off: each threat model passes on the attacks it counts, in the report and the version's tags
+    assert "Threat models (`params/gates.yaml`): api **pass**, open-weights **pass**" in report
+    assert (tags["threat_model.api"], tags["threat_model.open-weights"]) == ("pass", "pass")
     # lineage: the report shows the commit and DVC hashes the model version is tagged with
     assert reg["lineage"]["git_commit"] == tags["git_commit"] != "none"
     assert f"git `{tags['git_commit']}`" in report and f"md5 `{tags['dvc_concepts']}`" in report

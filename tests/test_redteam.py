@@ -3,6 +3,7 @@ the toy model and on tiny random SD 1.x / 2.x / SDXL pipelines (tiny budgets).""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,14 @@ import torch
 
 from sdd import redteam as R
 from sdd import tokens as T
-from sdd.config import ConfigError, RedteamConfig, RobustnessGatesConfig, load_redteam_config, validate
+from sdd.config import (
+    ConfigError,
+    RedteamConfig,
+    RelearningConfig,
+    RobustnessGatesConfig,
+    load_redteam_config,
+    validate,
+)
 from sdd.evaluation import BaseJudge, Judgement, ToyConceptJudge
 from sdd.models import load_pipeline
 from sdd.prompts import PromptRow, PromptSet, PromptSetError, toy_eval_prompts
@@ -22,8 +30,8 @@ from sdd.toy import world
 
 TINY = {"transfer": {"per_prompt": 2}, "adversarial_tokens": {"steps": 3, "check_every": 2, "max_prompts": 2,
                                                               "tokens": 2, "batch_size": 1},
-        "concept_inversion": {"steps": 3, "batch_size": 2, "images": 2}, "batch_size": 8,
-        "num_inference_steps": 2}
+        "concept_inversion": {"steps": 3, "batch_size": 2, "images": 2},
+        "relearning": {"steps": 3, "batch_size": 2, "images": 2}, "batch_size": 8, "num_inference_steps": 2}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -92,12 +100,14 @@ def test_asr_record_has_wilson_interval():
 
 
 def _metrics(transfer=(1, 10), tokens=(5, 10), union=(6, 10)):
+    """Rates of two attacks on 10 effective prompts: transfer breaks the first ones, tokens the last ones."""
     from sdd.evaluation import rate
 
-    def r(k, n):
-        return rate([True] * k + [False] * (n - k))
-    return {"redteam": {"red": {"attacks": {"transfer": r(*transfer), "adversarial_tokens": r(*tokens)},
-                                "union": r(*union)}}}
+    def r(k, n, broken):
+        return {**rate([True] * k + [False] * (n - k)), "broken": list(broken)}
+    return {"redteam": {"red": {"attacks": {"transfer": r(*transfer, range(transfer[0])),
+                                            "adversarial_tokens": r(*tokens, range(10 - tokens[0], 10))},
+                                "union": r(*union, []), "effective_prompts": 10}}}
 
 
 def test_robustness_gates_verdicts():
@@ -120,6 +130,20 @@ def test_robustness_gates_verdicts():
     assert R.apply_robustness_gates(_metrics(transfer=(0, 0)), strict)["verdict"] == "fail"
 
 
+def test_each_threat_model_gets_the_verdict_of_its_own_attacks_and_their_union():
+    cfg = RobustnessGatesConfig(max_attack_success=0.25, max_union_success=0.35, threat_models={
+        "api": ["transfer"], "open-weights": ["transfer", "adversarial_tokens", "concept_inversion"],
+        "weights-lite": ["transfer", "concept_inversion"]})
+    out = R.apply_robustness_gates(_metrics(), cfg)
+    api, weights, lite = (out["threat_models"][k] for k in ("api", "open-weights", "weights-lite"))
+    assert api["verdict"] == "pass" and api["union"]["red"]["count"] == 1  # transfer alone: 1/10
+    assert weights["verdict"] == "fail" and weights["union"]["red"]["count"] == 6  # tokens 5/10, union 6/10
+    assert any("adversarial_tokens" in reason for reason in weights["failed"])
+    assert weights["missing"] == ["concept_inversion"]
+    assert lite["verdict"] == "unmeasured" and lite["missing"] == ["concept_inversion"]  # part of the attacker
+    assert out["verdict"] == "fail"  # the red team's own verdict still counts every attack it ran
+
+
 # --- config and bad input ------------------------------------------------------------------------
 
 
@@ -131,6 +155,8 @@ def test_default_params_file_matches_the_model():
 @pytest.mark.parametrize("data, field", [
     ({"concept_inversion": {"steps": 0}}, "concept_inversion.steps"),
     ({"concept_inversion": {"restarts": 0}}, "concept_inversion.restarts"),
+    ({"relearning": {"steps": 0}}, "relearning.steps"),
+    ({"relearning": {"train_method": "lora"}}, "relearning.train_method"),
     ({"adversarial_tokens": {"tokens": -1}}, "adversarial_tokens.tokens"),
     ({"transfer": {"per_prompt": 0}}, "transfer.per_prompt"),
     ({"adversarial_tokens": {"lr": 0}}, "adversarial_tokens.lr"),
@@ -141,6 +167,9 @@ def test_default_params_file_matches_the_model():
     ({"concept_words": {"red": [" "]}}, "concept_words"),
     ({"robustness": {"per_attack": {"gcg": 0.1}}}, "robustness.per_attack"),  # params/gates.yaml
     ({"robustness": {"max_attack_success": 2}}, "robustness.max_attack_success"),
+    ({"robustness": {"threat_models": {"api": []}}}, "robustness.threat_models"),
+    ({"robustness": {"threat_models": {"api": ["transfer", "gcg"]}}}, "robustness.threat_models"),
+    ({"robustness": {"threat_models": {"Open Weights": ["transfer"]}}}, "robustness.threat_models"),
 ])
 def test_bad_config_is_one_line_naming_the_field(tmp_path, data, field):
     from sdd.config import load_gates_config
@@ -287,6 +316,42 @@ def test_toy_attacks_are_seeded_and_leave_the_model_unchanged(name, toy_context)
         assert first.gradient_steps > 0
 
 
+def test_relearning_fine_tunes_the_chosen_weights_and_puts_the_same_tensors_back(toy_context, monkeypatch):
+    unet = toy_context.pipe.unet
+    tensors = {name: (p.data_ptr(), p.detach().clone()) for name, p in unet.named_parameters()}
+    seen = {}
+    real_draw = toy_context.draw
+
+    def draw_and_look(prompts, rows, what=None):  # mid-attack: the fine-tuned weights are in the UNet
+        seen.update({name: torch.equal(p.data, tensors[name][1]) for name, p in unet.named_parameters()})
+        return real_draw(prompts, rows, what)
+
+    cfg = RedteamConfig.model_validate(TINY).relearning.model_copy(update={"train_method": "xattn", "lr": 1e-2})
+    monkeypatch.setattr(toy_context, "draw", draw_and_look)
+    result = A.relearning_attack(toy_context, cfg)
+    changed = {name for name, same in seen.items() if not same}
+    assert changed and changed == {name for name in tensors if "attn2" in name}  # every xattn weight, nothing else
+    assert all((p.data_ptr(), p.requires_grad, p.grad) == (tensors[name][0], False, None)
+               and torch.equal(p.data, tensors[name][1]) for name, p in unet.named_parameters())  # the same tensors
+    assert result.prompts == [row.prompt for row in toy_context.rows]  # the concept prompts as written
+    assert (result.gradient_steps, result.generations) == (cfg.steps, len(toy_context.rows))
+
+
+def test_relearning_brings_an_erased_concept_back(toy_context):
+    """The toy pipeline with red's cross-attention values scrambled no longer draws red; 40 fine-tuning steps
+    on the base images of red prompts bring it back on most of them."""
+    erased = copy.deepcopy(toy_context.pipe)
+    with torch.no_grad():
+        for name, p in erased.unet.named_parameters():
+            if "attn2.to_v" in name:
+                p.mul_(0.0)
+    ctx = replace(toy_context, pipe=erased)
+    before = ctx.present(ctx.draw([r.prompt for r in ctx.rows], ctx.rows))
+    cfg = RelearningConfig(steps=40, lr=3e-3, batch_size=4, images=None)
+    after = A.relearning_attack(ctx, cfg).success
+    assert sum(after) > sum(before) and sum(after) >= len(after) // 2, (before, after)
+
+
 @pytest.mark.parametrize("init", ["pad", "random"])
 def test_adversarial_tokens_are_real_vocabulary_tokens(toy_context, init):
     cfg = RedteamConfig.model_validate(TINY).adversarial_tokens.model_copy(update={"init": init})
@@ -354,7 +419,8 @@ def test_run_redteam_on_tiny_pipelines(kind, tiny_pipes, tmp_path):
     _assert_same(before, _state(pipe))
     # progress lines for the flow's log: each stage's last line at least (more every 5 s)
     for start in ("zebra: base images: 3/3 images", "zebra: erased images (pre-attack): 3/3 images",
-                  "zebra: concept inversion (3 restarts): 3/3 steps", "zebra: concept inversion 3/3 images: 3/3 images"):
+                  "zebra: concept inversion (3 restarts): 3/3 steps",
+                  "zebra: concept inversion 3/3 images: 3/3 images"):
         assert any(line.startswith(start) for line in lines), (start, lines)
     m = metrics["redteam"]["zebra"]
     assert (m["eval_prompts"], m["effective_prompts"]) == (3, 3)
@@ -366,6 +432,12 @@ def test_run_redteam_on_tiny_pipelines(kind, tiny_pipes, tmp_path):
     assert on_disk["redteam"]["zebra"]["union"] == m["union"] and on_disk["judge"]["settings"] == {"threshold": 0.0}
     assert (tmp_path / on_disk["grids"]["zebra"]["file"]).is_file()
     assert "| **union** |" in (tmp_path / "report.md").read_text()
+    # one verdict per threat model (params/gates.yaml), kept by the evaluation it is folded into
+    assert set(metrics["gates"]["threat_models"]) == {"api", "open-weights"}
+    assert "## Threat models" in (tmp_path / "report.md").read_text()
+    kept = R.redteam_summary(metrics, "redteam")["threat_models"]
+    assert {k: t["verdict"] for k, t in kept.items()} == \
+        {k: t["verdict"] for k, t in metrics["gates"]["threat_models"].items()}
     assert {c["gate"] for c in metrics["gates"]["checks"]} >= {"max_union_success"}
 
 

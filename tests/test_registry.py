@@ -196,6 +196,20 @@ def test_nothing_logged_contains_the_planted_secret(run_pass, client):
     assert not [s for s in all_logged_strings(client, run_pass.run_id) if PLANTED_SECRET in s]
 
 
+def test_threat_model_verdicts_become_tags(erased_dir):
+    from sdd.registry.inputs import read_erasure, read_gates
+    from sdd.registry.tracking import provenance_tags
+
+    metrics = {"verdict": "fail", "gates": {"checks": []},
+               "redteam": {"verdict": "fail", "concepts": {}, "threat_models": {
+                   "api": {"verdict": "pass"}, "open-weights": {"verdict": "fail"}}}}
+    gates = read_gates(metrics)
+    assert gates.threat_models == {"api": "pass", "open-weights": "fail"}
+    tags = provenance_tags(read_erasure(erased_dir), gates)
+    assert (tags["threat_model.api"], tags["threat_model.open-weights"]) == ("pass", "fail")
+    assert not any(k.startswith("threat_model.") for k in provenance_tags(read_erasure(erased_dir), read_gates(None)))
+
+
 def test_scrub_masks_secret_environment_values(monkeypatch):
     monkeypatch.setenv("MY_SERVICE_PASSWORD", "hunter2-long")
     assert registry.scrub("url https://u:hunter2-long@host") == "url https://u:***@host"

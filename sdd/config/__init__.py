@@ -50,6 +50,7 @@ from sdd.config.redteam import (
     AdvTokensConfig,
     ConceptInversionConfig,
     RedteamConfig,
+    RelearningConfig,
     TransferAttackConfig,
     load_redteam_config,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "AdvTokensConfig", "AdversarialConfig", "ClipJudgeConfig", "ConceptGate", "ConceptInversionConfig",
     "ConceptSet", "ConceptSets", "ConfigError", "DistillConfig", "EvalConfig", "GatesConfig", "GuardConfig",
     "JudgeConfig", "NudeNetJudgeConfig", "PostPromotionCheckConfig", "RedteamConfig", "RegistryConfig",
+    "RelearningConfig",
     "RetentionConfig", "RobustnessGatesConfig", "ToyConfig", "TransferAttackConfig", "check_concept_name",
     "check_concept_names", "describe_error", "format_validation_error", "load_concept_sets", "load_eval_config",
     "load_gates_config", "load_model", "load_redteam_config", "load_registry_config", "one_line", "option_flag",

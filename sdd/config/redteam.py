@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from sdd.config.common import PARAMS_DIR, _Strict, check_concept_names, load_model
 
 #: The red team's attacks (:mod:`sdd.redteam.attacks`), in the order they run and appear in reports.
-ATTACK_NAMES = ("transfer", "adversarial_tokens", "concept_inversion")
+ATTACK_NAMES = ("transfer", "adversarial_tokens", "concept_inversion", "relearning")
 
 
 class TransferAttackConfig(_Strict):
@@ -37,10 +37,18 @@ class ConceptInversionConfig(_Strict):
     restarts: int = Field(3, ge=1, description="Independent inversions (seeds seed, seed+1, ...); a prompt is "
                                                "broken if any of them draws the concept.")
 
+class RelearningConfig(_Strict):
+    steps: int = Field(100, ge=1, description="Fine-tuning steps (Adam) on the base images of the concept.")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate on the fine-tuned UNet weights.")
+    batch_size: int = Field(4, ge=1, description="Target images per step.")
+    images: int | None = Field(64, ge=1, description="Target images (base images of effective prompts); None = all.")
+    train_method: Literal["full", "xattn"] = Field(
+        "full", description="UNet weights the attacker fine-tunes: all of them, or the cross-attention only.")
+
 class RedteamConfig(_Strict):
     """Attacks, budgets and robustness gates of ``sdd redteam`` (issue 15)."""
 
-    attacks: list[Literal["transfer", "adversarial_tokens", "concept_inversion"]] = Field(
+    attacks: list[Literal["transfer", "adversarial_tokens", "concept_inversion", "relearning"]] = Field(
         list(ATTACK_NAMES), min_length=1, description="Attacks to run.")
     concepts: list[str] | None = Field(None, description="Concepts to attack; None = every concept of the prompts.")
     concept_words: dict[str, list[str]] = Field(
@@ -54,6 +62,7 @@ class RedteamConfig(_Strict):
     transfer: TransferAttackConfig = Field(default_factory=TransferAttackConfig)
     adversarial_tokens: AdvTokensConfig = Field(default_factory=AdvTokensConfig)
     concept_inversion: ConceptInversionConfig = Field(default_factory=ConceptInversionConfig)
+    relearning: RelearningConfig = Field(default_factory=RelearningConfig)
 
     @field_validator("concepts")
     @classmethod

@@ -140,6 +140,11 @@ def robustness_section(redteam: dict[str, Any] | None) -> list[str]:
         cells = [_rate(m["attacks"][a]) if a in m["attacks"] else "n/a" for a in attacks]
         lines.append(f"| {concept} | {m['effective_prompts']} | {_rate(m['pre_attack'])} | "
                      + " | ".join(cells) + f" | {_rate(m['union'])} |")
+    threat_models = redteam.get("threat_models") or {}
+    if threat_models:
+        lines += ["", "Per threat model (the attacks that count for how the model ships): "
+                  + "; ".join(f"**{name}** {t['verdict']} ({', '.join(t['attacks'])})"
+                              for name, t in threat_models.items()) + "."]
     return lines
 
 

@@ -62,8 +62,10 @@ def union_flags(n: int, attacks: Sequence[tuple[Sequence[int], Sequence[bool]]])
 
 
 def attack_record(result: AttackResult, wall_s: float, budget: dict[str, Any]) -> dict[str, Any]:
+    """An attack's rate, budget and the effective prompts it broke (positions, for unions over any attacks)."""
     return {**rate(result.success), "attacked_prompts": len(result.rows), "gradient_steps": result.gradient_steps,
             "generations": result.generations, "wall_s": round(wall_s, 2), "budget": budget,
+            "broken": sorted(k for k, hit in zip(result.rows, result.success, strict=True) if hit),
             "notes": result.notes}
 
 

@@ -1,6 +1,6 @@
 """Attacks that try to talk an erased model back into drawing its concept (issue 15).
 
-Three attacks, each seeded and bounded by a budget from :class:`sdd.config.RedteamConfig`:
+Four attacks, each seeded and bounded by a budget from :class:`sdd.config.RedteamConfig`:
 
 * :func:`transfer_attack` (black-box): rephrasings of each concept prompt that the evaluation
   sets do not contain (toy grammar), or a published adversarial prompt list (:func:`import_adversarial_prompts`);
@@ -9,11 +9,14 @@ Three attacks, each seeded and bounded by a budget from :class:`sdd.config.Redte
   error on the base model's image of that prompt, with early stop once the judge sees the concept;
 * :func:`concept_inversion_attack` (white-box, continuous, CCE-style): textual inversion of one new
   token on the base model's images of the concept, then the token replaces the concept word;
-  ``restarts`` independent inversions (seeds seed, seed+1, …), a prompt broken if any restart breaks it.
+  ``restarts`` independent inversions (seeds seed, seed+1, …), a prompt broken if any restart breaks it;
+* :func:`relearning_attack` (released weights): the erased UNet fine-tuned on the base model's images
+  of the concept with the standard denoising loss, then the concept prompts drawn as written.
 
 All white-box attacks go through :class:`sdd.tokens.Placeholders`, which adds new tokens to every
 tokenizer / text encoder pair of the pipeline (SD 1.x/2.x: one, SDXL: two, the toy: one) and puts
-everything back on exit, so an attack never leaves the model modified.
+everything back on exit, so an attack never leaves the model modified; relearning puts the UNet's
+own weight tensors back (:class:`FineTunedWeights`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from sdd.config import AdvTokensConfig, ConceptInversionConfig, TransferAttackConfig
+from sdd.config import AdvTokensConfig, ConceptInversionConfig, RelearningConfig, TransferAttackConfig
 from sdd.evaluation import Judge
 from sdd.progress import ProgressLog
 from sdd.prompts import PromptRow
@@ -323,5 +326,75 @@ def _invert_and_draw(ctx: AttackContext, cfg: ConceptInversionConfig, tokens: li
                          else "concept inversion images") for r, p in enumerate(prompts)]
 
 
+# --- relearning (fine-tuning the erased model back) ---------------------------------------------
+
+#: Which UNet weights a relearning attacker fine-tunes, by parameter name.
+RELEARNED_WEIGHTS: dict[str, Callable[[str], bool]] = {"full": lambda name: True, "xattn": lambda name: "attn2" in name}
+
+
+def relearning_attack(ctx: AttackContext, cfg: RelearningConfig) -> AttackResult:
+    """Fine-tune the erased UNet on the base model's images of the concept -- the standard denoising loss,
+    each image with its own effective prompt, ``cfg.steps`` Adam steps on the ``cfg.train_method``
+    weights -- then draw every effective prompt as written. What an attacker with the released weights
+    and a few concept images does (Meta-Unlearning's relearning); the weights are put back afterwards."""
+    result = AttackResult("relearning")
+    n_images = len(ctx.rows) if cfg.images is None else min(cfg.images, len(ctx.rows))
+    train = sorted(random.Random(ctx.seed).sample(range(len(ctx.rows)), n_images))
+    gen = torch.Generator("cpu").manual_seed(ctx.seed)
+    sched = _noise_scheduler(ctx.pipe)
+    prompts = [row.prompt for row in ctx.rows]
+    with FineTunedWeights(ctx.pipe.unet, RELEARNED_WEIGHTS[cfg.train_method]) as weights:
+        opt = torch.optim.Adam(weights, lr=cfg.lr)
+        tick = ctx.progress("relearning", cfg.steps)
+        for step in range(1, cfg.steps + 1):
+            pick = [train[j] for j in torch.randint(n_images, (cfg.batch_size,), generator=gen).tolist()]
+            with torch.no_grad():
+                cond = encode(ctx.pipe, [prompts[i] for i in pick])
+            loss = denoise_loss(ctx.pipe, sched, ctx.latents[pick], cond, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tick(step, f"loss {loss.item():.4f}")
+        weights.to_pipeline_dtype()
+        result.images = ctx.draw(prompts, ctx.rows, "relearning images")
+    result.success = ctx.present(result.images)
+    result.rows = list(range(len(ctx.rows)))
+    result.prompts = prompts
+    result.gradient_steps, result.generations = cfg.steps, len(prompts)
+    result.notes.append(f"fine-tuned the {cfg.train_method} UNet weights ({weights.count:,} numbers) on the base "
+                        f"images of {n_images} effective prompts")
+    return result
+
+
+class FineTunedWeights:
+    """``with FineTunedWeights(unet, keep) as weights:`` the UNet parameters whose names ``keep`` accepts become
+    trainable fp32 copies (Adam on fp16 weights underflows); on exit the original tensors are put back,
+    untouched, and the parameters are frozen again."""
+
+    def __init__(self, unet: torch.nn.Module, keep: Callable[[str], bool]):
+        self.params = [p for name, p in unet.named_parameters() if keep(name)]
+        self.originals = [p.data for p in self.params]
+        self.count = sum(p.numel() for p in self.params)
+
+    def __enter__(self) -> FineTunedWeights:
+        for p in self.params:
+            p.data = p.data.float().clone()
+            p.requires_grad_(True)
+        return self
+
+    def __iter__(self):
+        return iter(self.params)
+
+    def to_pipeline_dtype(self) -> None:
+        """The fine-tuned weights in the dtype of the weights they replace, for drawing with the pipeline."""
+        for p, original in zip(self.params, self.originals, strict=True):
+            p.data = p.data.to(original.dtype)
+
+    def __exit__(self, *exc) -> None:
+        for p, original in zip(self.params, self.originals, strict=True):
+            p.data, p.grad = original, None
+            p.requires_grad_(False)
+
+
 ATTACKS = {"transfer": transfer_attack, "adversarial_tokens": adversarial_tokens_attack,
-           "concept_inversion": concept_inversion_attack}
+           "concept_inversion": concept_inversion_attack, "relearning": relearning_attack}

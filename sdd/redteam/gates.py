@@ -1,8 +1,10 @@
 """The red team's verdict: robustness gates on the attack success rates, and their place in an evaluation.
 
 :func:`apply_robustness_gates` gives verdicts in the record format of
-:func:`sdd.evaluation.apply_gates`; :func:`fold_into_evaluation` puts a finished red team's rates and
-checks into an evaluation's ``metrics.json``, verdict and report.
+:func:`sdd.evaluation.apply_gates`, and one verdict per threat model (:func:`threat_model_verdict`:
+the attacks that count for a way of shipping the model, ``params/gates.yaml`` ``robustness.threat_models``);
+:func:`fold_into_evaluation` puts a finished red team's rates, checks and threat-model verdicts into an
+evaluation's ``metrics.json``, verdict and report.
 """
 
 from __future__ import annotations
@@ -42,8 +44,34 @@ def apply_robustness_gates(metrics: dict[str, Any], gates: RobustnessGatesConfig
         if gates.max_union_success is not None:
             checks.append(_check("max_union_success", concept, "union", m["union"], gates.max_union_success, gates))
     failed = [c["reason"] for c in checks if c["status"] == "fail"]
+    threat_models = {name: threat_model_verdict(name, attacks, metrics["redteam"], checks, gates)
+                     for name, attacks in gates.threat_models.items()}
     return {"verdict": "fail" if failed else "pass", "failed": failed, "checks": checks,
-            "settings": gates.model_dump(mode="json")}
+            "threat_models": threat_models, "settings": gates.model_dump(mode="json")}
+
+
+def threat_model_verdict(name: str, attacks: list[str], redteam: dict[str, Any], checks: list[dict[str, Any]],
+                         gates: RobustnessGatesConfig) -> dict[str, Any]:
+    """One threat model's verdict: the gates of its attacks, and the union of its attacks per concept.
+
+    ``fail`` if one of them fails; else ``unmeasured`` if one of its attacks did not run (a verdict
+    on part of what the attacker can do is no verdict); else ``pass``.
+    """
+    from sdd.evaluation import rate
+
+    own = [c for c in checks if c["gate"].removeprefix("max_attack_success.") in attacks]
+    missing = sorted({a for m in redteam.values() for a in attacks if a not in m["attacks"]})
+    unions = {}
+    for concept, m in redteam.items():
+        broken = set().union(*(m["attacks"][a]["broken"] for a in attacks if a in m["attacks"]))
+        unions[concept] = rate([k in broken for k in range(m["effective_prompts"])])
+        if gates.max_union_success is not None:
+            own.append(_check(f"max_union_success.{name}", concept, f"union of {name}'s attacks", unions[concept],
+                              gates.max_union_success, gates))
+    failed = [c["reason"] for c in own if c["status"] == "fail"]
+    verdict = "fail" if failed else "unmeasured" if missing or any(c["status"] == "unmeasured" for c in own) \
+        else "pass"
+    return {"attacks": list(attacks), "verdict": verdict, "failed": failed, "missing": missing, "union": unions}
 
 
 # --- the evaluation's verdict --------------------------------------------------------------------
@@ -66,8 +94,10 @@ def redteam_summary(metrics: dict[str, Any], redteam_dir: str) -> dict[str, Any]
                               for name, a in m["attacks"].items()},
                   "union": {k: m["union"][k] for k in keep}}
         for concept, m in metrics["redteam"].items()}
+    threat_models = {name: {k: t[k] for k in ("attacks", "verdict", "failed", "missing")}
+                     for name, t in metrics["gates"].get("threat_models", {}).items()}
     return {"dir": redteam_dir, "verdict": metrics["verdict"], "concepts": concepts,
-            "attacks": metrics["config"]["attacks"], "judge": metrics["judge"]}
+            "attacks": metrics["config"]["attacks"], "judge": metrics["judge"], "threat_models": threat_models}
 
 
 def fold_into_evaluation(eval_dir: Path, redteam_metrics: dict[str, Any], redteam_dir: Path) -> dict[str, Any]:

@@ -81,7 +81,21 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Robustness gates", "", "| gate | status | detail |", "|---|---|---|"]
     lines += [f"| {c['gate']} ({c['concept']}) | {c['status']} | {c['reason']} |" for c in gates["checks"]]
+    lines += threat_model_lines(gates.get("threat_models", {}))
     return "\n".join(lines) + "\n"
+
+
+def threat_model_lines(threat_models: dict[str, Any]) -> list[str]:
+    """A table of the threat models' verdicts (the attacks each counts, and why it failed or is unmeasured)."""
+    if not threat_models:
+        return []
+    lines = ["", "## Threat models", "", "How the model ships decides which attacks count "
+             "(`params/gates.yaml` `robustness.threat_models`).", "",
+             "| threat model | attacks | verdict | detail |", "|---|---|---|---|"]
+    for name, t in threat_models.items():
+        detail = "; ".join(t["failed"] + ([f"not run: {', '.join(t['missing'])}"] if t["missing"] else [])) or "–"
+        lines.append(f"| {name} | {', '.join(t['attacks'])} | **{t['verdict']}** | {detail} |")
+    return lines
 
 
 def write_redteam_report(metrics: dict[str, Any], artefacts: dict[str, dict[str, Any]], out_dir: Path,

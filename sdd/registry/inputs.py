@@ -38,6 +38,7 @@ class GateSummary:
     unmeasured: list[str] = field(default_factory=list)
     robustness: str = "none"  # the red team's verdict ("pass" / "fail"), "none" when it has not run
     attack_success: dict[str, float | None] = field(default_factory=dict)  # union ASR per concept
+    threat_models: dict[str, str] = field(default_factory=dict)  # verdict per threat model of the red team
 
     @property
     def passed(self) -> bool:
@@ -85,4 +86,6 @@ def read_gates(metrics: dict[str, Any] | None) -> GateSummary:
     unmeasured = [c["reason"] for c in checks if c.get("status") == "unmeasured"]
     redteam = metrics.get("redteam") or {}
     union = {c: m["union"]["rate"] for c, m in (redteam.get("concepts") or {}).items()}
-    return GateSummary(metrics.get("verdict", "none"), failed, unmeasured, redteam.get("verdict", "none"), union)
+    threat_models = {name: t["verdict"] for name, t in (redteam.get("threat_models") or {}).items()}
+    return GateSummary(metrics.get("verdict", "none"), failed, unmeasured, redteam.get("verdict", "none"), union,
+                       threat_models)

@@ -138,6 +138,7 @@ def provenance_tags(erasure: Erasure, gates: GateSummary) -> dict[str, str]:
         "robustness": gates.robustness,
         "attack_success": ",".join(f"{c}={'n/a' if r is None else format(r, '.3f')}"
                                    for c, r in gates.attack_success.items()) or "none",
+        **{f"threat_model.{name}": verdict for name, verdict in gates.threat_models.items()},
         **git_info(), **dvc_info(),
     }
     return {k: scrub(v) for k, v in tags.items()}
