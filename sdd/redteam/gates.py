@@ -66,7 +66,7 @@ def threat_model_verdict(name: str, attacks: list[str], redteam: dict[str, Any],
         broken = set().union(*(m["attacks"][a]["broken"] for a in attacks if a in m["attacks"]))
         unions[concept] = rate([k in broken for k in range(m["effective_prompts"])])
         if gates.max_union_success is not None:
-            own.append(_check(f"max_union_success.{name}", concept, f"union of {name}'s attacks", unions[concept],
+            own.append(_check(f"max_union_success.{name}", concept, f"union of the {name} attacks", unions[concept],
                               gates.max_union_success, gates))
     failed = [c["reason"] for c in own if c["status"] == "fail"]
     verdict = "fail" if failed else "unmeasured" if missing or any(c["status"] == "unmeasured" for c in own) \
