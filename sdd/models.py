@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -136,6 +136,29 @@ def unet_weights_hash(unet: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+# --- which UNet weights a method trains (the erasure; the red team's relearning attacker) -----
+
+#: Which UNet parameters each ``train_method`` trains, by parameter name.
+TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
+    "xattn": lambda name: "attn2" in name,
+    # Only the cross-attention output projections: their input is the few-dimensional value space,
+    # so erasing a direction there removes it for every text embedding, an attacker's included.
+    "xattn_out": lambda name: "attn2.to_out" in name,
+    "selfattn": lambda name: "attn1" in name,
+    "noxattn": lambda name: "attn2" not in name,
+    "full": lambda name: True,
+}
+
+
+def select_parameters(unet: torch.nn.Module, train_method: str) -> list[str]:
+    """Names of the parameters ``train_method`` trains (xattn, xattn_out, selfattn, noxattn, full)."""
+    keep = TRAIN_METHODS[train_method]
+    names = [name for name, _ in unet.named_parameters() if keep(name)]
+    if not names:
+        raise ConfigError(f"train_method '{train_method}' selects no parameters of this UNet")
+    return names
 
 
 @dataclass

@@ -13,33 +13,15 @@ model that is shipped is θ*, an EMA copy of the student (:func:`ema_copy`, :fun
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from sdd.errors import ConfigError
-from sdd.models import Conditioning
+from sdd.models import TRAIN_METHODS, Conditioning, select_parameters
 
-#: Which UNet parameters each ``train_method`` trains, by parameter name.
-TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
-    "xattn": lambda name: "attn2" in name,
-    # Only the cross-attention output projections: their input is the few-dimensional value space,
-    # so erasing a direction there removes it for every text embedding, an attacker's included.
-    "xattn_out": lambda name: "attn2.to_out" in name,
-    "selfattn": lambda name: "attn1" in name,
-    "noxattn": lambda name: "attn2" not in name,
-    "full": lambda name: True,
-}
-
-
-def select_parameters(unet: torch.nn.Module, train_method: str) -> list[str]:
-    """Names of the parameters ``train_method`` trains (xattn, xattn_out, selfattn, noxattn, full)."""
-    keep = TRAIN_METHODS[train_method]
-    names = [name for name, _ in unet.named_parameters() if keep(name)]
-    if not names:
-        raise ConfigError(f"train_method '{train_method}' selects no parameters of this UNet")
-    return names
+# TRAIN_METHODS and select_parameters live in sdd.models: the red team's relearning attacker picks weights
+# the same way.
+__all__ = ["TRAIN_METHODS", "ema_copy", "ema_update", "sdd_loss", "select_parameters"]
 
 
 def sdd_loss(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,

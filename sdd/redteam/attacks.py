@@ -33,6 +33,7 @@ from PIL import Image
 
 from sdd.config import AdvTokensConfig, ConceptInversionConfig, RelearningConfig, TransferAttackConfig
 from sdd.evaluation import Judge
+from sdd.models import select_parameters
 from sdd.progress import ProgressLog
 from sdd.prompts import PromptRow
 from sdd.tokens import (
@@ -328,10 +329,6 @@ def _invert_and_draw(ctx: AttackContext, cfg: ConceptInversionConfig, tokens: li
 
 # --- relearning (fine-tuning the erased model back) ---------------------------------------------
 
-#: Which UNet weights a relearning attacker fine-tunes, by parameter name.
-RELEARNED_WEIGHTS: dict[str, Callable[[str], bool]] = {"full": lambda name: True, "xattn": lambda name: "attn2" in name}
-
-
 def relearning_attack(ctx: AttackContext, cfg: RelearningConfig) -> AttackResult:
     """Fine-tune the erased UNet on the base model's images of the concept -- the standard denoising loss,
     each image with its own effective prompt, ``cfg.steps`` Adam steps on the ``cfg.train_method``
@@ -343,7 +340,7 @@ def relearning_attack(ctx: AttackContext, cfg: RelearningConfig) -> AttackResult
     gen = torch.Generator("cpu").manual_seed(ctx.seed)
     sched = _noise_scheduler(ctx.pipe)
     prompts = [row.prompt for row in ctx.rows]
-    with FineTunedWeights(ctx.pipe.unet, RELEARNED_WEIGHTS[cfg.train_method]) as weights:
+    with FineTunedWeights(ctx.pipe.unet, select_parameters(ctx.pipe.unet, cfg.train_method)) as weights:
         opt = torch.optim.Adam(weights, lr=cfg.lr)
         tick = ctx.progress("relearning", cfg.steps)
         for step in range(1, cfg.steps + 1):
@@ -367,12 +364,13 @@ def relearning_attack(ctx: AttackContext, cfg: RelearningConfig) -> AttackResult
 
 
 class FineTunedWeights:
-    """``with FineTunedWeights(unet, keep) as weights:`` the UNet parameters whose names ``keep`` accepts become
+    """``with FineTunedWeights(unet, names) as weights:`` the UNet parameters ``names`` become
     trainable fp32 copies (Adam on fp16 weights underflows); on exit the original tensors are put back,
     untouched, and the parameters are frozen again."""
 
-    def __init__(self, unet: torch.nn.Module, keep: Callable[[str], bool]):
-        self.params = [p for name, p in unet.named_parameters() if keep(name)]
+    def __init__(self, unet: torch.nn.Module, names: list[str]):
+        wanted = set(names)
+        self.params = [p for name, p in unet.named_parameters() if name in wanted]
         self.originals = [p.data for p in self.params]
         self.count = sum(p.numel() for p in self.params)
 
