@@ -338,7 +338,7 @@ def test_relearning_fine_tunes_the_chosen_weights_and_puts_the_same_tensors_back
 
 
 def test_relearning_brings_an_erased_concept_back(toy_context):
-    """The toy pipeline with red's cross-attention values scrambled no longer draws red; 40 fine-tuning steps
+    """The toy pipeline with its cross-attention values zeroed no longer draws red; 40 fine-tuning steps
     on the base images of red prompts bring it back on most of them."""
     erased = copy.deepcopy(toy_context.pipe)
     with torch.no_grad():
