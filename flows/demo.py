@@ -47,6 +47,19 @@ def print_versions(name: str) -> None:
         print(f"   {r.name} version {r.version}: concepts {r.concepts}, gates {r.gates}{aliases}, created {r.created}")
 
 
+def print_aliases(name: str, version: int) -> None:
+    """Which aliases the new version may hold, each by the threat model it is bound to (params/registry.yaml)."""
+    from sdd.config import load_registry_config
+    from sdd.registry import alias_refusals, list_versions
+
+    cfg = load_registry_config()
+    [row] = [r for r in list_versions(name, cfg) if r.version == version]
+    for alias, why in alias_refusals(row.tags, cfg, name).items():
+        needs = cfg.threat_model_of(alias)
+        print(f"   may hold '{alias}' ({f'threat model {needs}' if needs else 'every gate'}): "
+              + ("yes" if why is None else f"no, {why}"))
+
+
 def main() -> None:
     print("== 1. the toy world's base model, judged on held-out captions")
     print_toy_world_rates()
@@ -73,6 +86,7 @@ def main() -> None:
             print(f"   threat model {name} ({', '.join(t['attacks'])}): {t['verdict']}")
     reg = result["registration"]
     print(f"   registered {reg['name']} version {reg['version']} (alias: {reg['alias'] or 'none'})")
+    print_aliases(reg["name"], reg["version"])
     print(f"   report: {result['run_dir']}  (Markdown artifact 'erasure-report' in Prefect)\n")
     print_versions(reg["name"])
 

@@ -51,7 +51,7 @@ from prefect.runtime import flow_run as current_run
 from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, RedteamSettings
 from flows.plan import ErasurePlan, folder_id, make_plan, run_folder_lock
 from flows.report import mlflow_ui_url, render_report
-from sdd.config import DistillConfig, load_registry_config
+from sdd.config import DistillConfig, load_checked_registry_config
 from sdd.errors import is_user_error
 from sdd.layout import (
     EVAL_PROMPTS_FILE,
@@ -269,7 +269,8 @@ def write_evaluated_prompts(plan: ErasurePlan) -> None:
 @task(name="register", cache_key_fn=_cache_key(lambda p: p.eval_dir), retry_condition_fn=_not_a_user_error,
       **_STAGE)
 def register_stage(plan: ErasurePlan) -> dict[str, Any]:
-    """Log the run to MLflow and register the model; alias ``candidate`` only when every gate passed."""
+    """Log the run to MLflow and register the model; alias ``candidate`` when its gates passed for
+    production's threat model (params/registry.yaml ``alias_threat_models``)."""
     from sdd.provenance import dvc_info, git_info
     from sdd.registry import register
 
@@ -277,7 +278,7 @@ def register_stage(plan: ErasurePlan) -> dict[str, Any]:
     if record_file.is_file():  # registered before the task's result was persisted: no duplicate version
         return json.loads(record_file.read_text())
     write_evaluated_prompts(plan)
-    reg = register(plan.erasure_dir, plan.eval_dir, load_registry_config())
+    reg = register(plan.erasure_dir, plan.eval_dir, load_checked_registry_config())
     lineage = {**git_info(), **dvc_info()}  # the same values the model version is tagged with
     record = {"run_id": reg.run_id, "model_uri": reg.model_uri, "name": reg.name, "version": reg.version,
               "alias": reg.alias, "gates": reg.gates.tag,
@@ -309,7 +310,8 @@ def erase_concepts(
     distill_deployment: str | None = None,
     redteam: RedteamSettings = RedteamSettings(),
 ) -> dict[str, Any]:
-    """Erase ``concepts`` from ``base_model``; register the result (alias ``candidate`` if the gates pass).
+    """Erase ``concepts`` from ``base_model``; register the result (alias ``candidate`` if its gates pass
+    for production's threat model).
 
     Args:
         concepts: Concepts to erase, e.g. ["red"] (toy world) or ["nudity"]; order does not matter.

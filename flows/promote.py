@@ -25,7 +25,7 @@ from pydantic import model_validator
 
 from flows.erase import RETRY_DELAYS_S, _not_a_user_error
 from flows.params import EvalSettings, GateSettings, RedteamSettings, deep_merge
-from sdd.config import PostPromotionCheckConfig, load_registry_config
+from sdd.config import PostPromotionCheckConfig, load_checked_registry_config
 from sdd.errors import SddError
 
 
@@ -41,7 +41,7 @@ class CheckSettings(PostPromotionCheckConfig):
     def _file_defaults(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        return deep_merge(load_registry_config().post_promotion_check.model_dump(mode="json"), data)
+        return deep_merge(load_checked_registry_config().post_promotion_check.model_dump(mode="json"), data)
 
 
 # --- promote ------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def promote_version(model: str, version: int, alias: str = "production", force: 
     """
     from sdd.registry import promote
 
-    done = promote(model, version, alias, force=force, reason=reason, cfg=load_registry_config())
+    done = promote(model, version, alias, force=force, reason=reason, cfg=load_checked_registry_config())
     before = f" (was version {done.previous})" if done.previous is not None else ""
     forced = f" [forced: {reason.strip()}]" if done.forced and reason else ""
     message = f"{done.name}@{done.alias} -> version {done.version}{before}{forced}"
@@ -82,7 +82,7 @@ def check_stage(name: str, version: int, alias: str, evaluation: EvalSettings, r
     """:func:`sdd.registry.check.check_promoted` with the flow's settings."""
     from sdd.registry.check import check_promoted
 
-    return check_promoted(name, version, alias, load_registry_config(), evaluation=evaluation, redteam=redteam,
+    return check_promoted(name, version, alias, load_checked_registry_config(), evaluation=evaluation, redteam=redteam,
                           robustness=gates.robustness, check=check, log=get_run_logger().info)
 
 

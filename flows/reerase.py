@@ -31,7 +31,7 @@ from prefect.events import emit_event
 
 from flows.erase import RETRY_DELAYS_S, erase_concepts
 from flows.params import DistillSettings, EvalSettings, GateSettings, PromptOptions, RedteamSettings
-from sdd.config import load_concept_sets, load_registry_config
+from sdd.config import load_checked_registry_config, load_concept_sets
 from sdd.errors import ProtectedAliasViolation
 from sdd.prompts import concept_set_hash, normalise_concepts
 
@@ -42,7 +42,7 @@ def read_production() -> dict[str, Any] | None:
     (:func:`sdd.registry.alias_version`)."""
     from sdd.registry import alias_version
 
-    cfg = load_registry_config()
+    cfg = load_checked_registry_config()
     row = alias_version(cfg.model_name, cfg.production_alias, cfg)
     if row is None:
         return None
@@ -61,7 +61,7 @@ def check_protected() -> list[str]:
     ``guard.revert_on_check``; a revert emits ``sdd.promotion.refused``)."""
     from sdd.registry.guard import check_aliases
 
-    return [v.line() for v in check_aliases(load_registry_config(), send_event=_emit)]
+    return [v.line() for v in check_aliases(load_checked_registry_config(), send_event=_emit)]
 
 
 def violation_report(lines: list[str]) -> str:
@@ -75,7 +75,7 @@ def violation_report(lines: list[str]) -> str:
 def finish(result: dict[str, Any], violations: list[str]) -> dict[str, Any]:
     """The run's result; a failure instead when protected aliases broke the rule and
     ``guard.fail_on_violation`` is true (the re-erase work itself is done either way)."""
-    if violations and load_registry_config().guard.fail_on_violation:
+    if violations and load_checked_registry_config().guard.fail_on_violation:
         raise ProtectedAliasViolation(f"{len(violations)} protected alias(es) broke the promotion rule: "
                                       f"{'; '.join(violations)}")
     return {**result, "protected_alias_violations": violations}

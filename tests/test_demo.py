@@ -72,7 +72,8 @@ def demo_metrics(registered) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(DEMO_TIMEOUT_S + 600)
 def test_demo_registers_the_erasure_with_its_provenance_and_robustness(demo, registered):
-    """Safety and quality gates pass; the red team ran, and its verdict decides the candidate alias."""
+    """Safety and quality gates pass; the red team ran; the verdict of production's threat model (api)
+    decides the candidate alias, and the version may not go public (open-weights) unless that passed."""
     metrics = demo_metrics(registered)
     assert f"verdict: {metrics['verdict']}" in demo["stdout"], demo["stdout"][-3000:]
     checks = {(c["gate"], c["concept"]): c for c in metrics["gates"]["checks"]}
@@ -94,12 +95,20 @@ def test_demo_registers_the_erasure_with_its_provenance_and_robustness(demo, reg
     assert {k: manifest["config"][k] for k in distill} == distill
     assert re.search(r"wall time: prepare-prompts \d+ s, distill \d+ s, .*redteam \d+ s", demo["stdout"])
 
-    passed = metrics["verdict"] == "pass"
-    assert registered["alias"] == ("candidate" if passed else "none")
+    # production ships behind an API (params/registry.yaml): the demo's erasure holds up against the text
+    # attacks, so it is the candidate, whatever an attacker holding the weights can do.
+    threat = {name: t["verdict"] for name, t in redteam["threat_models"].items()}
+    assert threat["api"] == "pass", redteam["threat_models"]
+    assert registered["alias"] == "candidate"
     [row] = [r for r in registry.list_versions(registered["name"], tracking_uri=demo["tracking_uri"])
              if r.version == registered["version"]]
-    assert row.aliases == (["candidate"] if passed else []) and row.concepts == "red"
-    assert row.gates == ("passed" if passed else "failed") and row.tags["robustness"] == redteam["verdict"]
+    assert row.aliases == ["candidate"] and row.concepts == "red"
+    assert row.gates == ("passed" if metrics["verdict"] == "pass" else "failed")
+    assert row.tags["eval_gates"] == "passed" and row.tags["robustness"] == redteam["verdict"]
+    assert "may hold 'candidate' (threat model api): yes" in demo["stdout"]
+    assert "may hold 'production' (threat model api): yes" in demo["stdout"]
+    public = "yes" if threat["open-weights"] == "pass" else "no, did not pass its gates for threat model 'open-weights'"
+    assert f"may hold 'public' (threat model open-weights): {public}" in demo["stdout"]
     assert row.tags["attack_success"].startswith("red=")
     # a verdict per threat model (params/gates.yaml): in the evaluation, the demo's output and the version's tags
     for name, threat in redteam["threat_models"].items():
@@ -117,10 +126,12 @@ def test_promoted_demo_model_generates_with_the_concept_erased(demo, registered)
     name, version, uri = registered["name"], registered["version"], demo["tracking_uri"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     promote = sdd_command("promote", name, str(version), "--tracking-uri", uri)
-    if demo_metrics(registered)["verdict"] != "pass":  # a failed (robustness) gate: refused unless forced
-        refused = subprocess.run(promote, cwd=demo["project"], env=env, capture_output=True, text=True, timeout=300)
-        assert refused.returncode == 2 and refused.stderr.startswith("error:"), refused.stderr[-3000:]
-        promote += ["--force", "--reason", "demo: serving-path check of a version that failed robustness"]
+    if (demo_metrics(registered)["redteam"]["threat_models"]["open-weights"]["verdict"]) != "pass":
+        # public releases the weights: refused for a version that inversion or fine-tuning brings back
+        public = subprocess.run([*promote, "--alias", "public"], cwd=demo["project"], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert public.returncode == 2 and public.stderr.startswith("error:"), public.stderr[-3000:]
+        assert "threat model 'open-weights'" in public.stderr and len(public.stderr.strip().splitlines()) == 1
     promoted = subprocess.run(promote, cwd=demo["project"], env=env, capture_output=True, text=True, timeout=300)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     [row] = [r for r in registry.list_versions(name, tracking_uri=uri) if r.version == version]

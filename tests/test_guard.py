@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,6 +43,26 @@ def test_rule_allows_passed_or_forced_for_the_alias_only():
     assert promotion_refusal(forced, "production") is None
     assert promotion_refusal(forced, "staging") is not None  # forced for another alias
     assert promotion_refusal({**forced, "force_reason": " "}, "production") is not None
+
+
+#: Erased, quality kept, robust to text attacks but not to an attacker holding the weights (issue 31).
+API_ONLY = {"gates": "failed", "gate_verdict": "fail", "eval_gates": "passed", "threat_model.api": "pass",
+            "threat_model.open-weights": "fail", "gates_failed": "red: concept_inversion ASR 0.6 > max 0.25"}
+
+
+def test_rule_by_the_threat_model_an_alias_is_bound_to():
+    assert promotion_refusal(API_ONLY, "production", "api") is None
+    assert "threat model 'open-weights' failed" in promotion_refusal(API_ONLY, "public", "open-weights")
+    assert "concept_inversion" in promotion_refusal(API_ONLY, "staging")  # bound to nothing: every gate
+    assert "evaluation gates" in promotion_refusal({**API_ONLY, "eval_gates": "failed"}, "production", "api")
+    assert "evaluation gates" in promotion_refusal(FAILED, "production", "api")  # registered before threat models
+    assert promotion_refusal(PASSED, "production", "api") is None  # no red team: the whole verdict decides
+    assert "unmeasured" in promotion_refusal({**API_ONLY, "threat_model.api": "unmeasured"}, "production", "api")
+    # A force counts for the alias of the registered model it was given on, not of a copy elsewhere.
+    forced = {**API_ONLY, "forced_by": "ana", "force_reason": "research release", "forced_alias": "public",
+              "forced_model": "sdd-erased"}
+    assert promotion_refusal(forced, "public", "open-weights", "sdd-erased") is None
+    assert promotion_refusal(forced, "public", "open-weights", "sdd-erased-prod") is not None
 
 
 @pytest.mark.parametrize(("settings", "named"), [
@@ -274,6 +295,53 @@ def test_forged_and_replayed_deliveries_change_nothing(guard_stack):
     assert post(genuine) == 401  # the same delivery again
     after = {v: _tags(s, name, v) for v in (1, 2)}, s.client().get_registered_model(name).tags, len(s.events.received)
     assert after == before and _holder(s, name) == 1
+
+
+def _copy_like_the_ui(stack: Stack, name: str, version: int, target: str) -> int:
+    """What the UI's "Promote model" button sends (MLflow 3): the version, its run and its tags, as a new
+    version of another registered model (created first when it is new)."""
+    def post(path: str, body: dict) -> dict:
+        request = urllib.request.Request(f"{stack.mlflow_url}/ajax-api/2.0/mlflow/{path}", method="POST",
+                                         data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    query = urllib.parse.urlencode({"name": name, "version": str(version)})
+    with urllib.request.urlopen(f"{stack.mlflow_url}/ajax-api/2.0/mlflow/model-versions/get?{query}") as response:
+        source = json.loads(response.read())["model_version"]
+    try:
+        post("registered-models/create", {"name": target})
+    except urllib.error.HTTPError as e:  # already there: the UI's "existing model" choice
+        assert e.code == 400
+    created = post("model-versions/create", {"name": target, "source": f"models:/{name}/{version}",
+                                             "run_id": source["run_id"], "tags": source.get("tags", [])})
+    return int(created["model_version"]["version"])
+
+
+@pytest.mark.slow
+def test_a_version_copied_by_the_ui_holds_only_the_aliases_its_threat_models_allow(guard_stack):
+    """The MLflow 3 way of promoting: "Promote model" copies a version into another registered model.
+    The copy carries the verdicts (and force records) as tags; the guard judges the copy by them, and a
+    force given for the source's model does not follow the copy."""
+    s, name, prod = guard_stack, "guarded-source", "guarded-source-prod"
+    forced = {**API_ONLY, "forced_by": "ana", "force_reason": "research release", "forced_alias": "public",
+              "forced_model": name}
+    _model(s, name, API_ONLY, forced)
+    copy = _copy_like_the_ui(s, name, 1, prod)
+    assert _tags(s, prod, copy)["threat_model.open-weights"] == "fail"
+    _set_alias_like_the_ui(s, prod, "production", copy)  # production ships behind an API: allowed
+    _wait(lambda: PROMOTED_EVENT in s.event_names(prod, copy), "production on the copy allowed")
+    _set_alias_like_the_ui(s, prod, "public", copy)  # public releases the weights: refused
+    _wait(lambda: REFUSED_EVENT in s.event_names(prod, copy) and _holder(s, prod, "public") is None,
+          "public refused on the copy")
+    assert "threat model 'open-weights' failed" in _tags(s, prod, copy)["guard.public.refused_reason"]
+
+    _set_alias_like_the_ui(s, name, "public", 2)  # forced for public of the source model: allowed there
+    _wait(lambda: PROMOTED_EVENT in s.event_names(name, 2), "forced version allowed in its own model")
+    forced_copy = _copy_like_the_ui(s, name, 2, prod)
+    _set_alias_like_the_ui(s, prod, "public", forced_copy)
+    _wait(lambda: REFUSED_EVENT in s.event_names(prod, forced_copy) and _holder(s, prod, "public") is None,
+          "the force does not follow the copy")
 
 
 @pytest.mark.slow

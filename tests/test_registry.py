@@ -107,6 +107,29 @@ def eval_fail(tmp_path_factory) -> Path:
     return fake_evaluation(tmp_path_factory.mktemp("eval_fail"), erased_present=6)
 
 
+def with_red_team(eval_dir: Path, api: str, open_weights: str) -> Path:
+    """``eval_dir`` with a red team folded in: the given verdicts per threat model, inversion failing
+    its gate when open-weights fails (the shape :func:`sdd.redteam.fold_into_evaluation` writes)."""
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    check = {"gate": "max_attack_success.concept_inversion", "concept": "red", "value": 0.6, "threshold": 0.25,
+             "bound": "max", "status": "fail" if open_weights == "fail" else "pass",
+             "reason": "red: concept_inversion ASR 0.6 > max 0.25"}
+    metrics["gates"]["checks"].append(check)
+    metrics["gates"]["failed"] = [c["reason"] for c in metrics["gates"]["checks"] if c["status"] == "fail"]
+    metrics["verdict"] = metrics["gates"]["verdict"] = "fail" if metrics["gates"]["failed"] else "pass"
+    metrics["redteam"] = {"verdict": "fail" if open_weights == "fail" else "pass", "attacks": ["transfer"],
+                          "concepts": {"red": {"effective_prompts": 10, "union": {"rate": 0.6}}},
+                          "threat_models": {"api": {"verdict": api}, "open-weights": {"verdict": open_weights}}}
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+    return eval_dir
+
+
+@pytest.fixture(scope="module")
+def eval_api_only(tmp_path_factory) -> Path:
+    """Erased and quality kept, robust to text attacks, not to an attacker holding the weights."""
+    return with_red_team(fake_evaluation(tmp_path_factory.mktemp("eval_api"), erased_present=0), "pass", "fail")
+
+
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory) -> RegistryConfig:
     db = tmp_path_factory.mktemp("store") / "mlflow.db"
@@ -237,6 +260,63 @@ def test_register_with_passed_gates_sets_candidate_alias(run_pass, cfg, client, 
     assert "| red | 80.0 % | 0.0 % (0/10) | 100.0 % |" in description
     assert "correctness drop 0.0 points" in description and "not red-teamed" in description
     assert f"Run folder: `{erased_dir.resolve().parent}`" in description
+
+
+def test_candidate_needs_production_threat_model_only(erased_dir, eval_api_only, cfg, client, model_name):
+    """production ships behind an API: a version failing only open-weights attacks is a candidate for
+    it, may hold production, and may not hold public (bound to open-weights) unless forced."""
+    assert (cfg.threat_model_of("candidate"), cfg.threat_model_of("public")) == ("api", "open-weights")
+    reg = registry.register(erased_dir, eval_api_only, cfg, name=model_name)
+    assert reg.alias == "candidate" and not reg.gates.passed and reg.gates.eval_passed
+    mv = client.get_model_version(model_name, str(reg.version))
+    assert (mv.tags["gates"], mv.tags["eval_gates"], mv.tags["threat_model.api"],
+            mv.tags["threat_model.open-weights"]) == ("failed", "passed", "pass", "fail")
+    assert "**Per threat model** (evaluation gates: pass): api pass, open-weights fail." in mv.description
+    assert registry.alias_refusals(mv.tags, cfg, model_name) == {
+        "candidate": None, "production": None,
+        "public": "did not pass its gates for threat model 'open-weights' (threat model 'open-weights' failed) "
+                  "and was not forced for 'public' with a reason"}
+
+    assert registry.promote(model_name, reg.version, "production", cfg=cfg).forced is False
+    with pytest.raises(registry.PromotionRefused, match="threat model 'open-weights'"):
+        registry.promote(model_name, reg.version, "public", cfg=cfg)
+    forced = registry.promote(model_name, reg.version, "public", force=True, reason="research release", cfg=cfg)
+    assert forced.forced and client.get_model_version(model_name, str(reg.version)).tags["forced_model"] == model_name
+    # An alias bound to nothing needs every gate: the failed inversion keeps the version from it.
+    with pytest.raises(registry.PromotionRefused, match="did not pass its gates \\("):
+        registry.promote(model_name, reg.version, "staging", cfg=cfg)
+    # Registered again (idempotent), the version keeps its candidate alias.
+    assert registry.register(erased_dir, eval_api_only, cfg, name=model_name).alias == "candidate"
+
+
+def test_a_failed_evaluation_gate_is_no_candidate_whatever_the_threat_models(erased_dir, eval_fail, cfg,
+                                                                              model_name, tmp_path):
+    import shutil
+
+    failing = tmp_path / "eval"
+    shutil.copytree(eval_fail, failing)
+    reg = registry.register(erased_dir, with_red_team(failing, "pass", "pass"), cfg, name=model_name)
+    assert reg.alias is None and not reg.gates.eval_passed
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"alias_threat_models": {"public": "closed-weights"}}, "alias_threat_models.public: unknown threat model"),
+    ({"alias_threat_models": {"public": " "}}, "alias_threat_models"),
+])
+def test_an_alias_bound_to_an_unknown_threat_model_is_one_line(tmp_path, settings, named):
+    import yaml
+
+    from sdd.config import load_checked_registry_config
+
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError, match=named) as err:
+        load_checked_registry_config(tmp_path / "registry.yaml")
+    assert "\n" not in str(err.value)
+    # a threat model defined in the gates.yaml beside it is known
+    (tmp_path / "gates.yaml").write_text(yaml.safe_dump({"robustness": {"threat_models": {
+        "closed-weights": ["transfer"]}}}))
+    if "closed-weights" in str(settings):
+        assert load_checked_registry_config(tmp_path / "registry.yaml").threat_model_of("public") == "closed-weights"
 
 
 def test_register_with_failed_gates_has_no_alias(run_fail, cfg, client, model_name):

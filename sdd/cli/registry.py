@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 
 def _registry_config(params: Path | None):
-    from sdd.config import PARAMS_DIR, load_registry_config
+    from sdd.config import PARAMS_DIR, load_checked_registry_config
 
-    return load_registry_config(params or PARAMS_DIR / "registry.yaml")
+    return load_checked_registry_config(params or PARAMS_DIR / "registry.yaml")
 
 
 def register_cmd(
@@ -59,7 +59,8 @@ def promote_cmd(
                                        help="Registry settings [params/registry.yaml]."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", parser=Text(), help="MLflow tracking URI."),
 ) -> None:
-    """Point an alias (default: production) at a model version; failed gates need --force --reason."""
+    """Point an alias (default: production) at a model version; a version that failed the gates of the
+    alias's threat model (params/registry.yaml alias_threat_models) needs --force --reason."""
     from sdd.registry import promote
 
     with exit_on_error():

@@ -59,6 +59,7 @@ from sdd.config.registry import (
     GuardConfig,
     PostPromotionCheckConfig,
     RegistryConfig,
+    load_checked_registry_config,
     load_registry_config,
 )
 from sdd.config.toy import ToyConfig
@@ -71,6 +72,7 @@ __all__ = [
     "RelearningConfig",
     "RetentionConfig", "RobustnessGatesConfig", "ToyConfig", "TransferAttackConfig", "check_concept_name",
     "check_concept_names", "describe_error", "format_validation_error", "load_concept_sets", "load_eval_config",
-    "load_gates_config", "load_model", "load_redteam_config", "load_registry_config", "one_line", "option_flag",
+    "load_checked_registry_config", "load_gates_config", "load_model", "load_redteam_config", "load_registry_config",
+    "one_line", "option_flag",
     "read_yaml", "shown_value", "validate",
 ]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 
-from sdd.config.common import PARAMS_DIR, _Strict, load_model
+from sdd.config.common import PARAMS_DIR, ConfigError, _Strict, load_model
+
+#: How a model behind an alias ships (issue 31): ``production`` is served behind a prompt box (only text gets
+#: in), ``public`` is released as weights (an attacker can invert and fine-tune it).
+DEFAULT_ALIAS_THREAT_MODELS: dict[str, str] = {"production": "api", "public": "open-weights"}
 
 #: Where the local MLflow store lives when no tracking server is configured (gitignored).
 LOCAL_STORE_DIR = Path(".sdd")
@@ -59,9 +64,15 @@ class RegistryConfig(_Strict):
     candidate_alias: str = Field("candidate", min_length=1,
                                  description="Alias set on a new version whose gates all passed.")
     production_alias: str = Field("production", min_length=1, description="Default alias of `sdd promote`.")
-    protected_aliases: list[str] = Field(["production"], description="Aliases only a version that passed its "
-                                         "gates (or was forced with a reason) may hold: `sdd promote` and the "
-                                         "promotion guard enforce it.")
+    protected_aliases: list[str] = Field(["production", "public"], description="Aliases only a version that "
+                                         "passed its gates (or was forced with a reason) may hold: `sdd promote` "
+                                         "and the promotion guard enforce it.")
+    alias_threat_models: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ALIAS_THREAT_MODELS),
+        description="How the model behind each alias ships: the threat model (params/gates.yaml "
+                    "robustness.threat_models) whose verdict a version must pass to hold it, besides the "
+                    "evaluation's own gates. An alias not listed needs every gate, every attack included; "
+                    "the candidate alias, when not listed, needs the production alias's threat model.")
     guard: GuardConfig = Field(default_factory=GuardConfig)
     artifact_location: str | None = Field(
         None, description="Artifact root for a new experiment; None = the server's (proxied) store, or "
@@ -76,6 +87,38 @@ class RegistryConfig(_Strict):
             raise ValueError("an empty alias name; list alias names, e.g. [production]")
         return v
 
+    @field_validator("alias_threat_models")
+    @classmethod
+    def _bound_aliases_named(cls, v: dict[str, str]) -> dict[str, str]:
+        for alias, threat_model in v.items():
+            if not alias.strip() or not threat_model.strip():
+                raise ValueError(f"'{alias}: {threat_model}': name an alias and a threat model, e.g. production: api")
+        return v
+
+    def threat_model_of(self, alias: str) -> str | None:
+        """The threat model a version must pass to hold ``alias``; None = every gate must pass.
+
+        The candidate alias marks what may be promoted to production, so unless bound itself it
+        follows the production alias's threat model.
+        """
+        if alias in self.alias_threat_models:
+            return self.alias_threat_models[alias]
+        if alias == self.candidate_alias:
+            return self.alias_threat_models.get(self.production_alias)
+        return None
+
+    def protected_threat_models(self) -> dict[str, str | None]:
+        """Each protected alias and the threat model it needs (None: every gate), for the guard."""
+        return {alias: self.threat_model_of(alias) for alias in self.protected_aliases}
+
+    def check_threat_models(self, known: Iterable[str]) -> None:
+        """Every bound threat model is one params/gates.yaml defines (the two files are read apart)."""
+        known = list(known)
+        for alias, threat_model in self.alias_threat_models.items():
+            if threat_model not in known:
+                raise ConfigError(f"alias_threat_models.{alias}: unknown threat model '{threat_model}'; "
+                                  f"params/gates.yaml robustness.threat_models defines {', '.join(known) or 'none'}")
+
     def default_tracking_uri(self, project: Path | None = None) -> str:
         """``sqlite:///<project>/.sdd/mlflow.db`` (project = the working directory by default)."""
         return f"sqlite:///{(Path(project or Path.cwd()) / LOCAL_STORE_DIR / 'mlflow.db').resolve()}"
@@ -85,3 +128,14 @@ def load_registry_config(path: Path = PARAMS_DIR / "registry.yaml",
                          overrides: dict[str, Any] | None = None) -> RegistryConfig:
     return load_model(RegistryConfig, path, overrides)
 
+
+def load_checked_registry_config(path: Path = PARAMS_DIR / "registry.yaml") -> RegistryConfig:
+    """:func:`load_registry_config`, its ``alias_threat_models`` checked against the threat models of the
+    ``gates.yaml`` beside it (the defaults where there is none): what registering and promoting use."""
+    from sdd.config.gates import GatesConfig, load_gates_config
+
+    cfg = load_registry_config(path)
+    gates_file = Path(path).parent / "gates.yaml"
+    gates = load_gates_config(gates_file) if gates_file.is_file() else GatesConfig()
+    cfg.check_threat_models(gates.robustness.threat_models)
+    return cfg

@@ -56,6 +56,7 @@ from sdd.registry.inputs import (
 from sdd.registry.promotion import (
     Promotion,
     VersionRow,
+    alias_refusals,
     alias_version,
     list_models,
     list_versions,
@@ -92,7 +93,8 @@ __all__ = [
     "ArtifactUploadError", "ConcurrentPromotionError", "ErasedDiffusionModel", "Erasure", "ErasureRun",
     "Evaluation", "GateSummary", "Promotion", "PromotionRefused", "Registration", "RegistryError",
     "RegistryInputError", "RegistryUnavailable", "Store", "GuardOutcome", "check_aliases", "guard_promotion",
-    "promotion_refusal", "VersionRow", "alias_version", "client_for", "decode_image", "dvc_info", "encode_image",
+    "promotion_refusal", "alias_refusals", "VersionRow", "alias_version", "client_for", "decode_image", "dvc_info",
+    "encode_image",
     "erasure_params",
     "evaluation_metrics", "find_registration", "git_info", "list_models", "list_versions", "load_model",
     "log_erasure", "mlflow_at", "model_signature", "pip_requirements", "promote", "provenance_tags",

@@ -35,7 +35,7 @@ and the valid promotion has to be repeated.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,16 @@ def _record_holder(client: MlflowClient, name: str, alias: str, version: int) ->
     client.set_registered_model_tag(name, holder_tag(alias), str(version))
 
 
-def forget_holder(client: MlflowClient, name: str, alias: str, protected: Iterable[str]) -> bool:
+#: The protected aliases: a list (every gate counts for each), or alias -> threat model (None: every gate),
+#: as :meth:`sdd.config.RegistryConfig.protected_threat_models` gives them.
+Protected = Iterable[str] | Mapping[str, str | None]
+
+
+def _threat_models(protected: Protected) -> dict[str, str | None]:
+    return dict(protected) if isinstance(protected, Mapping) else dict.fromkeys(protected)
+
+
+def forget_holder(client: MlflowClient, name: str, alias: str, protected: Protected) -> bool:
     """After a protected alias was removed: drop the record, so a refused move later removes the
     alias instead of bringing back a holder someone took away. True when a record was dropped."""
     if alias not in set(protected) or alias_holder(client, name, alias) is not None:
@@ -116,13 +125,18 @@ def forget_holder(client: MlflowClient, name: str, alias: str, protected: Iterab
     return True
 
 
-def _refusal_of(client: MlflowClient, name: str, version: int, alias: str) -> str | None:
-    """The rule applied to the version's tags read from MLflow; a missing version is refused too."""
+def _refusal_of(client: MlflowClient, name: str, version: int, alias: str,
+                threat_model: str | None = None) -> str | None:
+    """The rule applied to the version's tags read from MLflow; a missing version is refused too.
+
+    A version copied from another registered model (the UI's "Promote model") carries the source's
+    tags, verdicts and force records included; a force recorded for another model does not count.
+    """
     try:
         tags = client.get_model_version(name, str(version)).tags
     except MlflowException:
         return f"version {version} does not exist"
-    return promotion_refusal(tags, alias)
+    return promotion_refusal(tags, alias, threat_model, name)
 
 
 def _set_tags(client: MlflowClient, name: str, version: int, tags: dict[str, str]) -> None:
@@ -130,10 +144,11 @@ def _set_tags(client: MlflowClient, name: str, version: int, tags: dict[str, str
         client.set_model_version_tag(name, str(version), key, scrub(value))
 
 
-def _revert(client: MlflowClient, name: str, alias: str, version: int) -> int | None:
+def _revert(client: MlflowClient, name: str, alias: str, version: int, threat_model: str | None) -> int | None:
     """Move ``alias`` off ``version``: back to the recorded holder if it still passes, else remove it."""
     previous = recorded_holder(client, name, alias)
-    if previous is not None and previous != version and _refusal_of(client, name, previous, alias) is None:
+    if previous is not None and previous != version \
+            and _refusal_of(client, name, previous, alias, threat_model) is None:
         client.set_registered_model_alias(name, alias, str(previous))
         return previous
     client.delete_registered_model_alias(name, alias)
@@ -141,9 +156,9 @@ def _revert(client: MlflowClient, name: str, alias: str, version: int) -> int | 
 
 
 def _refuse(client: MlflowClient, name: str, alias: str, version: int, reason: str, by: str,
-            send_event: EventSender | None) -> GuardOutcome:
+            send_event: EventSender | None, threat_model: str | None) -> GuardOutcome:
     previous = recorded_holder(client, name, alias)
-    restored = _revert(client, name, alias, version)
+    restored = _revert(client, name, alias, version, threat_model)
     _set_tags(client, name, version, {
         f"guard.{alias}.refused_at": _utc_now(), f"guard.{alias}.refused_by": by,
         f"guard.{alias}.refused_reason": reason,
@@ -169,7 +184,7 @@ def _allow(client: MlflowClient, name: str, alias: str, version: int, by: str,
 
 
 def guard_promotion(client: MlflowClient, name: str, alias: str, version: int | str,
-                    protected: Iterable[str], send_event: EventSender | None = None,
+                    protected: Protected, send_event: EventSender | None = None,
                     by: str = UNKNOWN_USER) -> GuardOutcome | None:
     """Apply the promotion rule to ``alias`` of ``name`` having been set to ``version``.
 
@@ -177,18 +192,19 @@ def guard_promotion(client: MlflowClient, name: str, alias: str, version: int | 
     moved again before this delivery was handled) nothing is done: the later move has its own
     delivery, and the reconcile catches whatever is left.
     """
-    if alias not in set(protected):
+    threat_models = _threat_models(protected)
+    if alias not in threat_models:
         return None
     version = int(version)
     if alias_holder(client, name, alias) != version:
         return GuardOutcome(name, alias, version, "superseded")
-    reason = _refusal_of(client, name, version, alias)
+    reason = _refusal_of(client, name, version, alias, threat_models[alias])
     if reason is not None:
-        return _refuse(client, name, alias, version, reason, by, send_event)
+        return _refuse(client, name, alias, version, reason, by, send_event, threat_models[alias])
     return _allow(client, name, alias, version, by, send_event)
 
 
-def check_protected_aliases(client: MlflowClient, protected: Iterable[str], revert: bool = False,
+def check_protected_aliases(client: MlflowClient, protected: Protected, revert: bool = False,
                             send_event: EventSender | None = None,
                             names: Iterable[str] | None = None) -> list[GuardOutcome]:
     """The reconcile: every protected alias (of ``names``, default every registered model) on a
@@ -196,7 +212,8 @@ def check_protected_aliases(client: MlflowClient, protected: Iterable[str], reve
 
     Returns the violations (``refused`` when reverted, else ``violation``); empty when all is well.
     """
-    protected = set(protected)
+    threat_models = _threat_models(protected)
+    protected = set(threat_models)
     models = list(names) if names is not None else [m.name for m in client.search_registered_models(max_results=1000)]
     found = []
     for name in models:
@@ -205,13 +222,13 @@ def check_protected_aliases(client: MlflowClient, protected: Iterable[str], reve
             forget_holder(client, name, alias, protected)
         for alias in sorted(protected & set(aliases)):
             version = int(aliases[alias])
-            reason = _refusal_of(client, name, version, alias)
+            reason = _refusal_of(client, name, version, alias, threat_models[alias])
             if reason is None:
                 if recorded_holder(client, name, alias) != version:
                     _record_holder(client, name, alias, version)
             elif revert:
                 found.append(_refuse(client, name, alias, version, f"reconcile: {reason}",
-                                     "unknown (found by the reconcile)", send_event))
+                                     "unknown (found by the reconcile)", send_event, threat_models[alias]))
             else:
                 found.append(GuardOutcome(name, alias, version, "violation", reason,
                                           recorded_holder(client, name, alias)))
@@ -249,4 +266,4 @@ def check_aliases(cfg: RegistryConfig, *, tracking_uri: str | None = None, names
     """
     revert = cfg.guard.revert_on_check if revert is None else revert
     with client_for(resolve_store(cfg, tracking_uri)) as client:
-        return check_protected_aliases(client, cfg.protected_aliases, revert, send_event, names)
+        return check_protected_aliases(client, cfg.protected_threat_models(), revert, send_event, names)

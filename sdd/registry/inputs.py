@@ -39,10 +39,27 @@ class GateSummary:
     robustness: str = "none"  # the red team's verdict ("pass" / "fail"), "none" when it has not run
     attack_success: dict[str, float | None] = field(default_factory=dict)  # union ASR per concept
     threat_models: dict[str, str] = field(default_factory=dict)  # verdict per threat model of the red team
+    eval_failed: list[str] = field(default_factory=list)  # the failed gates that are not the red team's
 
     @property
     def passed(self) -> bool:
         return self.verdict == "pass" and not self.failed
+
+    @property
+    def eval_passed(self) -> bool:
+        """The evaluation's own gates (concept rates, quality) passed, whatever the red team found."""
+        return self.verdict != "none" and not self.eval_failed
+
+    @property
+    def eval_tag(self) -> str:
+        return GATES_PASSED if self.eval_passed else GATES_FAILED
+
+    def passed_for(self, threat_model: str | None) -> bool:
+        """Whether a version may hold an alias bound to ``threat_model`` (None: every gate must pass)."""
+        verdict = self.threat_models.get(threat_model)
+        if threat_model is None or verdict not in ("pass", "fail"):  # unmeasured: as the whole verdict says
+            return self.passed
+        return self.eval_passed and verdict == "pass"
 
     @property
     def tag(self) -> str:
@@ -81,11 +98,14 @@ def read_gates(metrics: dict[str, Any] | None) -> GateSummary:
     """Gate verdict from ``metrics.json``: ``verdict`` and ``gates.checks[*].status``."""
     if not metrics:
         return GateSummary("none", ["not evaluated"])
+    from sdd.redteam.gates import is_robustness_check
+
     checks = (metrics.get("gates") or {}).get("checks", [])
     failed = [c["reason"] for c in checks if c.get("status") == "fail"]
+    eval_failed = [c["reason"] for c in checks if c.get("status") == "fail" and not is_robustness_check(c)]
     unmeasured = [c["reason"] for c in checks if c.get("status") == "unmeasured"]
     redteam = metrics.get("redteam") or {}
     union = {c: m["union"]["rate"] for c, m in (redteam.get("concepts") or {}).items()}
     threat_models = {name: t["verdict"] for name, t in (redteam.get("threat_models") or {}).items()}
     return GateSummary(metrics.get("verdict", "none"), failed, unmeasured, redteam.get("verdict", "none"), union,
-                       threat_models)
+                       threat_models, eval_failed)

@@ -52,30 +52,59 @@ class VersionRow:
     tags: dict[str, str] = field(default_factory=dict)  # every model-version tag (concepts_sha256, ...)
 
 
-#: The model-version tags `sdd promote --force` writes; with them a failed version may hold that alias.
-FORCE_TAGS = ("forced_by", "force_reason", "forced_at", "forced_alias")
+#: The model-version tags `sdd promote --force` writes; with them a failed version may hold that alias
+#: of that registered model (a copy of the version into another model keeps the tags, not the force).
+FORCE_TAGS = ("forced_by", "force_reason", "forced_at", "forced_alias", "forced_model")
 
 
-def gate_failure(tags: dict[str, str]) -> str | None:
-    """Why a version's gates did not pass (from its tags), or None when they all passed."""
-    if tags.get("gates") == GATES_PASSED:
-        return None
-    return tags.get("gates_failed") or tags.get("gates", "no gate verdict")
+def gate_failure(tags: dict[str, str], threat_model: str | None = None) -> str | None:
+    """Why a version's gates (from its tags) keep it from an alias bound to ``threat_model``, or None.
+
+    Without a threat model every gate counts, every attack of the red team included. With one, the
+    evaluation's own gates (tag ``eval_gates``: concept rates, quality) and that threat model's
+    verdict (tag ``threat_model.<name>``) count: a model served behind a prompt box need not resist
+    an attacker who holds its weights. A threat model not measured (no red team, or one of its
+    attacks did not run) is decided like any unmeasured gate: by the whole verdict, which
+    ``fail_on_unmeasured`` in params/gates.yaml made pass or fail.
+    """
+    if threat_model is None:
+        if tags.get("gates") == GATES_PASSED:
+            return None
+        return tags.get("gates_failed") or tags.get("gates", "no gate verdict")
+    if tags.get("eval_gates", tags.get("gates")) != GATES_PASSED:
+        return f"evaluation gates: {tags.get('gates_failed') or 'no gate verdict'}"
+    verdict = tags.get(f"threat_model.{threat_model}")
+    if verdict == "fail":
+        return f"threat model '{threat_model}' failed"
+    if verdict != "pass" and tags.get("gates") != GATES_PASSED:  # unmeasured: as every gate's fail_on_unmeasured says
+        return f"threat model '{threat_model}' {verdict or 'not measured'} and gates {tags.get('gates', 'none')}"
+    return None
 
 
-def promotion_refusal(tags: dict[str, str], alias: str) -> str | None:
+def promotion_refusal(tags: dict[str, str], alias: str, threat_model: str | None = None,
+                      name: str | None = None) -> str | None:
     """The promotion rule: why a version with ``tags`` may not hold ``alias``, or None when it may.
 
-    It may when its gates passed, or when it was forced for this very alias with a reason (the
-    tags :func:`promote` writes with ``force=True``). The promotion guard applies this rule to
-    moves made elsewhere (the MLflow UI, the REST API).
+    It may when its gates passed for the alias's ``threat_model`` (:func:`gate_failure`), or when
+    it was forced for this very alias of this registered model ``name`` with a reason (the tags
+    :func:`promote` writes with ``force=True``). The promotion guard applies this rule to moves
+    made elsewhere (the MLflow UI, the REST API).
     """
-    failure = gate_failure(tags)
+    failure = gate_failure(tags, threat_model)
     forced = (tags.get("forced_alias") == alias and (tags.get("forced_by") or "").strip()
-              and (tags.get("force_reason") or "").strip())
+              and (tags.get("force_reason") or "").strip()
+              and (name is None or tags.get("forced_model", name) == name))
     if failure is None or forced:
         return None
-    return f"did not pass its gates ({failure}) and was not forced for '{alias}' with a reason"
+    what = f"its gates for threat model '{threat_model}'" if threat_model else "its gates"
+    return f"did not pass {what} ({failure}) and was not forced for '{alias}' with a reason"
+
+
+def alias_refusals(tags: dict[str, str], cfg: RegistryConfig, name: str | None = None) -> dict[str, str | None]:
+    """For the candidate, protected and bound aliases: why a version with ``tags`` may not hold each
+    (None: it may), each by its own threat model."""
+    aliases = dict.fromkeys([cfg.candidate_alias, *cfg.protected_aliases, *cfg.alias_threat_models])
+    return {alias: promotion_refusal(tags, alias, cfg.threat_model_of(alias), name) for alias in aliases}
 
 
 def _get_version(client: MlflowClient, name: str, version: int | str):
@@ -132,16 +161,18 @@ def promote(name: str, version: int | str, alias: str = "production", force: boo
     """Point ``alias`` at ``version`` of model ``name``; refuses failed gates unless forced with a reason."""
     with client_for(resolve_store(cfg, tracking_uri)) as client:
         mv = _get_version(client, name, version)
-        why = gate_failure(mv.tags)
+        threat_model = (cfg or RegistryConfig()).threat_model_of(alias)
+        why = gate_failure(mv.tags, threat_model)
         if force and not (reason or "").strip():
             raise PromotionRefused("--force needs a non-empty --reason; the override is recorded on "
                                    "the version")
         if why is not None and not force:
-            raise PromotionRefused(f"{name} version {mv.version} did not pass its gates ({why}); "
+            gates = f"its gates for threat model '{threat_model}'" if threat_model else "its gates"
+            raise PromotionRefused(f"{name} version {mv.version} did not pass {gates} ({why}); "
                                    f"refusing to set '{alias}' (override with --force --reason '...')")
         if force:
             for key, value in {"forced_by": getpass.getuser(), "force_reason": reason.strip(),
-                               "forced_at": _utc_now(), "forced_alias": alias}.items():
+                               "forced_at": _utc_now(), "forced_alias": alias, "forced_model": name}.items():
                 client.set_model_version_tag(name, mv.version, key, scrub(value))
         previous = alias_holder(client, name, alias)
         _set_alias(client, name, alias, int(mv.version))

@@ -45,7 +45,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sdd.config import PARAMS_DIR, RegistryConfig, load_registry_config
+from sdd.config import PARAMS_DIR, RegistryConfig, load_checked_registry_config
 from sdd.errors import ConfigError
 from sdd.registry.guard import (
     ALIAS_CREATED,
@@ -219,7 +219,7 @@ class GuardHandler(BaseHTTPRequestHandler):
             return self._reply(400, {"error": "not an MLflow webhook payload"})
         if kind not in (ALIAS_CREATED, ALIAS_DELETED) or (kind == ALIAS_CREATED and not version.isdigit()):
             return self._reply(200, {"action": "ignored"})
-        protected = self.server.cfg.protected_aliases
+        protected = self.server.cfg.protected_threat_models()
         try:
             with self.server.guard_lock:
                 if kind == ALIAS_DELETED:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_registry_config(Path(args.params))
+        cfg = load_checked_registry_config(Path(args.params))
         secret, uri = read_secret(), _tracking_uri(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         client = MlflowClient(uri, cfg.registry_uri or uri)
         url = args.url or cfg.guard.webhook_url
         what = ensure_webhook(client, url, secret)
-        violations = check_protected_aliases(client, cfg.protected_aliases)  # records the valid holders
+        violations = check_protected_aliases(client, cfg.protected_threat_models())  # records the valid holders
         print(f"promotion guard webhook {what}: {url}; "
               f"{len(violations)} protected alias(es) violate the rule")
         for v in violations:

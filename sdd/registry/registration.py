@@ -1,9 +1,11 @@
 """Register an erasure as a model version, once per erasure and evaluation, gated by its verdict.
 
 A new version of the registered model (default ``sdd-erased``) is tagged with its provenance
-(concepts, base model, gates, git, DVC; ``"none"`` where there is no git or DVC). **Gate policy**:
-the alias ``candidate`` is set only when the evaluation's verdict is ``pass`` and no gate check
-failed; every other version is registered for the record with ``gates=failed`` and no alias.
+(concepts, base model, gates, a verdict per threat model, git, DVC; ``"none"`` where there is no git
+or DVC). **Gate policy**: the alias ``candidate`` is set only when the evaluation's own gates passed
+and so did the threat model that production is bound to (``params/registry.yaml``
+``alias_threat_models``: ``api`` by default, the attacks a model behind a prompt box faces); every
+other version is registered for the record with no alias. ``gates`` says whether *every* gate passed.
 **Idempotent**: :func:`register` tags the version with a :func:`registration_key` and returns the
 existing version when the same erasure and evaluation are registered again -- finishing it first
 if the tracking server was lost between creating it and tagging its run (the run's
@@ -32,7 +34,6 @@ from sdd.errors import RegistryUnavailable
 from sdd.layout import METRICS_FILE, PATCH_FILE
 from sdd.provenance import scrub
 from sdd.registry.inputs import (
-    GATES_PASSED,
     Erasure,
     Evaluation,
     GateSummary,
@@ -40,6 +41,7 @@ from sdd.registry.inputs import (
     read_evaluation,
     read_gates,
 )
+from sdd.registry.promotion import gate_failure
 from sdd.registry.store import SERVER_SIDE_ERRORS, client_for, mlflow_at, resolve_store, store_lock
 from sdd.registry.tracking import ErasureRun, log_erasure, provenance_tags
 
@@ -136,6 +138,9 @@ def version_description(concepts: Sequence[str], base_model: str, metrics: dict[
              f"**Quality** (benign prompts): {_description_quality(metrics)}.",
              f"**Robustness** (red team): {_description_robustness(metrics)}.",
              f"**Gates**: {verdict}" + (f" ({len(gates.unmeasured)} unmeasured)" if gates.unmeasured else "")]
+    if gates.threat_models:
+        lines.append("**Per threat model** (evaluation gates: " + ("pass" if gates.eval_passed else "fail") + "): "
+                     + ", ".join(f"{name} {verdict}" for name, verdict in gates.threat_models.items()) + ".")
     lines += [f"- failed: {reason}" for reason in gates.failed]
     if run_folder is not None:
         lines += ["", f"Run folder: `{run_folder}`"]
@@ -164,7 +169,7 @@ def _versions_with_key(client: MlflowClient, name: str, key: str) -> list:
 def _reused(mv, name: str, cfg: RegistryConfig) -> Registration:
     gates = GateSummary(mv.tags.get("gate_verdict", "none"),
                         [] if mv.tags.get("gates_failed", "none") == "none" else mv.tags["gates_failed"].split("; "))
-    passed = mv.tags.get("gates") == GATES_PASSED
+    passed = gate_failure(mv.tags, cfg.threat_model_of(cfg.candidate_alias)) is None
     return Registration(mv.run_id, mv.source, name, int(mv.version), cfg.candidate_alias if passed else None,
                         gates, reused=True)
 
@@ -198,7 +203,8 @@ def _raise_if_server_lost(e: MlflowException, tracking_uri: str, what: str) -> N
 
 def register_erasure(run: ErasureRun, cfg: RegistryConfig | None = None, *, name: str | None = None,
                      tracking_uri: str | None = None, key: str | None = None) -> Registration:
-    """Register the run's model as a new version; alias ``candidate`` only if every gate passed.
+    """Register the run's model as a new version; alias ``candidate`` only if its gates passed for the
+    candidate's threat model (:meth:`~sdd.config.RegistryConfig.threat_model_of`: production's).
 
     With ``key`` (see :func:`registration_key`) the version is tagged with it, and if another version
     of ``name`` carries the same key, the lowest-numbered one is the registration: a racing duplicate
@@ -245,7 +251,7 @@ def _finish_registration(client: MlflowClient, run: ErasureRun, mv, name: str, k
     _link_logged_model(client, run.model_id, name, version)
     client.update_model_version(name, str(version), description=scrub(_describe(run), limit=5000))
     alias = None
-    if gates.passed:
+    if gates.passed_for(cfg.threat_model_of(cfg.candidate_alias)):
         client.set_registered_model_alias(name, cfg.candidate_alias, str(version))
         alias = cfg.candidate_alias
     client.set_tag(run.run_id, "registered_model", f"{name}/{version}")  # last: marks it finished

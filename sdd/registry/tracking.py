@@ -134,6 +134,7 @@ def provenance_tags(erasure: Erasure, gates: GateSummary) -> dict[str, str]:
         "gates": gates.tag,
         "gate_verdict": gates.verdict,
         "gates_failed": "; ".join(gates.failed) or "none",
+        "eval_gates": gates.eval_tag,
         "gates_unmeasured": str(len(gates.unmeasured)),
         "robustness": gates.robustness,
         "attack_success": ",".join(f"{c}={'n/a' if r is None else format(r, '.3f')}"
