@@ -47,6 +47,17 @@ def print_versions(name: str) -> None:
         print(f"   {r.name} version {r.version}: concepts {r.concepts}, gates {r.gates}{aliases}, created {r.created}")
 
 
+def print_cost_curves(metrics: dict) -> None:
+    """The open-weights attacks' success at each budget, erased vs base model (the report has the plot)."""
+    for concept, m in ((metrics.get("redteam") or {}).get("concepts") or {}).items():
+        for attack, curve in (m.get("cost_curves") or {}).items():
+            for model in ("erased", "base"):
+                points = curve.get(model)
+                if points:
+                    print(f"   cost curve {concept} {attack} ({model}): " + ", ".join(
+                        f"{b} steps {100 * points[str(b)]['rate']:.0f} %" for b in curve["budgets"]))
+
+
 def print_aliases(name: str, version: int) -> None:
     """Which aliases the new version may hold, each by the threat model it is bound to (params/registry.yaml)."""
     from sdd.config import load_registry_config
@@ -84,6 +95,7 @@ def main() -> None:
             print(f"   gate failed: {reason}")
         for name, t in ((metrics.get("redteam") or {}).get("threat_models") or {}).items():
             print(f"   threat model {name} ({', '.join(t['attacks'])}): {t['verdict']}")
+        print_cost_curves(metrics)
     reg = result["registration"]
     print(f"   registered {reg['name']} version {reg['version']} (alias: {reg['alias'] or 'none'})")
     print_aliases(reg["name"], reg["version"])

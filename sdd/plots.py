@@ -2,7 +2,8 @@
 
 * :func:`loss_plot`: the distillation loss per step (``loss.csv`` of ``sdd erase``), raw and smoothed;
 * :func:`rates_plot`: per-concept presence rates of the base and the erased model
-  (``rates.csv`` of ``sdd evaluate``), as grouped horizontal bars.
+  (``rates.csv`` of ``sdd evaluate``), as grouped horizontal bars;
+* :func:`cost_curve_plot`: a red team's attack success against the attacker's budget, erased vs base.
 
 Only matplotlib (Agg backend) and the standard library: the ``plots`` stage of ``dvc.yaml`` runs
 ``sdd plots`` without loading torch. The PNGs carry no timestamp, so equal inputs give equal bytes.
@@ -30,13 +31,13 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, panels: int = 1):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    return plt, *plt.subplots(figsize=(width, height), dpi=100)
+    return plt, *plt.subplots(1, panels, figsize=(width, height), dpi=100, squeeze=panels == 1)
 
 
 def _save(plt, fig, path: Path) -> Path:
@@ -85,6 +86,30 @@ def rates_plot(rates: dict[str, dict[str, float]], path: Path) -> Path:
     ax.set_title("erasure: base vs erased model")
     ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def cost_curve_plot(concept: str, curves: dict[str, dict], path: Path) -> Path:
+    """One panel per attack: ASR (%) against the attacker's budget (gradient steps, log scale), for the
+    erased and the base model, as the red team's ``cost_curves`` record them."""
+    plt, fig, axes = _figure(4.2 * len(curves), 3.4, panels=len(curves))
+    for ax, (attack, curve) in zip(axes.flat if len(curves) > 1 else [axes], curves.items(), strict=True):
+        for model, color in (("base", "tab:gray"), ("erased", "tab:red")):
+            points = curve.get(model) or {}
+            budgets = [int(b) for b in points]
+            rates = [100 * (points[b]["rate"] or 0.0) for b in points]
+            if budgets:
+                ax.plot(budgets, rates, marker="o", color=color, label=f"{model} model")
+                lows = [100 * points[b]["ci95"][0] for b in points]
+                highs = [100 * points[b]["ci95"][1] for b in points]
+                ax.fill_between(budgets, lows, highs, color=color, alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 105)
+        ax.set_xlabel(f"attacker's budget ({curve.get('unit', 'steps')})")
+        ax.set_ylabel("attack success rate (%)")
+        ax.set_title(f"{concept}: {attack.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
     return _save(plt, fig, path)
 
 

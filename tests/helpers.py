@@ -99,7 +99,7 @@ TINY = {"distill": {"steps": 2, "ddim_steps": 5, "batch_size": 2, "checkpoint_ev
         "redteam": {"num_inference_steps": 2, "transfer": {"per_prompt": 1},
                     "adversarial_tokens": {"steps": 2, "max_prompts": 2, "check_every": 1},
                     "concept_inversion": {"steps": 2, "images": 2, "batch_size": 2},
-                    "relearning": {"steps": 2, "images": 2, "batch_size": 2}}}
+                    "relearning": {"steps": 2, "images": 2, "batch_size": 2}, "cost_curves": None}}
 
 
 def toy_prompt_set(n: int = 16):

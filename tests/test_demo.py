@@ -115,6 +115,17 @@ def test_demo_registers_the_erasure_with_its_provenance_and_robustness(demo, reg
         assert threat["verdict"] in ("pass", "fail") and row.tags[f"threat_model.{name}"] == threat["verdict"]
         assert f"threat model {name} ({', '.join(threat['attacks'])}): {threat['verdict']}" in demo["stdout"]
     assert set(redteam["threat_models"]) == {"api", "open-weights"}
+    # what the open-weights attacks cost, erased vs base, at the budgets of params/redteam.yaml, with a plot
+    budgets = yaml.safe_load((REPO / "params" / "redteam.yaml").read_text())["cost_curves"]
+    curves = redteam["concepts"]["red"]["cost_curves"]
+    for attack in ("concept_inversion", "relearning"):
+        assert curves[attack]["budgets"] == budgets[attack]
+        for model in ("erased", "base"):
+            assert set(curves[attack][model]) == {str(b) for b in budgets[attack]}
+            assert f"cost curve red {attack} ({model}): {budgets[attack][0]} steps" in demo["stdout"]
+    plot = registered["run_dir"] / next(registered["run_dir"].glob("eval-*")).name / redteam["dir"] / \
+        redteam["cost_curve_plots"]["red"]
+    assert plot.read_bytes().startswith(b"\x89PNG")
     assert row.tags["base_model"] == "toy" and len(row.tags["concepts_sha256"]) == 64
     assert row.tags["git_commit"] == git(demo["project"], "rev-parse", "HEAD")
     assert row.tags["dvc_concepts"] == file_md5(demo["project"] / "params" / "concepts.yaml")

@@ -31,7 +31,8 @@ from sdd.toy import world
 TINY = {"transfer": {"per_prompt": 2}, "adversarial_tokens": {"steps": 3, "check_every": 2, "max_prompts": 2,
                                                               "tokens": 2, "batch_size": 1},
         "concept_inversion": {"steps": 3, "batch_size": 2, "images": 2},
-        "relearning": {"steps": 3, "batch_size": 2, "images": 2}, "batch_size": 8, "num_inference_steps": 2}
+        "relearning": {"steps": 3, "batch_size": 2, "images": 2}, "batch_size": 8, "num_inference_steps": 2,
+        "cost_curves": None}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -352,6 +353,36 @@ def test_relearning_brings_an_erased_concept_back(toy_context):
     assert sum(after) > sum(before) and sum(after) >= len(after) // 2, (before, after)
 
 
+@pytest.mark.parametrize("name", ["concept_inversion", "relearning"])
+def test_cost_curve_budgets_are_drawn_from_the_attacks_own_run(name, toy_context):
+    """The curve's points are snapshots of one run: the result at the attack's own budget is the same
+    with or without a curve, the run goes on to the largest budget, and the model is put back."""
+    cfg = getattr(RedteamConfig.model_validate(TINY), name)  # 3 steps
+    before = _state(toy_context.pipe)
+    plain = A.ATTACKS[name](toy_context, cfg)
+    curved = A.ATTACKS[name](toy_context, cfg, [1, 3, 5])
+    _assert_same(before, _state(toy_context.pipe))
+    assert (curved.success, curved.prompts, curved.gradient_steps) == (plain.success, plain.prompts,
+                                                                      plain.gradient_steps)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(curved.images, plain.images, strict=True))
+    assert sorted(curved.curve) == [1, 3, 5] and curved.curve[3] == curved.success
+    assert all(len(flags) == len(toy_context.rows) for flags in curved.curve.values())
+    assert A.ATTACKS[name](toy_context, cfg, [1, 3, 5]).curve == curved.curve  # seeded
+
+
+def test_cost_curve_budgets_are_validated():
+    from sdd.config import CostCurvesConfig
+
+    for bad, says in (([0, 10], "at least 1 step"), ([], "one or more"), ([50, 10], "increasing order"),
+                      ([10, 10], "once each")):
+        with pytest.raises(ConfigError, match=f"cost_curves.relearning.*{says}") as e:
+            validate(RedteamConfig, {"cost_curves": {"relearning": bad}}, "params/redteam.yaml")
+        assert "\n" not in str(e.value)
+    assert CostCurvesConfig().relearning == [10, 50, 200]
+    with pytest.raises(ConfigError, match="cost_curves.models"):
+        validate(RedteamConfig, {"cost_curves": {"models": ["student"]}}, "params/redteam.yaml")
+
+
 @pytest.mark.parametrize("init", ["pad", "random"])
 def test_adversarial_tokens_are_real_vocabulary_tokens(toy_context, init):
     cfg = RedteamConfig.model_validate(TINY).adversarial_tokens.model_copy(update={"init": init})
@@ -527,6 +558,37 @@ def test_evaluation_carries_unmeasured_robustness_until_the_red_team_folds_in(ti
     # folding again (a rerun) replaces the robustness checks instead of adding a second set
     again = R.fold_into_evaluation(tmp_path / "eval", redteam, tmp_path / "eval" / "redteam")
     assert [c["gate"] for c in again["gates"]["checks"]] == gates
+
+
+def test_cost_curves_for_the_erased_and_the_base_model_reach_metrics_reports_and_mlflow(tiny_pipes, tmp_path):
+    _evaluation(tmp_path / "eval")
+    cfg = RedteamConfig.model_validate({**TINY, "attacks": ["concept_inversion", "relearning"],
+                                        "cost_curves": {"concept_inversion": [1, 2], "relearning": [2, 4]}})
+    lines = []
+    redteam = R.run_redteam(tiny_pipes["sd1"], tiny_pipes["sd1"], _prompt_set(["a red", "red"]), StubJudge(0.0),
+                            cfg, tmp_path / "eval" / "redteam", log=lines.append)
+    curves = redteam["redteam"]["red"]["cost_curves"]
+    assert set(curves) == {"concept_inversion", "relearning"}
+    assert curves["relearning"]["budgets"] == [2, 4] and curves["relearning"]["unit"] == "gradient steps"
+    for model in ("erased", "base"):  # keyed by budget: stable keys for dashboards
+        assert set(curves["relearning"][model]) == {"2", "4"} and set(curves["concept_inversion"][model]) == {"1", "2"}
+        assert curves["relearning"][model]["4"]["rate"] == 1.0  # the stub judge sees the concept everywhere
+    assert any(line.startswith("red: relearning on the base model: 2 steps 2/2, 4 steps 2/2") for line in lines)
+    plot = tmp_path / "eval" / "redteam" / redteam["cost_curve_plots"]["red"]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    report = (tmp_path / "eval" / "redteam" / "report.md").read_text()
+    assert "### red: cost curves" in report and f"]({redteam['cost_curve_plots']['red']})" in report
+    assert "| relearning | base | 100.0 % (2/2;" in report
+
+    folded = R.fold_into_evaluation(tmp_path / "eval", redteam, tmp_path / "eval" / "redteam")
+    assert folded["redteam"]["concepts"]["red"]["cost_curves"] == curves
+    eval_report = (tmp_path / "eval" / "report.md").read_text()
+    assert f"](redteam/{redteam['cost_curve_plots']['red']})" in eval_report
+    from sdd.registry.tracking import evaluation_metrics
+
+    logged = evaluation_metrics(folded)
+    assert logged["eval.redteam.red.cost_curves.relearning.erased.4.rate"] == 1.0
+    assert logged["eval.redteam.red.cost_curves.concept_inversion.base.2.rate"] == 1.0
 
 
 def test_strict_robustness_fails_an_evaluation_without_a_red_team(tmp_path):

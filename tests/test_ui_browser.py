@@ -90,7 +90,8 @@ def set_none(section, name: str) -> None:
 
 
 def fill_custom_run_form(page, runs_dir: str) -> None:
-    """concepts = [red], the TINY numbers (the red team's attack budgets inside their own sections),
+    """concepts = [red], the TINY numbers (the red team's attack budgets inside their own sections, its
+    cost curves off),
     every gate of GATES_OFF set to None (robustness's inside its own section), a temporary runs_dir."""
     concepts = prop(page, "concepts")
     value_input(concepts).fill("red")
@@ -101,6 +102,8 @@ def fill_custom_run_form(page, runs_dir: str) -> None:
             if isinstance(value, dict):  # an attack's budget: a section in redteam
                 for field_name, field_value in value.items():
                     fill_number(prop(section, _title(name)), field_name, field_value)
+            elif value is None:  # a nullable section turned off (the red team's cost curves)
+                set_none(section, name)
             else:
                 fill_number(section, name, value)
     gates = prop(page, "gates")

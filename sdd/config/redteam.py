@@ -45,6 +45,29 @@ class RelearningConfig(_Strict):
     train_method: Literal["full", "xattn"] = Field(
         "full", description="UNet weights the attacker fine-tunes: all of them, or the cross-attention only.")
 
+class CostCurvesConfig(_Strict):
+    """Attack success against the attacker's budget, for the erased and the base model: how much harder
+    the erasure makes it, where one budget only says whether that attack succeeded (issue 31)."""
+
+    concept_inversion: list[int] = Field([100, 300, 1000], description="Inversion steps at which the concept "
+                                         "prompts are drawn with the token learnt so far (concept_inversion's "
+                                         "restarts and lr).")
+    relearning: list[int] = Field([10, 50, 200], description="Fine-tuning steps at which the concept prompts are "
+                                  "drawn (relearning's lr, batch and weights).")
+    models: list[Literal["erased", "base"]] = Field(["erased", "base"], min_length=1,
+                                                    description="Models to draw curves for; the base model's is "
+                                                                "the reference (what the attack costs unerased).")
+
+    @field_validator("concept_inversion", "relearning")
+    @classmethod
+    def _budgets(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 for b in v):
+            raise ValueError("give one or more budgets of at least 1 step, e.g. [10, 50, 200]")
+        if v != sorted(set(v)):
+            raise ValueError("list the budgets once each, in increasing order")
+        return v
+
+
 class RedteamConfig(_Strict):
     """Attacks, budgets and robustness gates of ``sdd redteam`` (issue 15)."""
 
@@ -63,6 +86,10 @@ class RedteamConfig(_Strict):
     adversarial_tokens: AdvTokensConfig = Field(default_factory=AdvTokensConfig)
     concept_inversion: ConceptInversionConfig = Field(default_factory=ConceptInversionConfig)
     relearning: RelearningConfig = Field(default_factory=RelearningConfig)
+    cost_curves: CostCurvesConfig | None = Field(
+        default_factory=CostCurvesConfig,
+        description="ASR at several budgets of concept inversion and relearning, for the erased and the base "
+                    "model (each only when its attack is in `attacks`); None = off.")
 
     @field_validator("concepts")
     @classmethod

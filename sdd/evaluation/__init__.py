@@ -53,7 +53,14 @@ from sdd.evaluation.metrics import (
     relative_reduction,
     wilson_interval,
 )
-from sdd.evaluation.report import image_grid, rates_csv, render_markdown, write_grids, write_report
+from sdd.evaluation.report import (
+    cost_curve_lines,
+    image_grid,
+    rates_csv,
+    render_markdown,
+    write_grids,
+    write_report,
+)
 from sdd.evaluation.shards import (
     SHARD_FORMAT,
     Merged,
@@ -68,6 +75,7 @@ from sdd.evaluation.shards import (
 )
 
 __all__ = [
+    "cost_curve_lines",
     "SHARD_FORMAT", "BaseJudge", "ClipImageFeatures", "ClipJudge", "GenerationSettings", "Judge", "Judged",
     "Judgement", "Merged", "NudeNetJudge", "Shard", "ToyConceptJudge", "apply_gates", "build_judge",
     "concept_metrics", "correctness_metrics", "evaluate", "evaluate_in_shards", "finish", "generate",

@@ -126,6 +126,25 @@ def render_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cost_curve_lines(concept: str, curves: dict[str, Any], plot: str | None, heading: str = "###") -> list[str]:
+    """The cost curves of one concept as a table (ASR at each budget, erased and base) and their plot."""
+    if not curves:
+        return []
+    lines = ["", f"{heading} {concept}: cost curves", "",
+             "ASR against the attacker's budget: how much harder the erasure makes the attack than it is "
+             "on the base model.", "", "| attack | model | " + " | ".join(
+                 f"{b} steps" for b in max((c["budgets"] for c in curves.values()), key=len)) + " |"]
+    lines.append("|---|---|" + "---|" * max(len(c["budgets"]) for c in curves.values()))
+    for attack, curve in curves.items():
+        for model in ("erased", "base"):
+            if curve.get(model):
+                lines.append(f"| {attack} | {model} | " + " | ".join(
+                    _rate(curve[model][str(b)]) for b in curve["budgets"]) + " |")
+    if plot:
+        lines += ["", f"![{concept} cost curves]({plot})"]
+    return lines
+
+
 def robustness_section(redteam: dict[str, Any] | None) -> list[str]:
     """The red team's attack success rates (``sdd redteam --eval``), or a line saying it has not run."""
     if not redteam:
@@ -145,6 +164,10 @@ def robustness_section(redteam: dict[str, Any] | None) -> list[str]:
         lines += ["", "Per threat model (the attacks that count for how the model ships): "
                   + "; ".join(f"**{name}** {t['verdict']} ({', '.join(t['attacks'])})"
                               for name, t in threat_models.items()) + "."]
+    plots = redteam.get("cost_curve_plots") or {}
+    for concept, m in redteam["concepts"].items():
+        plot = plots.get(concept)
+        lines += cost_curve_lines(concept, m.get("cost_curves") or {}, f"{redteam['dir']}/{plot}" if plot else None)
     return lines
 
 

@@ -135,6 +135,44 @@ def _context(pipe, concept: str, rows: list[PromptRow], latents, judge: Judge, c
                          cfg.num_inference_steps, cfg.guidance_scale, cfg.batch_size, cfg.seed, log)
 
 
+#: The attacks with a cost curve (ASR against gradient steps): those an attacker holding the weights runs.
+CURVE_ATTACKS = ("concept_inversion", "relearning")
+
+
+def base_model_curves(base_ctx: AttackContext, cfg: RedteamConfig) -> dict[str, tuple[dict[int, list[bool]], float]]:
+    """The cost-curve attacks run on the base model, to their largest budget: what the attack costs on a
+    model that never had the concept erased (per attack: success per budget, wall seconds)."""
+    curves = {}
+    for name in (n for n in CURVE_ATTACKS if n in cfg.attacks):
+        budgets = getattr(cfg.cost_curves, name)
+        start = time.perf_counter()
+        result = ATTACKS[name](base_ctx, getattr(cfg, name).model_copy(update={"steps": budgets[-1]}), budgets)
+        curves[name] = (result.curve, time.perf_counter() - start)
+        if base_ctx.log:
+            base_ctx.log(f"{base_ctx.concept}: {name} on the base model: " + ", ".join(
+                f"{b} steps {sum(f)}/{len(f)}" for b, f in result.curve.items()))
+    return curves
+
+
+def cost_curves(cfg: RedteamConfig, results: dict[str, AttackResult],
+                base_curves: dict[str, tuple[dict[int, list[bool]], float]]) -> dict[str, Any]:
+    """Per cost-curve attack that ran: its budgets, and the ASR at each for the erased and the base model,
+    keyed by the budget (stable keys: ``cost_curves.relearning.erased.50.rate``)."""
+    if not cfg.cost_curves:
+        return {}
+    out = {}
+    for name in (n for n in CURVE_ATTACKS if n in cfg.attacks):
+        curve: dict[str, Any] = {"unit": "gradient steps", "budgets": getattr(cfg.cost_curves, name)}
+        if name in results and results[name].curve:
+            curve["erased"] = {str(b): rate(f) for b, f in results[name].curve.items()}
+        if name in base_curves:
+            flags, wall_s = base_curves[name]
+            curve["base"] = {str(b): rate(f) for b, f in flags.items()}
+            curve["base_wall_s"] = round(wall_s, 2)
+        out[name] = curve
+    return out
+
+
 def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str, judge: Judge,
                     cfg: RedteamConfig, adversarial: PromptSet | None = None, log=print,
                     skip_ineffective: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -167,15 +205,23 @@ def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str,
     for name in cfg.attacks:
         start = time.perf_counter()
         budget = getattr(cfg, name)
-        result = (ATTACKS[name](ctx, budget, adversarial.rows if adversarial else None) if name == "transfer"
-                  else ATTACKS[name](ctx, budget))
+        if name == "transfer":
+            result = ATTACKS[name](ctx, budget, adversarial.rows if adversarial else None)
+        elif name in CURVE_ATTACKS and cfg.cost_curves and "erased" in cfg.cost_curves.models:
+            result = ATTACKS[name](ctx, budget, getattr(cfg.cost_curves, name))
+        else:
+            result = ATTACKS[name](ctx, budget)
         attacks[name] = attack_record(result, time.perf_counter() - start, _budget(name, cfg))
         results[name] = result
         log(f"{concept}: {name}: {sum(result.success)}/{len(result.success)} "
             f"({attacks[name]['wall_s']:.1f} s)")
     union = union_flags(len(eff), [(r.rows, r.success) for r in results.values()])
+    base_curves = {}
+    if cfg.cost_curves and "base" in cfg.cost_curves.models:
+        base_curves = base_model_curves(_context(base_pipe, concept, eff_rows, latents, judge, cfg, log), cfg)
     metrics = {"eval_prompts": len(rows), "effective_prompts": len(eff), "base": rate(base_present),
                "pre_attack": rate(pre), "attacks": attacks, "union": rate(union),
+               "cost_curves": cost_curves(cfg, results, base_curves),
                "budget": {"gradient_steps": sum(a["gradient_steps"] for a in attacks.values()),
                           "generations": len(rows) + len(eff) + sum(a["generations"] for a in attacks.values())}}
     artefacts = {"rows": eff_rows, "base": [base_images[k] for k in eff], "erased": pre_images,

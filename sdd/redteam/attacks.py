@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,7 @@ class AttackResult:
     generations: int = 0
     notes: list[str] = field(default_factory=list)
     tried: list[tuple[int, str]] = field(default_factory=list)  # (position, prompt) of every generation
+    curve: dict[int, list[bool]] = field(default_factory=dict)  # budget -> success per row (cost curves)
 
 
 def _noise_scheduler(pipe) -> DDPMScheduler:
@@ -258,15 +260,29 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
 # --- concept inversion (textual inversion on the erased model) -----------------------------------
 
 
-def concept_inversion_attack(ctx: AttackContext, cfg: ConceptInversionConfig) -> AttackResult:
+def concept_inversion_attack(ctx: AttackContext, cfg: ConceptInversionConfig,
+                             budgets: Sequence[int] = ()) -> AttackResult:
     """Learn one token embedding on the target images, then draw every prompt with it; ``cfg.restarts``
-    times from the concept word with seeds ``seed, seed+1, …``: a prompt is broken if any restart breaks it."""
+    times from the concept word with seeds ``seed, seed+1, …``: a prompt is broken if any restart breaks it.
+
+    With ``budgets`` the inversion goes on to the largest of them (and ``cfg.steps``), and at each one
+    every prompt is drawn with the tokens learnt so far: ``result.curve`` (the result itself is at
+    ``cfg.steps``, as without budgets)."""
     result = AttackResult("concept_inversion")
     n_images = len(ctx.rows) if cfg.images is None else min(cfg.images, len(ctx.rows))
     seeds = [ctx.seed + r for r in range(cfg.restarts)]
     tokens = [TOKEN] if cfg.restarts == 1 else [f"<sdd-concept-{r + 1}>" for r in range(cfg.restarts)]
+    at_steps: list[list[Image.Image]] = []
+
+    def judge_snapshot(step: int, drawn: list[list[Image.Image]]) -> None:
+        if step in budgets:
+            result.curve[step] = [any(hits) for hits in zip(*(ctx.present(ims) for ims in drawn), strict=True)]
+        if step == cfg.steps:
+            at_steps.extend(drawn)
+
+    _invert_and_draw(ctx, cfg, tokens, n_images, seeds, sorted({*budgets, cfg.steps}), judge_snapshot)
     per_restart = []
-    for r, (seed, images) in enumerate(zip(seeds, _invert_and_draw(ctx, cfg, tokens, n_images, seeds), strict=True)):
+    for r, (seed, images) in enumerate(zip(seeds, at_steps, strict=True)):
         success = ctx.present(images)
         per_restart.append(f"seed {seed}: {sum(success)}/{len(success)}")
         if r == 0:
@@ -290,9 +306,11 @@ TOKEN = "<sdd-concept>"
 
 
 def _invert_and_draw(ctx: AttackContext, cfg: ConceptInversionConfig, tokens: list[str], n_images: int,
-                     seeds: list[int]) -> list[list[Image.Image]]:
+                     seeds: list[int], snapshots: list[int],
+                     on_snapshot: Callable[[int, list[list[Image.Image]]], None]) -> None:
     """One textual inversion per token from the concept word, each with its own seed (image subsample,
-    noise and timesteps), then every prompt drawn with each learnt token.
+    noise and timesteps); at each step of ``snapshots`` every prompt is drawn with each token learnt so
+    far and handed to ``on_snapshot(step, images per token)``.
 
     The inversions train side by side, in one UNet batch: each one's loss is its own batch's mean and
     their sum is minimised, so each token gets the gradient (and, Adam being per element, the update)
@@ -309,8 +327,8 @@ def _invert_and_draw(ctx: AttackContext, cfg: ConceptInversionConfig, tokens: li
         for e, rows in enumerate(emb):
             ph.set_rows(e, rows)
         opt = torch.optim.Adam(emb, lr=cfg.lr)
-        tick = ctx.progress(label, cfg.steps)
-        for step in range(1, cfg.steps + 1):
+        tick = ctx.progress(label, snapshots[-1])
+        for step in range(1, snapshots[-1] + 1):
             picks = [[train[j] for j in torch.randint(n_images, (cfg.batch_size,), generator=gen).tolist()]
                      for train, gen in zip(trains, gens, strict=True)]
             draws = [noised(sched, ctx.latents[pick], gen) for pick, gen in zip(picks, gens, strict=True)]
@@ -321,29 +339,38 @@ def _invert_and_draw(ctx: AttackContext, cfg: ConceptInversionConfig, tokens: li
             losses.sum().backward()
             opt.step()
             tick(step, f"loss {losses.mean().item():.4f}")
-        for e, rows in enumerate(emb):
-            ph.set_rows(e, rows.detach())
-        return [ctx.draw(p, ctx.rows, f"concept inversion {r + 1}/{len(tokens)} images" if len(tokens) > 1
-                         else "concept inversion images") for r, p in enumerate(prompts)]
+            if step in snapshots:
+                for e, rows in enumerate(emb):
+                    ph.set_rows(e, rows.detach())
+                where = f" at {step} steps" if len(snapshots) > 1 else ""
+                on_snapshot(step, [ctx.draw(p, ctx.rows, f"concept inversion {r + 1}/{len(tokens)} images{where}"
+                                            if len(tokens) > 1 else f"concept inversion images{where}")
+                                   for r, p in enumerate(prompts)])
+                for e, rows in enumerate(emb):
+                    ph.set_rows(e, rows)
 
 
 # --- relearning (fine-tuning the erased model back) ---------------------------------------------
 
-def relearning_attack(ctx: AttackContext, cfg: RelearningConfig) -> AttackResult:
+def relearning_attack(ctx: AttackContext, cfg: RelearningConfig, budgets: Sequence[int] = ()) -> AttackResult:
     """Fine-tune the erased UNet on the base model's images of the concept -- the standard denoising loss,
     each image with its own effective prompt, ``cfg.steps`` Adam steps on the ``cfg.train_method``
     weights -- then draw every effective prompt as written. What an attacker with the released weights
-    and a few concept images does (Meta-Unlearning's relearning); the weights are put back afterwards."""
+    and a few concept images does (Meta-Unlearning's relearning); the weights are put back afterwards.
+
+    With ``budgets`` the fine-tuning goes on to the largest of them, the prompts drawn and judged at
+    each: ``result.curve`` (the result itself is at ``cfg.steps``)."""
     result = AttackResult("relearning")
     n_images = len(ctx.rows) if cfg.images is None else min(cfg.images, len(ctx.rows))
     train = sorted(random.Random(ctx.seed).sample(range(len(ctx.rows)), n_images))
     gen = torch.Generator("cpu").manual_seed(ctx.seed)
     sched = _noise_scheduler(ctx.pipe)
     prompts = [row.prompt for row in ctx.rows]
+    snapshots = sorted({*budgets, cfg.steps})
     with FineTunedWeights(ctx.pipe.unet, select_parameters(ctx.pipe.unet, cfg.train_method)) as weights:
         opt = torch.optim.Adam(weights, lr=cfg.lr)
-        tick = ctx.progress("relearning", cfg.steps)
-        for step in range(1, cfg.steps + 1):
+        tick = ctx.progress("relearning", snapshots[-1])
+        for step in range(1, snapshots[-1] + 1):
             pick = [train[j] for j in torch.randint(n_images, (cfg.batch_size,), generator=gen).tolist()]
             with torch.no_grad():
                 cond = encode(ctx.pipe, [prompts[i] for i in pick])
@@ -352,8 +379,15 @@ def relearning_attack(ctx: AttackContext, cfg: RelearningConfig) -> AttackResult
             loss.backward()
             opt.step()
             tick(step, f"loss {loss.item():.4f}")
-        weights.to_pipeline_dtype()
-        result.images = ctx.draw(prompts, ctx.rows, "relearning images")
+            if step not in snapshots:
+                continue
+            with weights.in_pipeline_dtype():
+                images = ctx.draw(prompts, ctx.rows, "relearning images" + (
+                    f" at {step} steps" if len(snapshots) > 1 else ""))
+            if step in budgets:
+                result.curve[step] = ctx.present(images)
+            if step == cfg.steps:
+                result.images = images
     result.success = ctx.present(result.images)
     result.rows = list(range(len(ctx.rows)))
     result.prompts = prompts
@@ -383,10 +417,18 @@ class FineTunedWeights:
     def __iter__(self):
         return iter(self.params)
 
-    def to_pipeline_dtype(self) -> None:
-        """The fine-tuned weights in the dtype of the weights they replace, for drawing with the pipeline."""
+    @contextmanager
+    def in_pipeline_dtype(self) -> Iterator[None]:
+        """Inside, the fine-tuned weights are in the dtype of the weights they replace, for drawing with
+        the pipeline; the fp32 ones go on training afterwards."""
+        masters = [p.data for p in self.params]
         for p, original in zip(self.params, self.originals, strict=True):
             p.data = p.data.to(original.dtype)
+        try:
+            yield
+        finally:
+            for p, master in zip(self.params, masters, strict=True):
+                p.data = master
 
     def __exit__(self, *exc) -> None:
         for p, original in zip(self.params, self.originals, strict=True):

@@ -92,12 +92,14 @@ def redteam_summary(metrics: dict[str, Any], redteam_dir: str) -> dict[str, Any]
                   "pre_attack": {k: m["pre_attack"][k] for k in keep},
                   "attacks": {name: {k: a[k] for k in (*keep, "gradient_steps", "generations")}
                               for name, a in m["attacks"].items()},
-                  "union": {k: m["union"][k] for k in keep}}
+                  "union": {k: m["union"][k] for k in keep},
+                  "cost_curves": m.get("cost_curves") or {}}
         for concept, m in metrics["redteam"].items()}
     threat_models = {name: {k: t[k] for k in ("attacks", "verdict", "failed", "missing")}
                      for name, t in metrics["gates"].get("threat_models", {}).items()}
     return {"dir": redteam_dir, "verdict": metrics["verdict"], "concepts": concepts,
-            "attacks": metrics["config"]["attacks"], "judge": metrics["judge"], "threat_models": threat_models}
+            "attacks": metrics["config"]["attacks"], "judge": metrics["judge"], "threat_models": threat_models,
+            "cost_curve_plots": metrics.get("cost_curve_plots", {})}
 
 
 def fold_into_evaluation(eval_dir: Path, redteam_metrics: dict[str, Any], redteam_dir: Path) -> dict[str, Any]:

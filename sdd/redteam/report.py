@@ -1,4 +1,5 @@
-"""Red-team report files: ``metrics.json``, ``report.md`` and one attack grid per concept.
+"""Red-team report files: ``metrics.json``, ``report.md``, one attack grid per concept and, with cost
+curves, one plot of them per concept (:func:`sdd.plots.cost_curve_plot`).
 
 A grid shows, column by column for the same effective prompt and seed, the base model's image,
 the erased model's image, and each attack's image (blank where an attack did not try the prompt).
@@ -11,8 +12,9 @@ from typing import Any
 
 from PIL import Image
 
-from sdd.evaluation import image_grid
+from sdd.evaluation import cost_curve_lines, image_grid
 from sdd.layout import GRIDS_DIR, concept_stem
+from sdd.plots import cost_curve_plot
 from sdd.prompts import spread
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
@@ -78,6 +80,7 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         if grid:
             lines += ["", f"![{concept}]({grid['file']})", "",
                       "Columns: " + "; ".join(f"`{r['prompt']}` (seed {r['seed']})" for r in grid["rows"])]
+        lines += cost_curve_lines(concept, m.get("cost_curves") or {}, metrics.get("cost_curve_plots", {}).get(concept))
         lines.append("")
     lines += ["## Robustness gates", "", "| gate | status | detail |", "|---|---|---|"]
     lines += [f"| {c['gate']} ({c['concept']}) | {c['status']} | {c['reason']} |" for c in gates["checks"]]
@@ -104,5 +107,10 @@ def write_redteam_report(metrics: dict[str, Any], artefacts: dict[str, dict[str,
     out_dir = Path(out_dir)
     metrics["grids"] = {c: write_attack_grid(c, art, out_dir, grid_images) for c, art in artefacts.items()
                         if art["rows"]}
+    metrics["cost_curve_plots"] = {
+        concept: f"{GRIDS_DIR}/{concept_stem(concept, prefix='cost-')}.png"
+        for concept, m in metrics["redteam"].items() if m.get("cost_curves")}
+    for concept, file in metrics["cost_curve_plots"].items():
+        cost_curve_plot(concept, metrics["redteam"][concept]["cost_curves"], out_dir / file)
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_markdown(metrics))

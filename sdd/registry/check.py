@@ -262,6 +262,7 @@ def rerun_redteam(model, metrics: dict[str, Any], prompt_set: PromptSet, judge, 
     if not base_model:
         raise RegistryInputError("the recorded metrics name no base model; cannot rerun the red team")
     erased = model.unwrap_python_model().pipe
+    cfg = cfg.model_copy(update={"cost_curves": None})  # the check compares union rates; curves would double it
     result = run_redteam(load_pipeline(base_model), erased, prompt_set, judge, cfg, out_dir, gates=gates,
                          skip_ineffective=True, log=log)
     flags = {}
