@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from packaging.requirements import Requirement
 from PIL import Image
@@ -418,8 +419,16 @@ def test_list_versions(run_pass, run_fail, cfg, model_name):
 # --- the pyfunc model ---------------------------------------------------------------------------
 
 
-def test_registered_model_loads_and_generates_the_erased_models_images(run_pass, cfg, model_name, erased_dir):
+def test_registered_model_loads_and_generates_the_erased_models_images(run_pass, cfg, model_name, erased_dir,
+                                                                      monkeypatch):
     registry.register_erasure(run_pass, cfg, name=model_name)
+    # "models from code": the model is its source, logged beside it; nothing is unpickled at load time
+    with registry._mlflow_at(registry.resolve_store(cfg)):
+        local = Path(mlflow.artifacts.download_artifacts(run_pass.model_uri))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("model_code.py") and "python_model" not in flavor
+    assert not list(local.rglob("*.pkl"))
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     path_before = list(sys.path)
     model = registry.load_model(model_name, "candidate", cfg)
     assert sys.path == path_before  # child processes keep importing the installed sdd, not the model's copy

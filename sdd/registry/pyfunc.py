@@ -8,6 +8,8 @@ optional integer ``seed`` column (missing seeds = the row position); params ``nu
 the same model serves over REST; :func:`decode_image` turns it back into a PIL image). Each row has
 its own CPU ``torch.Generator``, as in ``sdd evaluate``. The model carries ``sdd``'s own source
 (``code_paths``) and pins sdd's runtime dependencies at the versions installed when it was logged.
+It is logged as MLflow "models from code" (:mod:`sdd.registry.model_code`), not as a pickled object:
+loading a registered version runs that source and unpickles nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sdd.layout import MANIFEST_FILE, MODEL_DIR, PATCH_FILE
 from sdd.registry.inputs import Erasure, Evaluation
 
 MODEL_ARTIFACT_PATH = "model"  # name= of the logged pyfunc model
+MODEL_CODE = Path(__file__).with_name("model_code.py")  # the model's definition ("models from code")
 DEFAULT_STEPS = EvalConfig.model_fields["num_inference_steps"].default
 DEFAULT_GUIDANCE = EvalConfig.model_fields["guidance_scale"].default
 DEFAULT_BATCH = 4
@@ -146,6 +149,6 @@ def log_pyfunc(erasure: Erasure, evaluation: Evaluation | None):
         # An input example would make MLflow load the model and run it at log time: not for SD sizes.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         return mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT_PATH, python_model=ErasedDiffusionModel(), artifacts=artifacts,
+            name=MODEL_ARTIFACT_PATH, python_model=str(MODEL_CODE), artifacts=artifacts,
             code_paths=[str(_stage_code(Path(tmp)))], pip_requirements=pip_requirements(),
             signature=signature, metadata=metadata)
