@@ -130,8 +130,13 @@ def latent_shape(pipe: DiffusionPipeline, resolution: int | None = None) -> tupl
 
 def unet_weights_hash(unet: torch.nn.Module) -> str:
     """sha256 over the UNet's parameter names, dtypes, shapes and bytes: identifies a base model."""
+    return weights_hash(unet)
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """sha256 over a module's state names, dtypes, shapes and bytes (a UNet, a text encoder)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(unet.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().contiguous().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -152,13 +157,52 @@ TRAIN_METHODS: dict[str, Callable[[str], bool]] = {
 }
 
 
+#: Train methods that train every parameter of the pipeline's text encoder(s) (as AdvUnlearn and DES do),
+#: and the UNet method that trains beside them (None: the UNet stays untouched). See sdd/erasure/components.py.
+TEXT_ENCODER_METHODS: dict[str, str | None] = {"text_encoder": None, "text_encoder+xattn": "xattn"}
+
+
 def select_parameters(unet: torch.nn.Module, train_method: str) -> list[str]:
     """Names of the parameters ``train_method`` trains (xattn, xattn_out, selfattn, noxattn, full)."""
+    if train_method not in TRAIN_METHODS:
+        raise ConfigError(f"train_method '{train_method}' selects no UNet parameters; choose one of "
+                          f"{', '.join(TRAIN_METHODS)}")
     keep = TRAIN_METHODS[train_method]
     names = [name for name, _ in unet.named_parameters() if keep(name)]
     if not names:
         raise ConfigError(f"train_method '{train_method}' selects no parameters of this UNet")
     return names
+
+
+#: The pipeline attributes that may hold a text encoder (SD 1.x/2.x and the toy: the first; SDXL: both).
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+def text_encoders(pipe: DiffusionPipeline) -> dict[str, torch.nn.Module]:
+    """The pipeline's text encoders by attribute name."""
+    return {n: m for n in TEXT_ENCODERS if (m := getattr(pipe, n, None)) is not None}
+
+
+def patch_targets(pipe: DiffusionPipeline) -> dict[str, torch.nn.Parameter]:
+    """Every parameter an erasure's patch may hold, by its name there: a UNet parameter as named in the
+    UNet, a text encoder's prefixed with its pipeline attribute (``text_encoder.``, ``text_encoder_2.``)."""
+    params = dict(pipe.unet.named_parameters())
+    for attr, encoder in text_encoders(pipe).items():
+        params.update({f"{attr}.{name}": p for name, p in encoder.named_parameters()})
+    return params
+
+
+@contextlib.contextmanager
+def swapped_modules(pipe: DiffusionPipeline, modules: dict[str, torch.nn.Module]):
+    """``pipe``'s components ``modules`` (attribute -> module) in place of its own for the block."""
+    originals = {name: getattr(pipe, name) for name in modules}
+    try:
+        for name, module in modules.items():
+            setattr(pipe, name, module)
+        yield pipe
+    finally:
+        for name, module in originals.items():
+            setattr(pipe, name, module)
 
 
 @dataclass
@@ -197,13 +241,20 @@ class Conditioner:
     The empty prompt is the pipeline's unconditional input for classifier-free guidance: the
     encoded "" for SD, and all-zero embeddings for SDXL models with ``force_zeros_for_empty_prompt``
     (how SDXL was trained to be unconditional).
+
+    ``text_encoders`` (attribute -> module) encode in place of the pipeline's own: an erasure's EMA
+    teacher or frozen base copy of a text encoder being trained. Encodings are cached; whoever
+    changes the encoders' weights calls :meth:`clear_cache`, and :meth:`encode_with_grad` encodes
+    through an encoder being trained (nothing cached).
     """
 
     #: Encoded prompts kept at most (SDXL: ~0.6 MB each); a composite schedule's joins can be many.
     CACHE_SIZE = 1024
 
-    def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
+    def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None,
+                 text_encoders: dict[str, torch.nn.Module] | None = None):
         self.pipe = pipe
+        self.text_encoders = dict(text_encoders or {})
         self.sdxl = is_sdxl(pipe)
         _, h, w = latent_shape(pipe, resolution)
         size = (h * pipe.vae_scale_factor, w * pipe.vae_scale_factor)
@@ -269,32 +320,45 @@ class Conditioner:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
-        """The conditioning of ``prompts``. Each distinct prompt is encoded once, alone, and kept (the
-        engine trains no text encoder): an erasure's steps draw from a few dozen prompts, and the text
-        encoder was a fifth of a toy step. Alone, so a prompt's conditioning is the same bits whatever
-        batch it first came in, and a resumed run matches an uninterrupted one."""
+        """The conditioning of ``prompts``, without gradients. Each distinct prompt is encoded once,
+        alone, and kept until :meth:`clear_cache`: an erasure's steps draw from a few dozen prompts,
+        and the text encoder was a fifth of a toy step. Alone, so a prompt's conditioning is the same
+        bits whatever batch it first came in, and a resumed run matches an uninterrupted one."""
         for prompt in dict.fromkeys(prompts):
             if prompt not in self._cache:
                 if len(self._cache) >= self.CACHE_SIZE:
                     del self._cache[next(iter(self._cache))]  # the oldest
-                self._cache[prompt] = self._encode_one(prompt)
+                self._cache[prompt] = self._encode([prompt])
         return Conditioning.cat([self._cache[p] for p in prompts])
 
-    def _encode_one(self, prompt: str) -> Conditioning:
-        if self.sdxl:
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                [prompt], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-            return self._pack(embeds, pooled)
-        embeds, _ = self.pipe.encode_prompt([prompt], self.device, 1, False)
-        return self._pack(embeds, None)
+    def encode_with_grad(self, prompts: list[str]) -> Conditioning:
+        """The conditioning of ``prompts`` with gradients to the text encoders (nothing cached): each
+        distinct prompt once, in one batch."""
+        unique = list(dict.fromkeys(prompts))
+        return self._encode(unique)[[unique.index(p) for p in prompts]]
+
+    def clear_cache(self) -> None:
+        """Forget every encoding: the text encoders' weights changed."""
+        self._cache.clear()
+        self._empty = None
+
+    def _encode(self, prompts: list[str]) -> Conditioning:
+        with swapped_modules(self.pipe, self.text_encoders):
+            if self.sdxl:
+                embeds, _, pooled, _ = self.pipe.encode_prompt(
+                    prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+                return self._pack(embeds, pooled)
+            embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
+            return self._pack(embeds, None)
 
     @torch.no_grad()
     def empty(self, n: int = 1) -> Conditioning:
-        """The unconditional (empty-prompt) conditioning, repeated ``n`` times."""
+        """The unconditional (empty-prompt) conditioning, repeated ``n`` times (never with gradients)."""
         if self._empty is None:
             if self.sdxl:
-                _, embeds, _, pooled = self.pipe.encode_prompt(
-                    [""], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+                with swapped_modules(self.pipe, self.text_encoders):
+                    _, embeds, _, pooled = self.pipe.encode_prompt(
+                        [""], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
                 self._empty = self._pack(embeds, pooled)
             else:
                 self._empty = self.encode([""])

@@ -450,6 +450,27 @@ def test_registered_model_loads_and_generates_the_erased_models_images(run_pass,
     assert no_seed["seed"].tolist() == [0]
 
 
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_a_text_encoder_erasure_registers_and_loads_as_erased(kind, tmp_path, cfg, model_name):
+    """The patch of a text-encoder erasure holds the encoders' tensors; the registered model checks them
+    against its pipeline on load and draws with the erased text encoder(s)."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    erase(str(save_tiny_pipeline(kind, tmp_path / "base")), [Concept("red", ["a red circle"])], out,
+          DistillConfig(steps=2, ddim_steps=2, train_method="text_encoder", lr=1e-2, seed=1))
+    trained = {name.split(".")[0] for name in load_file(str(out / "patch.safetensors"))}
+    assert trained == ({"text_encoder", "text_encoder_2"} if kind == "sdxl" else {"text_encoder"})
+    reg = registry.register(out, None, cfg, name=model_name)
+    with registry._mlflow_at(registry.resolve_store(cfg)):
+        served = mlflow.pyfunc.load_model(reg.model_uri).unwrap_python_model().pipe
+    erased, base = load_pipeline(str(out / "model")), load_pipeline(str(tmp_path / "base"))
+    for attr in trained:
+        ours, theirs = getattr(served, attr).state_dict(), getattr(erased, attr).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+        assert not all(torch.equal(v, getattr(base, attr).state_dict()[k]) for k, v in theirs.items())
+
+
 def test_model_requirements_are_pinned_and_satisfied_here(run_pass, cfg):
     with registry._mlflow_at(registry.resolve_store(cfg)):
         requirements = Path(mlflow.pyfunc.get_model_dependencies(run_pass.model_uri)).read_text().split()

@@ -85,12 +85,15 @@ class DistillConfig(_Strict):
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA teacher decay per step.")
     ddim_steps: int = Field(50, ge=1, description="DDIM steps N of the teacher sampler (eta 0).")
     guidance_scale: float = Field(3.0, ge=1, description="CFG scale of the teacher sampler.")
-    train_method: Literal["xattn", "xattn_out", "full", "selfattn", "noxattn"] = Field(
+    train_method: Literal["xattn", "xattn_out", "full", "selfattn", "noxattn", "text_encoder",
+                          "text_encoder+xattn"] = Field(
         "xattn", description="Trained parameters: xattn=attn2, xattn_out=attn2.to_out, selfattn=attn1, "
-                             "noxattn=all but attn2.")
+                             "noxattn=all but attn2, full=the whole UNet; text_encoder=every weight of the "
+                             "text encoder(s) (SDXL: both), the UNet untouched; text_encoder+xattn=the text "
+                             "encoder(s) and attn2.")
     xattn_lr_scale: float = Field(1.0, gt=0, description="Learning-rate multiplier for the cross-attention (attn2) "
-                                                         "parameters when more than them train (full): the "
-                                                         "concept words enter there, the rest of the UNet draws.")
+                                                         "parameters when more than them train (full, "
+                                                         "text_encoder+xattn): the concept words enter there.")
     concept_schedule: Literal["iterative", "composite", "random"] = Field(
         "iterative", description="Which concept prompt c_s each step erases.")
     batch_size: int = Field(1, ge=1, description="Training samples per optimizer step.")
@@ -103,9 +106,11 @@ class DistillConfig(_Strict):
         "pool", description="Where z_k comes from: reference = a fresh k-step teacher trajectory per sample; "
                             "pool = batch_size trajectories at staggered steps, each one DDIM step further "
                             "per optimizer step.")
-    gradient_checkpointing: bool = Field(False, description="Recompute the student's activations in backward.")
+    gradient_checkpointing: bool = Field(False, description="Recompute the student UNet's activations in backward "
+                                                            "(not the text encoder's: 77 tokens are cheap to keep).")
     frozen_dtype: Literal["fp32", "bf16"] = Field(
-        "fp32", description="Storage dtype of the UNet weights that are not trained (bf16 implies bf16 autocast).")
+        "fp32", description="Storage dtype of the UNet weights that are not trained (bf16 implies bf16 autocast); "
+                            "text encoders stay fp32.")
     attention: Literal["sdpa", "sliced", "eager"] = Field(
         "sdpa", description="UNet attention: sdpa = torch's fused kernel (diffusers' default), sliced = one "
                             "head slice at a time, eager = the full attention matrix.")

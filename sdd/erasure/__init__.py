@@ -3,10 +3,12 @@
 * :mod:`sdd.erasure.engine`: :func:`erase` (``sdd erase``) and the :class:`Distiller` that holds
   one run's state and takes its steps;
 * :mod:`sdd.erasure.objective`: the SDD loss, the trained parameters, the EMA teacher;
+* :mod:`sdd.erasure.components`: which components train (UNet parameters, the text encoders);
 * :mod:`sdd.erasure.sampler`: the teacher's trajectories that give the training latents (the
   paper's loop, or the trajectory pool);
 * :mod:`sdd.erasure.retention`: the retention term that keeps benign prompts near the base model;
-* :mod:`sdd.erasure.adversary`: robust erasure, attacks on the student in the loop;
+* :mod:`sdd.erasure.adversary`: robust erasure, attacks on the student in the loop (its pool at the
+  text encoder's input when that trains: :mod:`sdd.erasure.adversary_inputs`);
 * :mod:`sdd.erasure.checkpoint`: the resumable checkpoint (a resumed run is bit-identical);
 * :mod:`sdd.erasure.outputs`: what an erasure writes (model, patch, manifest, loss) and
   :func:`apply_patch`, which turns a base model into the erased one.

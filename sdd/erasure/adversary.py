@@ -10,9 +10,12 @@ a concept (the *target latents*: the frozen base drawing the concept prompts, dr
   team's adversarial-tokens attack); the concept prompts with that prefix.
 
 The found prompts are encoded, and their hidden states (not the tokens: the shipped tokenizer and
-text encoder stay unchanged) join the *adversarial pool*. Each step, ``fraction`` of the batch distils an
-adversarial conditioning, instead of a concept prompt, to the student's unconditional prediction
-(optionally a noised one, ``jitter``, or a blend of two, ``blend``: a neighbourhood instead of a point).
+text encoder stay unchanged) join the *adversarial pool*; when the text encoder trains
+(``train_method: text_encoder``, ``text_encoder+xattn``) the prompts join it at the text encoder's
+input instead, and go through the student's text encoder each time (:mod:`sdd.erasure.adversary_inputs`).
+Each step, ``fraction`` of the batch distils an adversarial conditioning, instead of a concept prompt,
+to the student's unconditional prediction (optionally a noised one, ``jitter``, or a blend of two,
+``blend``: a neighbourhood instead of a point).
 
 Benign prompts are kept by the retention term (:mod:`sdd.erasure.retention`, ``DistillConfig.retention``),
 which works with or without the adversary.
@@ -32,7 +35,9 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers import DDPMScheduler
 
+from sdd.erasure.adversary_inputs import InputPrompt, encode_inputs, load_member, state_tensors
 from sdd.erasure.retention import cycle
+from sdd.errors import ConfigError
 from sdd.models import Conditioning
 from sdd.tokens import (
     Placeholders,
@@ -59,7 +64,8 @@ class AdversaryState:
 
     targets: torch.Tensor | None = None  # (concepts * targets, C, H, W) base latents of the concept prompts
     embeddings: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # concept -> per encoder, (1, D)
-    pool: list[Conditioning] = field(default_factory=list)  # adversarial conditionings, one prompt each
+    # Adversarial conditionings, one prompt each; prompts at the text encoder's input when it trains.
+    pool: list[Conditioning | InputPrompt] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)  # the token prefixes found so far, as text
     attacks: int = 0
 
@@ -70,6 +76,10 @@ class Adversary:
     def __init__(self, distiller: Distiller):
         self.d = distiller
         self.cfg = distiller.config.adversarial
+        self.at_input = distiller.trains_text_encoder  # pool prompts at the text encoder's input
+        if self.at_input and self.cfg.blend:
+            raise ConfigError(f"adversarial.blend: blends pooled hidden states, which train_method "
+                              f"'{distiller.config.train_method}' does not pool; set it to 0")
         self.noise_scheduler = DDPMScheduler.from_config(distiller.pipe.scheduler.config)
         self.state = AdversaryState()
         self.pending: AdversaryState | None = None
@@ -117,6 +127,10 @@ class Adversary:
         k = self.adversarial_slots(n)
         if k == 0:
             return erased
+        if self.at_input:
+            members = [pool[self.d.rng.randrange(len(pool))] for _ in range(k)]
+            adv = encode_inputs(self.d.pipe, members, self.cfg.jitter, self.d.generator)
+            return Conditioning.cat([erased[: n - k], adv])
         adv = Conditioning.cat([self._draw_from_pool(pool) for _ in range(k)])
         hidden = adv.hidden_states
         if self.cfg.jitter:
@@ -138,7 +152,7 @@ class Adversary:
 
     # -- the attack --
 
-    def invert(self, ci: int, state: AdversaryState) -> tuple[list[torch.Tensor], list[Conditioning]]:
+    def invert(self, ci: int, state: AdversaryState) -> tuple[list[torch.Tensor], list[Conditioning | InputPrompt]]:
         """Concept inversion on the student for concept ``ci``: its new embedding(s) and conditionings."""
         d, cfg = self.d, self.cfg
         concept = d.concepts[ci]
@@ -163,15 +177,18 @@ class Adversary:
                     row.grad = g
                 opt.step()
             found = [row.detach().clone() for row in emb]
-            for e, row in enumerate(found):
-                ph.set_rows(e, row)
-            with torch.no_grad():
-                unique = list(dict.fromkeys(adv_prompts))
-                cond = encode(pipe, unique)
+            unique = list(dict.fromkeys(adv_prompts))
+            if self.at_input:
+                members = [InputPrompt(p, [TOKEN], rows=[r.float().cpu() for r in found]) for p in unique]
+            else:
+                for e, row in enumerate(found):
+                    ph.set_rows(e, row)
+                with torch.no_grad():
+                    members = _one_per_prompt(encode(pipe, unique))
         logger.debug("attack at step %d on %s: final inversion loss %.4g", d.step, concept.name, loss.item())
-        return [r.cpu() for r in found], _one_per_prompt(cond)
+        return [r.cpu() for r in found], members
 
-    def find_prefix(self, ci: int, state: AdversaryState) -> tuple[str, list[Conditioning]]:
+    def find_prefix(self, ci: int, state: AdversaryState) -> tuple[str, list[Conditioning | InputPrompt]]:
         """A discrete prefix (PEZ, as the red team's adversarial-tokens attack) that makes the student
         redraw concept ``ci``'s target latents: the prefix as text, and the prefixed concept prompts'
         conditionings."""
@@ -196,13 +213,17 @@ class Adversary:
                     row.grad = g
                 opt.step()
             ids = project_to_vocab(ph, soft, allowed)
-            set_tokens(ph, ids)
-            with torch.no_grad():
-                cond = encode(d.pipe, list(dict.fromkeys(prefixed)))
+            unique = list(dict.fromkeys(prefixed))
+            if self.at_input:
+                members = [InputPrompt(p, names, ids=ids.cpu()) for p in unique]
+            else:
+                set_tokens(ph, ids)
+                with torch.no_grad():
+                    members = _one_per_prompt(encode(d.pipe, unique))
         prefix = tok.decode(ids.tolist()).strip()
         logger.debug("attack at step %d on %s: prefix %r, final loss %.4g", d.step, d.concepts[ci].name,
                      prefix, loss.item())
-        return prefix, _one_per_prompt(cond)
+        return prefix, members
 
     # -- checkpoint and manifest --
 
@@ -217,6 +238,11 @@ class Adversary:
             for e, row in enumerate(rows):
                 tensors[f"adv.embedding.{ci}.{e}"] = row
         for i, cond in enumerate(s.pool):
+            if isinstance(cond, InputPrompt):
+                member_tensors, member_meta = state_tensors(i, cond)
+                tensors.update(member_tensors)
+                meta["pool"].append(member_meta)
+                continue
             tensors[f"adv.pool.{i}.hidden_states"] = cond.hidden_states
             for k, v in cond.added.items():
                 tensors[f"adv.pool.{i}.added.{k}"] = v
@@ -229,8 +255,9 @@ class Adversary:
             targets=tensors.get("adv.targets"),
             embeddings={int(ci): [tensors[f"adv.embedding.{ci}.{e}"] for e in range(n)]
                         for ci, n in meta["embeddings"].items()},
-            pool=[Conditioning(tensors[f"adv.pool.{i}.hidden_states"],
-                               {k: tensors[f"adv.pool.{i}.added.{k}"] for k in keys})
+            pool=[load_member(i, keys, tensors) if isinstance(keys, dict)
+                  else Conditioning(tensors[f"adv.pool.{i}.hidden_states"],
+                                    {k: tensors[f"adv.pool.{i}.added.{k}"] for k in keys})
                   for i, keys in enumerate(meta["pool"])],
             prefixes=list(meta.get("prefixes", [])), attacks=meta["attacks"])
         self.pending = None

@@ -1,8 +1,9 @@
 """The erasure's resumable checkpoint: one run's whole state (:class:`sdd.erasure.engine.Distiller`).
 
-``checkpoint/state.safetensors`` holds the tensors (student and teacher parameters, optimizer state,
-the torch RNG, the losses, the trajectory pool, the retention latents, the adversary's state) and
-``state.json`` the rest (step, settings, concepts and base model hash, Python RNG, schedulers).
+``checkpoint/state.safetensors`` holds the tensors (student and teacher parameters, the text encoders'
+when they train, optimizer state, the torch RNG, the losses, the trajectory pool, the retention
+latents, the adversary's state) and ``state.json`` the rest (step, settings, concepts and base model
+hash, Python RNG, schedulers).
 Written atomically, so an interrupted write leaves the previous checkpoint; a run resumed from it
 is bit-identical to an uninterrupted one (on CPU).
 """
@@ -33,7 +34,9 @@ def identity(d: Distiller) -> dict:
     return {"config": d.config.model_dump(mode="json", exclude=_RESUMABLE_CHANGES),
             "concepts_sha256": concepts_hash(d.concepts),
             "base_unet_sha256": d.base_hash,
-            "trained_parameters": d.trained}
+            "trained_parameters": d.trained,
+            # Only when text encoders train: checkpoints of UNet methods keep their identity.
+            **({"base_text_encoders_sha256": d.base_text_encoder_hashes} if d.base_text_encoder_hashes else {})}
 
 
 def save_checkpoint(d: Distiller, directory: Path) -> None:

@@ -34,12 +34,13 @@ from tqdm.auto import tqdm
 from sdd.config import ConfigError, DistillConfig, check_concept_names
 from sdd.erasure.adversary import Adversary
 from sdd.erasure.checkpoint import load_checkpoint, save_checkpoint
-from sdd.erasure.objective import TRAIN_METHODS, ema_copy, ema_update, sdd_loss, select_parameters
+from sdd.erasure.components import UNET, frozen_copies, qualified, qualified_parameters, select_trained
+from sdd.erasure.objective import TRAIN_METHODS, ema_update, sdd_loss
 from sdd.erasure.outputs import ErasureResult, write_outputs
 from sdd.erasure.retention import Retention
 from sdd.erasure.sampler import Batch, Pool, ddim_step, pool_phases, sample_latents, timestep_bin
 from sdd.layout import CHECKPOINT_DIR
-from sdd.models import Conditioner, autocast, latent_shape, load_pipeline, unet_weights_hash
+from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash, weights_hash
 from sdd.prompts import Concept
 from sdd.storage import check_writable_dir, recover_interrupted_writes
 
@@ -80,7 +81,11 @@ def _interrupts_deferred() -> Iterator[None]:
 class Distiller:
     """Student, EMA teacher, optimizer and RNG state of one erasure run.
 
-    ``pipe.unet`` becomes the student and is modified in place; ``self.teacher`` is the result.
+    ``pipe.unet`` becomes the student and is modified in place; ``self.teacher`` is the result. With a
+    text-encoder ``train_method`` the pipeline's text encoder(s) train in place too
+    (``self.student_text_encoders``), with EMA copies in ``self.teacher_text_encoders``. Three
+    conditioners (:class:`Conditioner`) encode prompts: the student's (``self.conditioner``, the pipeline's own
+    encoders), the teacher's and the frozen base model's; while no text encoder trains they are one.
     """
 
     def __init__(self, pipe: DiffusionPipeline, concepts: list[Concept], config: DistillConfig):
@@ -91,19 +96,31 @@ class Distiller:
         self.device = pipe.unet.device
         # Eval mode: the prediction and its target must be the same function (no dropout).
         self.student = pipe.unet.eval()
-        self.trained = select_parameters(self.student, config.train_method)
-        self.student.requires_grad_(False)
-        student_params = dict(self.student.named_parameters())
+        selected = select_trained(pipe, config.train_method)
+        self.student_text_encoders = {c: getattr(pipe, c).eval() for c in selected if c != UNET}
+        self.trains_text_encoder = bool(self.student_text_encoders)
+        students = {UNET: self.student, **self.student_text_encoders}
+        self.trained = [qualified(c, n) for c, names in selected.items() for n in names]
+        for module in students.values():
+            module.requires_grad_(False)
+        student_params = qualified_parameters(students)
         self.student_params = [student_params[n].requires_grad_(True) for n in self.trained]
         self.precision = "bf16" if config.frozen_dtype == "bf16" else config.mixed_precision
         self.frozen_fp32 = self._apply_memory_options()
-        self.teacher = ema_copy(self.student, self.trained)
-        teacher_params = dict(self.teacher.named_parameters())
+        teachers = frozen_copies(students, selected)
+        self.teacher = teachers.pop(UNET)
+        self.teacher_text_encoders = teachers
+        teacher_params = qualified_parameters({UNET: self.teacher, **teachers})
         self.teacher_params = [teacher_params[n] for n in self.trained]
         # The frozen base model, for the retention term and the adversary's targets: a copy of the trained
         # parameters as they are now (untrained), the rest shared; made before any hook or training.
         needs_base = config.retention is not None or config.adversarial is not None
-        self.base = ema_copy(self.student, self.trained) if needs_base else None
+        bases = frozen_copies(students, selected) if needs_base else {UNET: None}
+        self.base = bases.pop(UNET)
+        self.base_text_encoders = bases
+        self.conditioner = Conditioner(pipe, config.resolution)
+        self.teacher_conditioner = self._conditioner(self.teacher_text_encoders)
+        self.base_conditioner = self._conditioner(self.base_text_encoders)
         self.retention = Retention(self) if config.retention is not None else None
         self.adversary = Adversary(self) if config.adversarial is not None else None
 
@@ -115,7 +132,6 @@ class Distiller:
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         self.scheduler.set_timesteps(config.ddim_steps, device=self.device)
         self.num_train_timesteps = self.scheduler.config.num_train_timesteps
-        self.conditioner = Conditioner(pipe, config.resolution)
         # Prompts longer than the text encoder's limit are cut to their first tokens: say so, and record it.
         self.truncated_prompts = self.conditioner.truncated([p for c in self.concepts for p in c.prompts])
         if self.truncated_prompts:
@@ -140,6 +156,18 @@ class Distiller:
         self.losses: list[float] = []
         self.last_checkpoint_step: int | None = None
         self.base_hash: str | None = None  # identifies the base model in checkpoints and the manifest
+        # ... and, when they train, its text encoders (attribute -> sha256)
+        self.base_text_encoder_hashes = {c: weights_hash(m) for c, m in self.student_text_encoders.items()}
+
+    def _conditioner(self, text_encoders: dict[str, torch.nn.Module]) -> Conditioner:
+        """A conditioner with ``text_encoders`` (a teacher's, the base's); the student's while none trains."""
+        return Conditioner(self.pipe, self.config.resolution, text_encoders) if text_encoders else self.conditioner
+
+    def encode_student(self, prompts: list[str]) -> Conditioning:
+        """Conditioning through the student's text encoder(s): with gradients while they train."""
+        if self.trains_text_encoder:
+            return self.conditioner.encode_with_grad(prompts)
+        return self.conditioner.encode(prompts)
 
     def _param_groups(self) -> list[dict]:
         """One AdamW group, or two when ``xattn_lr_scale`` gives the cross-attention its own lr."""
@@ -211,7 +239,7 @@ class Distiller:
         noise = self._noise(len(prompts)).to(self.device)
         with autocast(self.device, self.precision):
             return sample_latents(self.base, self.scheduler, noise, [self.config.ddim_steps] * len(prompts),
-                                  self.conditioner.encode(prompts), self.conditioner.empty(len(prompts)),
+                                  self.base_conditioner.encode(prompts), self.base_conditioner.empty(len(prompts)),
                                   self.config.guidance_scale).float()
 
     def draw_batch(self) -> Batch:
@@ -248,8 +276,8 @@ class Distiller:
         prompts = [self._sampling_prompt() for _ in ks]
         noise = self._noise(len(ks)).to(self.device)
         with autocast(self.device, self.precision):
-            latents = sample_latents(self.teacher, self.scheduler, noise, ks, self.conditioner.encode(prompts),
-                                     self.conditioner.empty(len(ks)), cfg.guidance_scale)
+            latents = sample_latents(self.teacher, self.scheduler, noise, ks, self.teacher_conditioner.encode(prompts),
+                                     self.teacher_conditioner.empty(len(ks)), cfg.guidance_scale)
         return Pool(latents, ks, prompts)
 
     def advance_pool(self, batch: Batch) -> Pool:
@@ -261,8 +289,8 @@ class Distiller:
             prompts = [batch.sampling_prompts[b] for b in going]
             with autocast(self.device, self.precision):
                 latents[going] = ddim_step(self.teacher, self.scheduler, latents[going],
-                                           [batch.ks[b] for b in going], self.conditioner.encode(prompts),
-                                           self.conditioner.empty(len(going)), self.config.guidance_scale)
+                                           [batch.ks[b] for b in going], self.teacher_conditioner.encode(prompts),
+                                           self.teacher_conditioner.empty(len(going)), self.config.guidance_scale)
         done = [b for b, k in enumerate(batch.ks) if k + 1 == n]
         latents[done] = batch.noise.to(self.device, latents.dtype)
         restarts = iter(batch.restart_prompts)
@@ -271,16 +299,17 @@ class Distiller:
 
     def forward_backward(self, batch: Batch) -> float:
         """Sample z_t with the teacher (or take the pool's), compute the SDD loss, backpropagate."""
-        uncond = self.conditioner.empty(len(batch.ks))
-        erased = self.conditioner.encode(batch.erased_prompts)
+        uncond = self.conditioner.empty(len(batch.ks))  # the student's, stop-gradient: the target's
+        erased = self.encode_student(batch.erased_prompts)
         if self.adversary is not None:
             erased = self.adversary.mix(erased)
         timesteps = torch.tensor(batch.timesteps, device=self.device)
         with autocast(self.device, self.precision):
             if batch.latents is None:
-                sampling = self.conditioner.encode(batch.sampling_prompts)
+                teacher = self.teacher_conditioner
                 latents = sample_latents(self.teacher, self.scheduler, batch.noise.to(self.device), batch.ks,
-                                         sampling, uncond, self.config.guidance_scale)
+                                         teacher.encode(batch.sampling_prompts), teacher.empty(len(batch.ks)),
+                                         self.config.guidance_scale)
             else:
                 latents = batch.latents
             loss = sdd_loss(self.student, latents, timesteps, erased, uncond)
@@ -305,6 +334,9 @@ class Distiller:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.teacher_params, self.student_params, self.config.ema_decay)
+        if self.trains_text_encoder:  # the student's and the teacher's encodings are stale
+            self.conditioner.clear_cache()
+            self.teacher_conditioner.clear_cache()
         if pool is not None:
             self.pool = pool
         if self.adversary is not None:

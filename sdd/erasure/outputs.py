@@ -1,7 +1,8 @@
 """What an erasure writes to its output folder (the names are :mod:`sdd.layout`'s)::
 
-    model/              complete diffusers pipeline with the teacher UNet
-    patch.safetensors   the teacher's trained parameters only; see :func:`apply_patch`
+    model/              complete diffusers pipeline with the teacher UNet (and text encoders, when they train)
+    patch.safetensors   the teacher's trained parameters only (text encoders' prefixed ``text_encoder.`` /
+                        ``text_encoder_2.``, the UNet's unprefixed); see :func:`apply_patch`
     manifest.json       concepts, base model, config, loss summary, library versions
     loss.csv            step,loss
 
@@ -25,7 +26,9 @@ from safetensors.torch import load_file, save_file
 
 import sdd
 from sdd.config import ConfigError
+from sdd.erasure.components import UNET, split_qualified
 from sdd.layout import LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
+from sdd.models import patch_targets, swapped_modules
 from sdd.prompts import concepts_hash
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
@@ -65,6 +68,9 @@ def save_patch(distiller: Distiller, path: Path) -> None:
     meta = {"format": "sdd-patch", "train_method": distiller.config.train_method,
             "base_unet_sha256": distiller.base_hash or "",
             "concepts": json.dumps([asdict(c) for c in distiller.concepts])}
+    text_encoder_hashes = getattr(distiller, "base_text_encoder_hashes", None)  # only when text encoders train
+    if text_encoder_hashes:
+        meta["base_text_encoders_sha256"] = json.dumps(text_encoder_hashes, sort_keys=True)
     tensors = {name: t.detach().cpu().contiguous()
                for name, t in zip(distiller.trained, distiller.teacher_params, strict=True)}
     with atomic_path(Path(path)) as tmp:
@@ -91,12 +97,15 @@ def _write_sorted_metadata(src: Path, dst: Path) -> None:
 
 
 def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
-    """Overwrite ``pipe.unet``'s parameters with a ``patch.safetensors``: the erased model, exactly."""
+    """Overwrite ``pipe``'s parameters with a ``patch.safetensors``: the erased model, exactly.
+
+    Tensors named ``text_encoder.*`` / ``text_encoder_2.*`` go to that text encoder, the rest to the UNet.
+    """
     patch = load_file(str(path))
-    params = dict(pipe.unet.named_parameters())
+    params = patch_targets(pipe)
     unknown = [n for n in patch if n not in params or params[n].shape != patch[n].shape]
     if unknown:
-        raise ConfigError(f"{path}: patch does not fit this UNet ({len(unknown)} parameters, e.g. "
+        raise ConfigError(f"{path}: patch does not fit this model ({len(unknown)} parameters, e.g. "
                           f"{unknown[0]}); apply it to the base model it was made from")
     with torch.no_grad():
         for name, value in patch.items():
@@ -105,14 +114,19 @@ def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
 
 
 def save_model(distiller: Distiller, directory: Path) -> None:
-    """Save the pipeline with the teacher UNet as a complete diffusers folder."""
-    pipe = distiller.pipe
-    with atomic_path(Path(directory)) as tmp:
-        pipe.unet = distiller.teacher
-        try:
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        finally:
-            pipe.unet = distiller.student
+    """Save the pipeline with the teacher UNet (and text encoders) as a complete diffusers folder."""
+    teacher = {UNET: distiller.teacher, **distiller.teacher_text_encoders}
+    with atomic_path(Path(directory)) as tmp, swapped_modules(distiller.pipe, teacher) as pipe:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+
+
+def _trained_components(distiller: Distiller) -> dict[str, int]:
+    """Component (unet, text_encoder, text_encoder_2) -> how many of its numbers trained."""
+    numel: dict[str, int] = {}
+    for name, p in zip(distiller.trained, distiller.teacher_params, strict=True):
+        component = split_qualified(name)[0]
+        numel[component] = numel.get(component, 0) + p.numel()
+    return numel
 
 
 def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
@@ -128,11 +142,14 @@ def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
     manifest = {
         "concepts": [asdict(c) for c in distiller.concepts],
         "concepts_sha256": concepts_hash(distiller.concepts),
-        "base_model": {**(asdict(source) if source else {}), "unet_sha256": distiller.base_hash},
+        "base_model": {**(asdict(source) if source else {}), "unet_sha256": distiller.base_hash,
+                       **({"text_encoders_sha256": distiller.base_text_encoder_hashes}
+                          if distiller.base_text_encoder_hashes else {})},
         "config": distiller.config.model_dump(mode="json"),
         "steps": distiller.step,
         "trained_parameters": {"method": distiller.config.train_method, "tensors": len(distiller.trained),
-                               "numel": sum(p.numel() for p in distiller.teacher_params)},
+                               "numel": sum(p.numel() for p in distiller.teacher_params),
+                               "components": _trained_components(distiller)},
         "loss": loss_summary(distiller.losses),
         "truncated_prompts": len(distiller.truncated_prompts),  # concept prompts cut to the token limit
         # Prompts the teacher samples with (several concepts: every join of one prompt per concept) cut.

@@ -10,8 +10,10 @@ AdvUnlearn's utility loss, retention adds
     weight · ‖ε_student(x_t, c_b, t) − sg(ε_base(x_t, c_b, t))‖²
 
 for benign prompts c_b (``retention.prompts``), at x_t = noised final latents that the frozen base
-model drew for them once, before the first step (kept in the checkpoint). Prompts naming a concept
-being erased are left out: held at the base, they would pull the concept back.
+model drew for them once, before the first step (kept in the checkpoint). When the text encoder
+trains, c_b goes through the student's text encoder for the prediction and through the frozen base
+text encoder for the target. Prompts naming a concept being erased are left out: held at the base,
+they would pull the concept back.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ class Retention:
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(idx),),
                           generator=d.generator).to(d.device)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
-        cond = d.conditioner.encode([self.target_prompts[i] for i in idx])
+        prompts = [self.target_prompts[i] for i in idx]
         with torch.no_grad():
-            target = d.base(noisy, t, **cond.unet_kwargs()).sample
-        pred = d.student(noisy, t, **cond.unet_kwargs()).sample
+            target = d.base(noisy, t, **d.base_conditioner.encode(prompts).unet_kwargs()).sample
+        # Through the student's text encoder when it trains: what keeps it from collapsing every prompt.
+        pred = d.student(noisy, t, **d.encode_student(prompts).unet_kwargs()).sample
         loss = cfg.weight * F.mse_loss(pred.float(), target.float())
         self.last_loss = loss.item()
         return loss

@@ -80,11 +80,13 @@ class ErasedDiffusionModel(mlflow.pyfunc.PythonModel):
         self._check_patch(context.artifacts["patch"])
 
     def _check_patch(self, path: str) -> None:
-        """The pipeline's UNet must hold exactly the trained parameters of ``patch.safetensors``."""
+        """The pipeline must hold exactly the trained parameters of ``patch.safetensors`` (UNet, text encoders)."""
         import torch
         from safetensors.torch import load_file
 
-        params = dict(self.pipe.unet.named_parameters())
+        from sdd.models import patch_targets
+
+        params = patch_targets(self.pipe)
         for name, value in load_file(path).items():
             ours = params.get(name)
             if ours is None or not torch.equal(ours.detach().cpu(), value.to(ours.dtype)):
