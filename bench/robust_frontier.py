@@ -8,6 +8,8 @@ The prompt set and the base images are built once and shared.
     OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb --table   # table only
     OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb2 --concept red --concept triangle \
         --only preset
+    OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb3 --seeds 0 1 2 --curves erased \
+        --only base distill te+retention te+adversary+retention   # issue 31: spread over seeds, cost curves
 
 Results: docs/robust-erasure.md.
 """
@@ -183,6 +185,9 @@ TEXT_ENCODER_SETTINGS: dict[str, tuple[Path, dict]] = {
     "te+adversary+retention": (PRESET, {"train_method": "text_encoder", "lr": 3.0e-4}),
 }
 SETTINGS.update({name: {} for name in TEXT_ENCODER_SETTINGS})
+#: The base model itself, not erased: the reference row of the frontier and of the cost curves.
+BASE = "base"
+SETTINGS[BASE] = {}
 
 
 def settings_yaml(name: str) -> dict:
@@ -222,21 +227,34 @@ def run(cmd: list[str], log: Path) -> float:
     return time.monotonic() - start
 
 
-def measure(name: str, out: Path, concepts: list[str], redteam: bool = True) -> None:
-    cfg_path = out / "cfg" / f"{name}.yaml"
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(yaml.safe_dump(settings_yaml(name), sort_keys=False))
+def redteam_config(out: Path, curves: str) -> Path:
+    """params/redteam.yaml with the cost curves off, or for the erased model only (``--curves``): the
+    base model's curves are the same for every setting, so they are measured once, as the ``base`` row."""
+    cfg = yaml.safe_load(Path("params/redteam.yaml").read_text())
+    cfg["cost_curves"] = None if curves == "none" else {**(cfg.get("cost_curves") or {}), "models": ["erased"]}
+    path = out / "cfg" / f"redteam-{curves}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def measure(name: str, out: Path, concepts: list[str], redteam: bool = True, curves: str = "none") -> None:
+    """Erase (timed), evaluate and red-team one setting; ``base`` evaluates and attacks the base model."""
     run_dir, eval_dir = out / name, out / f"{name}-eval"
-    if not (run_dir / "manifest.json").exists():
+    model = "toy" if name.partition("@")[0] == BASE else str(run_dir / "model")
+    if model != "toy" and not (run_dir / "manifest.json").exists():
+        cfg_path = out / "cfg" / f"{name}.yaml"
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(yaml.safe_dump(settings_yaml(name), sort_keys=False))
         wall = run([SDD, "erase", "--model", "toy", *concept_args(concepts), "--config", str(cfg_path),
                     "--out", str(run_dir)], out / f"{name}.erase.log")
         (out / f"{name}.wall").write_text(f"{wall:.1f}\n")
     if not (eval_dir / "metrics.json").exists():
-        run([SDD, "evaluate", "--base", "toy", "--model", str(run_dir / "model"), "--prompts", str(out / "prompts"),
+        run([SDD, "evaluate", "--base", "toy", "--model", model, "--prompts", str(out / "prompts"),
              "--out", str(eval_dir), "--base-images", str(out / "base-images")], out / f"{name}.eval.log")
     if redteam and "redteam" not in json.loads((eval_dir / "metrics.json").read_text()):
-        run([SDD, "redteam", "--base", "toy", "--model", str(run_dir / "model"), "--prompts", str(out / "prompts"),
-             "--eval", str(eval_dir)], out / f"{name}.redteam.log")
+        run([SDD, "redteam", "--base", "toy", "--model", model, "--prompts", str(out / "prompts"),
+             "--eval", str(eval_dir), "--config", str(redteam_config(out, curves))], out / f"{name}.redteam.log")
 
 
 def _pct(x) -> str:
@@ -269,13 +287,63 @@ def row(name: str, out: Path, concept: str) -> str | None:
     return (f"| {name} | {concept} | {_pct(heldout_rate)} | {'–' if drop is None else f'{drop:.1f}'} | "
             f"{'–' if fid is None else f'{fid:.2f}'} | {'–' if clip is None else f'{clip:.2f}'} | "
             f"{_pct(asr('transfer'))} | {_pct(asr('adversarial_tokens'))} | "
-            f"{_pct(asr('concept_inversion'))} | {_pct(union)} | {wall} |")
+            f"{_pct(asr('concept_inversion'))} | {_pct(asr('relearning'))} | {_pct(union)} | {wall} |")
 
 
 def table(out: Path, names: list[str], concepts: list[str]) -> str:
     lines = ["| setting | concept | held-out % | benign drop (pts) | FID | CLIP score | transfer % | adv. tokens % | "
-             "inversion % | union % | erase wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "inversion % | relearning % | union % | erase wall s |", "|---" * 12 + "|"]
     lines += [r for n in names for c in concepts if (r := row(n, out, c))]
+    return "\n".join(lines)
+
+
+def _values(name: str, out: Path, concept: str) -> dict[str, float | None] | None:
+    path = out / f"{name}-eval" / "metrics.json"
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    rt = ((m.get("redteam") or {}).get("concepts") or {}).get(concept) or {}
+    values = {"held-out %": m["concepts"][concept]["erased"]["rate"],
+              "benign drop (pts)": ((m.get("quality") or {}).get("correctness") or {}).get("drop_points")}
+    for attack in ("transfer", "adversarial_tokens", "concept_inversion", "relearning"):
+        values[f"{attack} %"] = ((rt.get("attacks") or {}).get(attack) or {}).get("rate")
+    values["union %"] = (rt.get("union") or {}).get("rate")
+    wall = out / f"{name}.wall"
+    values["erase wall s"] = float(wall.read_text()) if wall.exists() else None
+    return values
+
+
+def spread_table(out: Path, settings: list[str], seeds: list[int], concepts: list[str]) -> str:
+    """Per setting and concept, each column's range over the seeds (min–max): a claim holds on every seed."""
+    columns = ["held-out %", "benign drop (pts)", "transfer %", "adversarial_tokens %", "concept_inversion %",
+               "relearning %", "union %", "erase wall s"]
+    lines = [f"| setting | concept | seeds | {' | '.join(columns)} |", "|---|---|---|" + "---|" * len(columns)]
+    for setting in settings:
+        for concept in concepts:
+            found = [v for s in seeds if (v := _values(f"{setting}@{s}", out, concept))]
+            if not found:
+                continue
+            cells = []
+            for col in columns:
+                xs = [v[col] for v in found if v[col] is not None]
+                scale = 1 if col in ("benign drop (pts)", "erase wall s") else 100
+                cells.append("–" if not xs else f"{scale * min(xs):.1f}–{scale * max(xs):.1f}")
+            lines.append(f"| {setting} | {concept} | {len(found)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def curves_table(out: Path, names: list[str], concept: str) -> str:
+    """The cost curves each run recorded (its erased model's; the ``base`` row's are the base model's)."""
+    lines = ["| run | attack | ASR % at each budget (steps) |", "|---|---|---|"]
+    for name in names:
+        path = out / f"{name}-eval" / "metrics.json"
+        if not path.exists():
+            continue
+        rt = ((json.loads(path.read_text()).get("redteam") or {}).get("concepts") or {}).get(concept) or {}
+        for attack, curve in (rt.get("cost_curves") or {}).items():
+            points = curve.get("erased") or {}
+            lines.append(f"| {name} | {attack} | " + ", ".join(
+                f"{b}: {100 * points[str(b)]['rate']:.1f}" for b in curve["budgets"] if str(b) in points) + " |")
     return "\n".join(lines)
 
 
@@ -288,18 +356,28 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", help="run each setting once per seed (rows name@seed)")
     ap.add_argument("--no-redteam", action="store_true", help="erase and evaluate only (held-out, benign drop, FID)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--curves", choices=["none", "erased"], default="none",
+                    help="cost curves of each run's erased model (params/redteam.yaml budgets); run the `base` "
+                         "setting for the base model's")
     ap.add_argument("--table", action="store_true", help="only print the table of what is measured")
     args = ap.parse_args()
     concepts = args.concept or ["red"]
     names = [f"{n}@{s}" for n in args.only for s in args.seeds] if args.seeds else args.only
+    # the base model is not trained: one seed of the red team says it all
+    names = [n for n in names if n.partition("@")[0] != BASE or n == f"{BASE}@{(args.seeds or [0])[0]}"]
     if not args.table:
         args.out.mkdir(parents=True, exist_ok=True)
         if not (args.out / "prompts").exists():
             run([SDD, "prompts", "build", *concept_args(concepts), "--out", str(args.out / "prompts")],
                 args.out / "prompts.log")
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda n: measure(n, args.out, concepts, not args.no_redteam), names))
+            list(pool.map(lambda n: measure(n, args.out, concepts, not args.no_redteam, args.curves), names))
     print(table(args.out, names, concepts))
+    if args.seeds:
+        print()
+        print(spread_table(args.out, args.only, args.seeds, concepts))
+    print()
+    print(curves_table(args.out, names, concepts[0]))
 
 
 if __name__ == "__main__":
