@@ -149,8 +149,8 @@ def re_erase(
     reg = result["registration"]
     outcome = (f"Registered {reg['name']} version {reg['version']} with alias `{reg['alias']}`; promote it "
                f"with `sdd promote {reg['name']} {reg['version']}`." if reg["alias"] else
-               f"Registered {reg['name']} version {reg['version']} without an alias: a gate failed "
-               f"(verdict {result['verdict']}).")
+               f"Registered {reg['name']} version {reg['version']} without an alias: a gate of production's "
+               f"threat model failed (verdict {result['verdict']}).")
     create_markdown_artifact(header + f"Re-erased: {why}.\n\n{outcome}", key="re-erase",
                              description="re-erase: new erasure")
     return finish({"action": "erased", "set": sets.active, "concepts_sha256": wanted, "production": production,

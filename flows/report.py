@@ -53,7 +53,8 @@ def render_report(plan: ErasurePlan, evaluation: dict, registration: dict, stage
         model = f"[{name} version {version}]({mlflow_url}/#/models/{name}/versions/{version})"
     else:
         run, model = f"`runs:/{run_id}`", f"`models:/{name}/{version}`"
-    alias = f"alias `{registration['alias']}`" if registration["alias"] else "no alias (a gate failed)"
+    alias = (f"alias `{registration['alias']}`" if registration["alias"]
+             else "no alias (a gate of production's threat model failed)")
     lineage = registration.get("lineage") or {}
     prompt_sha = (evaluation.get("prompt_set") or {}).get("sha256")
     lines += ["", f"**MLflow**: run {run} · model {model} · {alias}", "",

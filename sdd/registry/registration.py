@@ -52,7 +52,7 @@ class Registration:
     model_uri: str
     name: str
     version: int
-    alias: str | None  # the candidate alias, or None when a gate failed
+    alias: str | None  # the candidate alias, or None when a gate of production's threat model failed
     gates: GateSummary
     reused: bool = False  # the same erasure and evaluation were already registered as this version
 
