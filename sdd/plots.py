@@ -96,12 +96,12 @@ def cost_curve_plot(concept: str, curves: dict[str, dict], path: Path) -> Path:
     for ax, (attack, curve) in zip(axes.flat if len(curves) > 1 else [axes], curves.items(), strict=True):
         for model, color in (("base", "tab:gray"), ("erased", "tab:red")):
             points = curve.get(model) or {}
-            budgets = [int(b) for b in points]
-            rates = [100 * (points[b]["rate"] or 0.0) for b in points]
+            budgets = sorted(int(b) for b in points)  # metrics.json sorts its keys as text: "1000" < "300"
+            rates = [100 * (points[str(b)]["rate"] or 0.0) for b in budgets]
             if budgets:
                 ax.plot(budgets, rates, marker="o", color=color, label=f"{model} model")
-                lows = [100 * points[b]["ci95"][0] for b in points]
-                highs = [100 * points[b]["ci95"][1] for b in points]
+                lows = [100 * points[str(b)]["ci95"][0] for b in budgets]
+                highs = [100 * points[str(b)]["ci95"][1] for b in budgets]
                 ax.fill_between(budgets, lows, highs, color=color, alpha=0.15, linewidth=0)
         ax.set_xscale("log")
         ax.set_ylim(0, 105)

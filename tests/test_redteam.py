@@ -22,7 +22,7 @@ from sdd.config import (
     load_redteam_config,
     validate,
 )
-from sdd.evaluation import BaseJudge, Judgement, ToyConceptJudge
+from sdd.evaluation import BaseJudge, Judgement, ToyConceptJudge, rate
 from sdd.models import load_pipeline
 from sdd.prompts import PromptRow, PromptSet, PromptSetError, toy_eval_prompts
 from sdd.redteam import attacks as A
@@ -560,7 +560,8 @@ def test_evaluation_carries_unmeasured_robustness_until_the_red_team_folds_in(ti
     assert [c["gate"] for c in again["gates"]["checks"]] == gates
 
 
-def test_cost_curves_for_the_erased_and_the_base_model_reach_metrics_reports_and_mlflow(tiny_pipes, tmp_path):
+def test_cost_curves_for_the_erased_and_the_base_model_reach_metrics_reports_and_mlflow(tiny_pipes, tmp_path,
+                                                                                      monkeypatch):
     _evaluation(tmp_path / "eval")
     cfg = RedteamConfig.model_validate({**TINY, "attacks": ["concept_inversion", "relearning"],
                                         "cost_curves": {"concept_inversion": [1, 2], "relearning": [2, 4]}})
@@ -579,6 +580,14 @@ def test_cost_curves_for_the_erased_and_the_base_model_reach_metrics_reports_and
     report = (tmp_path / "eval" / "redteam" / "report.md").read_text()
     assert "### red: cost curves" in report and f"]({redteam['cost_curve_plots']['red']})" in report
     assert "| relearning | base | 100.0 % (2/2;" in report
+    # read back from metrics.json (keys sorted as text: "10" before "9"), the plot is drawn in budget order
+    from sdd.plots import cost_curve_plot
+
+    drawn = []
+    monkeypatch.setattr("matplotlib.axes.Axes.plot", lambda self, xs, ys, **kw: drawn.append(list(xs)))
+    cost_curve_plot("red", {"relearning": {"budgets": [9, 10], "unit": "gradient steps", "erased": {
+        "10": rate([True]), "9": rate([False])}}}, tmp_path / "sorted.png")
+    assert drawn == [[9, 10]]
 
     folded = R.fold_into_evaluation(tmp_path / "eval", redteam, tmp_path / "eval" / "redteam")
     assert folded["redteam"]["concepts"]["red"]["cost_curves"] == curves
