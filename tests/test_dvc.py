@@ -289,6 +289,8 @@ def test_repro_on_a_clean_clone_writes_metrics_and_png_plots(pipeline):
     assert set(redteam["redteam"]["red"]["attacks"]) == {"transfer", "adversarial_tokens", "concept_inversion",
                                                          "relearning"}
     assert set(redteam["gates"]["threat_models"]) == {"api", "open-weights"}
+    assert (project / "data" / "redteam" / redteam["cost_curve_plots"]["red"]).read_bytes().startswith(PNG_MAGIC)
+    assert set(redteam["redteam"]["red"]["cost_curves"]["relearning"]["base"]) == {"1", "3"}
     for name in ("loss.png", "rates.png"):
         assert (project / "data" / "plots" / name).read_bytes().startswith(PNG_MAGIC)
     with open(project / "data" / "erased" / "loss.csv", newline="") as f:
