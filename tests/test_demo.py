@@ -117,6 +117,7 @@ def test_demo_registers_the_erasure_with_its_provenance_and_robustness(demo, reg
     assert set(redteam["threat_models"]) == {"api", "open-weights"}
     # what the open-weights attacks cost, erased vs base, at the budgets of params/redteam.yaml, with a plot
     budgets = yaml.safe_load((REPO / "params" / "redteam.yaml").read_text())["cost_curves"]
+    budgets = {"concept_inversion": budgets["inversion_steps"], "relearning": budgets["relearning_steps"]}
     curves = redteam["concepts"]["red"]["cost_curves"]
     for attack in ("concept_inversion", "relearning"):
         assert curves[attack]["budgets"] == budgets[attack]

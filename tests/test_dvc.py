@@ -47,7 +47,7 @@ TINY_REDTEAM = {"num_inference_steps": 4, "grid_images": 4, "transfer": {"per_pr
                 "adversarial_tokens": {"steps": 2, "max_prompts": 2, "check_every": 1},
                 "concept_inversion": {"steps": 2, "images": 2, "batch_size": 2},
                 "relearning": {"steps": 2, "images": 2, "batch_size": 2},
-                "cost_curves": {"concept_inversion": [1, 2], "relearning": [1, 3]}}
+                "cost_curves": {"inversion_steps": [1, 2], "relearning_steps": [1, 3]}}
 EXPERIMENT_LR = 0.05
 
 

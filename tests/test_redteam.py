@@ -375,10 +375,10 @@ def test_cost_curve_budgets_are_validated():
 
     for bad, says in (([0, 10], "at least 1 step"), ([], "one or more"), ([50, 10], "increasing order"),
                       ([10, 10], "once each")):
-        with pytest.raises(ConfigError, match=f"cost_curves.relearning.*{says}") as e:
-            validate(RedteamConfig, {"cost_curves": {"relearning": bad}}, "params/redteam.yaml")
+        with pytest.raises(ConfigError, match=f"cost_curves.relearning_steps.*{says}") as e:
+            validate(RedteamConfig, {"cost_curves": {"relearning_steps": bad}}, "params/redteam.yaml")
         assert "\n" not in str(e.value)
-    assert CostCurvesConfig().relearning == [10, 50, 200]
+    assert CostCurvesConfig().budgets("relearning") == [10, 50, 200]
     with pytest.raises(ConfigError, match="cost_curves.models"):
         validate(RedteamConfig, {"cost_curves": {"models": ["student"]}}, "params/redteam.yaml")
 
@@ -564,7 +564,7 @@ def test_cost_curves_for_the_erased_and_the_base_model_reach_metrics_reports_and
                                                                                       monkeypatch):
     _evaluation(tmp_path / "eval")
     cfg = RedteamConfig.model_validate({**TINY, "attacks": ["concept_inversion", "relearning"],
-                                        "cost_curves": {"concept_inversion": [1, 2], "relearning": [2, 4]}})
+                                        "cost_curves": {"inversion_steps": [1, 2], "relearning_steps": [2, 4]}})
     lines = []
     redteam = R.run_redteam(tiny_pipes["sd1"], tiny_pipes["sd1"], _prompt_set(["a red", "red"]), StubJudge(0.0),
                             cfg, tmp_path / "eval" / "redteam", log=lines.append)

@@ -49,16 +49,20 @@ class CostCurvesConfig(_Strict):
     """Attack success against the attacker's budget, for the erased and the base model: how much harder
     the erasure makes it, where one budget only says whether that attack succeeded (issue 31)."""
 
-    concept_inversion: list[int] = Field([100, 300, 1000], description="Inversion steps at which the concept "
-                                         "prompts are drawn with the token learnt so far (concept_inversion's "
-                                         "restarts and lr).")
-    relearning: list[int] = Field([10, 50, 200], description="Fine-tuning steps at which the concept prompts are "
-                                  "drawn (relearning's lr, batch and weights).")
+    inversion_steps: list[int] = Field([100, 300, 1000], description="Concept-inversion steps at which the "
+                                       "concept prompts are drawn with the token learnt so far (concept_inversion's "
+                                       "restarts and lr).")
+    relearning_steps: list[int] = Field([10, 50, 200], description="Relearning (fine-tuning) steps at which the "
+                                        "concept prompts are drawn (relearning's lr, batch and weights).")
     models: list[Literal["erased", "base"]] = Field(["erased", "base"], min_length=1,
                                                     description="Models to draw curves for; the base model's is "
                                                                 "the reference (what the attack costs unerased).")
 
-    @field_validator("concept_inversion", "relearning")
+    def budgets(self, attack: str) -> list[int]:
+        """The budgets of ``attack`` (concept_inversion or relearning)."""
+        return {"concept_inversion": self.inversion_steps, "relearning": self.relearning_steps}[attack]
+
+    @field_validator("inversion_steps", "relearning_steps")
     @classmethod
     def _budgets(cls, v: list[int]) -> list[int]:
         if not v or any(b < 1 for b in v):

@@ -144,7 +144,7 @@ def base_model_curves(base_ctx: AttackContext, cfg: RedteamConfig) -> dict[str, 
     model that never had the concept erased (per attack: success per budget, wall seconds)."""
     curves = {}
     for name in (n for n in CURVE_ATTACKS if n in cfg.attacks):
-        budgets = getattr(cfg.cost_curves, name)
+        budgets = cfg.cost_curves.budgets(name)
         start = time.perf_counter()
         result = ATTACKS[name](base_ctx, getattr(cfg, name).model_copy(update={"steps": budgets[-1]}), budgets)
         curves[name] = (result.curve, time.perf_counter() - start)
@@ -162,7 +162,7 @@ def cost_curves(cfg: RedteamConfig, results: dict[str, AttackResult],
         return {}
     out = {}
     for name in (n for n in CURVE_ATTACKS if n in cfg.attacks):
-        curve: dict[str, Any] = {"unit": "gradient steps", "budgets": getattr(cfg.cost_curves, name)}
+        curve: dict[str, Any] = {"unit": "gradient steps", "budgets": cfg.cost_curves.budgets(name)}
         if name in results and results[name].curve:
             curve["erased"] = {str(b): rate(f) for b, f in results[name].curve.items()}
         if name in base_curves:
@@ -208,7 +208,7 @@ def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str,
         if name == "transfer":
             result = ATTACKS[name](ctx, budget, adversarial.rows if adversarial else None)
         elif name in CURVE_ATTACKS and cfg.cost_curves and "erased" in cfg.cost_curves.models:
-            result = ATTACKS[name](ctx, budget, getattr(cfg.cost_curves, name))
+            result = ATTACKS[name](ctx, budget, cfg.cost_curves.budgets(name))
         else:
             result = ATTACKS[name](ctx, budget)
         attacks[name] = attack_record(result, time.perf_counter() - start, _budget(name, cfg))
