@@ -571,6 +571,7 @@ def test_cost_curves_for_the_erased_and_the_base_model_reach_metrics_reports_and
     curves = redteam["redteam"]["red"]["cost_curves"]
     assert set(curves) == {"concept_inversion", "relearning"}
     assert curves["relearning"]["budgets"] == [2, 4] and curves["relearning"]["unit"] == "gradient steps"
+    assert curves["concept_inversion"]["base_restarts"] == 1  # a lower bound for the base: the conservative side
     for model in ("erased", "base"):  # keyed by budget: stable keys for dashboards
         assert set(curves["relearning"][model]) == {"2", "4"} and set(curves["concept_inversion"][model]) == {"1", "2"}
         assert curves["relearning"][model]["4"]["rate"] == 1.0  # the stub judge sees the concept everywhere

@@ -462,8 +462,12 @@ def test_a_text_encoder_erasure_registers_and_loads_as_erased(kind, tmp_path, cf
     trained = {name.split(".")[0] for name in load_file(str(out / "patch.safetensors"))}
     assert trained == ({"text_encoder", "text_encoder_2"} if kind == "sdxl" else {"text_encoder"})
     reg = registry.register(out, None, cfg, name=model_name)
-    with registry._mlflow_at(registry.resolve_store(cfg)):
-        served = mlflow.pyfunc.load_model(reg.model_uri).unwrap_python_model().pipe
+    saved_path = list(sys.path)  # MLflow puts the model's copy of sdd first; later tests' workers would import it
+    try:
+        with registry._mlflow_at(registry.resolve_store(cfg)):
+            served = mlflow.pyfunc.load_model(reg.model_uri).unwrap_python_model().pipe
+    finally:
+        sys.path[:] = saved_path
     erased, base = load_pipeline(str(out / "model")), load_pipeline(str(tmp_path / "base"))
     for attr in trained:
         ours, theirs = getattr(served, attr).state_dict(), getattr(erased, attr).state_dict()

@@ -139,14 +139,22 @@ def _context(pipe, concept: str, rows: list[PromptRow], latents, judge: Judge, c
 CURVE_ATTACKS = ("concept_inversion", "relearning")
 
 
+#: Restarts of the base model's inversion: one, a lower bound of what more restarts would reach, so the
+#: reference errs towards making the erased model look less hard to break (and costs a third).
+BASE_INVERSION_RESTARTS = 1
+
+
 def base_model_curves(base_ctx: AttackContext, cfg: RedteamConfig) -> dict[str, tuple[dict[int, list[bool]], float]]:
     """The cost-curve attacks run on the base model, to their largest budget: what the attack costs on a
     model that never had the concept erased (per attack: success per budget, wall seconds)."""
     curves = {}
     for name in (n for n in CURVE_ATTACKS if n in cfg.attacks):
         budgets = cfg.cost_curves.budgets(name)
+        update = {"steps": budgets[-1]}
+        if name == "concept_inversion":
+            update["restarts"] = BASE_INVERSION_RESTARTS
         start = time.perf_counter()
-        result = ATTACKS[name](base_ctx, getattr(cfg, name).model_copy(update={"steps": budgets[-1]}), budgets)
+        result = ATTACKS[name](base_ctx, getattr(cfg, name).model_copy(update=update), budgets)
         curves[name] = (result.curve, time.perf_counter() - start)
         if base_ctx.log:
             base_ctx.log(f"{base_ctx.concept}: {name} on the base model: " + ", ".join(
@@ -169,6 +177,8 @@ def cost_curves(cfg: RedteamConfig, results: dict[str, AttackResult],
             flags, wall_s = base_curves[name]
             curve["base"] = {str(b): rate(f) for b, f in flags.items()}
             curve["base_wall_s"] = round(wall_s, 2)
+            if name == "concept_inversion":
+                curve["base_restarts"] = BASE_INVERSION_RESTARTS
         out[name] = curve
     return out
 
