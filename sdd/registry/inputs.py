@@ -54,13 +54,6 @@ class GateSummary:
     def eval_tag(self) -> str:
         return GATES_PASSED if self.eval_passed else GATES_FAILED
 
-    def passed_for(self, threat_model: str | None) -> bool:
-        """Whether a version may hold an alias bound to ``threat_model`` (None: every gate must pass)."""
-        verdict = self.threat_models.get(threat_model)
-        if threat_model is None or verdict not in ("pass", "fail"):  # unmeasured: as the whole verdict says
-            return self.passed
-        return self.eval_passed and verdict == "pass"
-
     @property
     def tag(self) -> str:
         return GATES_PASSED if self.passed else GATES_FAILED

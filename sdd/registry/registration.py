@@ -251,7 +251,7 @@ def _finish_registration(client: MlflowClient, run: ErasureRun, mv, name: str, k
     _link_logged_model(client, run.model_id, name, version)
     client.update_model_version(name, str(version), description=scrub(_describe(run), limit=5000))
     alias = None
-    if gates.passed_for(cfg.threat_model_of(cfg.candidate_alias)):
+    if gate_failure(mv.tags, cfg.threat_model_of(cfg.candidate_alias)) is None:  # the rule promotions apply
         client.set_registered_model_alias(name, cfg.candidate_alias, str(version))
         alias = cfg.candidate_alias
     client.set_tag(run.run_id, "registered_model", f"{name}/{version}")  # last: marks it finished
