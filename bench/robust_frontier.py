@@ -183,6 +183,12 @@ TEXT_ENCODER_SETTINGS: dict[str, tuple[Path, dict]] = {
     "te": (PLAIN, {"train_method": "text_encoder", "lr": 3.0e-4, "retention": None}),  # the SDD loss alone
     "te+retention": (PLAIN, {"train_method": "text_encoder", "lr": 3.0e-4}),
     "te+adversary+retention": (PRESET, {"train_method": "text_encoder", "lr": 3.0e-4}),
+    # te+adversary+retention held every text attack and inversion on seed 0 but collapsed benign
+    # prompts (45 points): hold them harder (retention 10, 8 benign samples per step), and slower.
+    "te+adversary+retention10": (PRESET, {"train_method": "text_encoder", "lr": 3.0e-4,
+                                          "retention": {"weight": 10.0, "batch": 8}}),
+    "te+adversary+retention10-lr1e-4": (PRESET, {"train_method": "text_encoder", "lr": 1.0e-4,
+                                                 "retention": {"weight": 10.0, "batch": 8}}),
 }
 SETTINGS.update({name: {} for name in TEXT_ENCODER_SETTINGS})
 #: The base model itself, not erased: the reference row of the frontier and of the cost curves.
@@ -195,7 +201,10 @@ def settings_yaml(name: str) -> dict:
     name, _, seed = name.partition("@")
     if name in TEXT_ENCODER_SETTINGS:
         path, overrides = TEXT_ENCODER_SETTINGS[name]
-        return {**yaml.safe_load(path.read_text()), **overrides, **({"seed": int(seed)} if seed else {})}
+        cfg = yaml.safe_load(path.read_text())
+        for key, value in overrides.items():
+            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and cfg.get(key) else value
+        return {**cfg, **({"seed": int(seed)} if seed else {})}
     cfg = yaml.safe_load((PLAIN if name == "distill" else PRESET).read_text())
     for overrides in ([] if name in ("preset", "distill") else [FIRST_PRESET, SETTINGS[name]]):
         for key, value in overrides.items():

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler
 from torch import nn
 
 from sdd.errors import ConfigError
-from sdd.models import Conditioning, autocast, is_sdxl
+from sdd.models import UNET, Conditioner, Conditioning, TrainingNoise, autocast, denoiser, family, is_sdxl, predict
 
 #: The (tokenizer, text encoder) attributes of a pipeline: SD and the toy have the first pair, SDXL both.
 ENCODER_PAIRS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
@@ -122,7 +121,9 @@ class Placeholders:
 
 
 def encode(pipe, prompts: list[str]) -> Conditioning:
-    """Text conditioning for ``pipe.unet`` that keeps gradients (``Conditioner.encode`` does not)."""
+    """Text conditioning for the pipeline's denoiser that keeps gradients (``Conditioner.encode`` does not)."""
+    if family(pipe) != UNET:
+        return Conditioner(pipe).encode_with_grad(list(prompts))
     device = pipe.unet.device
     if not is_sdxl(pipe):
         embeds, _ = pipe.encode_prompt(list(prompts), device, 1, False)
@@ -134,28 +135,26 @@ def encode(pipe, prompts: list[str]) -> Conditioning:
     return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids.repeat(len(prompts), 1)})
 
 
-def denoise_loss(pipe, scheduler: DDPMScheduler, latents: torch.Tensor, cond: Conditioning,
+def denoise_loss(pipe, noise: TrainingNoise, latents: torch.Tensor, cond: Conditioning,
                  generator: torch.Generator, reduce: bool = True) -> torch.Tensor:
-    """MSE between the UNet's prediction and the true noise (or v) on noised ``latents``."""
-    return unet_error(pipe, *noised(scheduler, latents, generator), cond, reduce)
+    """MSE between the denoiser's prediction and its training target (ε, v or velocity) on noised ``latents``."""
+    return unet_error(pipe, *noised(noise, latents, generator), cond, reduce)
 
 
-def noised(scheduler: DDPMScheduler, latents: torch.Tensor,
+def noised(noise: TrainingNoise, latents: torch.Tensor,
            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``latents`` noised at random timesteps (noise first, then timesteps, from ``generator``):
-    the noisy latents, the timesteps and the UNet's target (the noise, or v)."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(latents.device)
-    noisy = scheduler.add_noise(latents, noise, t)
-    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
-    return noisy, t, target
+    the noisy latents, the timesteps and the denoiser's target (the noise, v, or the velocity)."""
+    eps = torch.randn(latents.shape, generator=generator).to(latents.device)
+    t = noise.timesteps(len(latents), generator).to(latents.device)
+    return noise.add_noise(latents, eps, t), t, noise.target(latents, eps, t)
 
 
 def unet_error(pipe, noisy: torch.Tensor, t: torch.Tensor, target: torch.Tensor, cond: Conditioning,
                reduce: bool = True) -> torch.Tensor:
-    """The UNet's squared error on ``noisy`` against ``target``: its mean, or one mean per sample."""
+    """The denoiser's squared error on ``noisy`` against ``target``: its mean, or one mean per sample."""
     with autocast(noisy.device):
-        pred = pipe.unet(noisy, t, **cond.unet_kwargs()).sample
+        pred = predict(denoiser(pipe), noisy, t, cond)
     err = (pred.float() - target.float()) ** 2
     return err.mean() if reduce else err.flatten(1).mean(1)
 

@@ -30,7 +30,7 @@ from sdd.erasure import (
     select_parameters,
     timestep_bin,
 )
-from sdd.models import Conditioner, latent_shape, load_pipeline
+from sdd.models import Conditioner, SamplingGrid, latent_shape, load_pipeline, predict
 from sdd.prompts import Concept, default_concepts
 
 CONCEPTS = [Concept("red", ["a red circle", "something red"]),
@@ -79,17 +79,16 @@ def test_timestep_bin_is_never_empty():
 def test_k0_gives_pure_noise_without_calling_the_unet(sd1):
     unet = CountingUNet(sd1.unet)
     cond = Conditioner(sd1)
-    scheduler = DDIMScheduler.from_config(sd1.scheduler.config)
-    scheduler.set_timesteps(5)
+    grid = SamplingGrid(sd1, 5, latent_shape(sd1), "cpu")
     noise = torch.randn(2, *latent_shape(sd1))
-    out = sample_latents(unet, scheduler, noise, [0, 0], cond.encode(["a", "b"]), cond.empty(2), 3.0)
+    out = sample_latents(unet, grid, noise, [0, 0], cond.encode(["a", "b"]), cond.empty(2), 3.0)
     assert torch.equal(out, noise) and unet.calls == []
 
 
 def test_k_steps_means_exactly_k_scheduler_steps(sd1, monkeypatch):
     cond = Conditioner(sd1)
-    scheduler = DDIMScheduler.from_config(sd1.scheduler.config)
-    scheduler.set_timesteps(5)
+    grid = SamplingGrid(sd1, 5, latent_shape(sd1), "cpu")
+    scheduler = grid.scheduler
     steps_seen = []
     real_step = scheduler.step
 
@@ -101,14 +100,14 @@ def test_k_steps_means_exactly_k_scheduler_steps(sd1, monkeypatch):
     unet = CountingUNet(sd1.unet)
     noise = torch.randn(3, *latent_shape(sd1))
     ks = [3, 0, 1]
-    batched = sample_latents(unet, scheduler, noise, ks, cond.encode(["x", "y", "z"]), cond.empty(3), 3.0)
+    batched = sample_latents(unet, grid, noise, ks, cond.encode(["x", "y", "z"]), cond.empty(3), 3.0)
     ts = scheduler.timesteps.tolist()
     # Trajectories advance in lockstep: 2 active at step 0, then only the k=3 one.
     assert steps_seen == [(ts[0], 2), (ts[1], 1), (ts[2], 1)]
     assert [b for b, _ in unet.calls] == [4, 2, 2]  # each with its unconditional twin
     assert torch.equal(batched[1], noise[1])
     for b, k in enumerate(ks):  # batching does not change any trajectory
-        alone = sample_latents(sd1.unet, scheduler, noise[b:b + 1], [k], cond.encode([["x", "y", "z"][b]]),
+        alone = sample_latents(sd1.unet, grid, noise[b:b + 1], [k], cond.encode([["x", "y", "z"][b]]),
                                cond.empty(1), 3.0)
         torch.testing.assert_close(batched[b:b + 1], alone, rtol=1e-4, atol=1e-5)
 
@@ -122,9 +121,8 @@ def test_full_trajectory_matches_the_diffusers_pipeline(tiny_dirs, kind):
     noise = torch.randn(1, *latent_shape(pipe), generator=torch.Generator().manual_seed(0))
     expected = pipe("a red circle", num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(),
                     output_type="latent").images
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(4)
-    ours = sample_latents(pipe.unet, scheduler, noise, [4], cond.encode(["a red circle"]), cond.empty(1), 3.0)
+    grid = SamplingGrid(pipe, 4, latent_shape(pipe), "cpu")
+    ours = sample_latents(pipe.unet, grid, noise, [4], cond.encode(["a red circle"]), cond.empty(1), 3.0)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -139,15 +137,15 @@ def test_gradient_flows_only_through_the_conditional_branch(sd1):
     assert [grad for _, grad in unet.calls] == [False, True]  # target under no_grad, prediction with grad
     grads = torch.autograd.grad(loss, list(sd1.unet.parameters()), allow_unused=True)
 
-    target = sd1.unet(z, t, **u.unet_kwargs()).sample.detach()
-    reference = F.mse_loss(sd1.unet(z, t, **c.unet_kwargs()).sample, target)
+    target = predict(sd1.unet, z, t, u).detach()
+    reference = F.mse_loss(predict(sd1.unet, z, t, c), target)
     ref_grads = torch.autograd.grad(reference, list(sd1.unet.parameters()), allow_unused=True)
     for g, r in zip(grads, ref_grads, strict=True):
         assert (g is None) == (r is None)
         if g is not None:
             torch.testing.assert_close(g, r)
 
-    both = F.mse_loss(sd1.unet(z, t, **c.unet_kwargs()).sample, sd1.unet(z, t, **u.unet_kwargs()).sample)
+    both = F.mse_loss(predict(sd1.unet, z, t, c), predict(sd1.unet, z, t, u))
     both_grads = torch.autograd.grad(both, list(sd1.unet.parameters()), allow_unused=True)
     assert any(g is not None and b is not None and not torch.allclose(g, b)
                for g, b in zip(grads, both_grads, strict=True))
@@ -265,8 +263,7 @@ def test_passes_are_counted_per_loop(sd1):
 def test_pool_steps_follow_the_reference_sampler(sd1):
     """Advancing a trajectory one ddim_step at a time (at mixed step indices) = sample_latents."""
     cond = Conditioner(sd1)
-    scheduler = DDIMScheduler.from_config(sd1.scheduler.config)
-    scheduler.set_timesteps(5)
+    scheduler = SamplingGrid(sd1, 5, latent_shape(sd1), "cpu")
     prompts = ["a red circle", "a wedge", "something red"]
     c, u = cond.encode(prompts), cond.empty(3)
     noise = torch.randn(3, *latent_shape(sd1), generator=torch.Generator().manual_seed(0))

@@ -18,6 +18,7 @@ from sdd.models import (
     latent_shape,
     load_pipeline,
     pipeline_class_name,
+    predict,
     unet_weights_hash,
 )
 
@@ -47,10 +48,11 @@ def test_sd2_keeps_v_prediction(tiny_dirs):
 
 
 def test_unsupported_pipeline_class_is_one_line_error(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ConfigError, match="unsupported pipeline class FluxPipeline") as e:
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    with pytest.raises(ConfigError, match="unsupported pipeline class WanPipeline") as e:
         load_pipeline(str(tmp_path))
     assert "\n" not in str(e.value)
+    assert "StableDiffusion3Pipeline (SD 3/3.5)" in str(e.value) and "FluxPipeline (FLUX.1)" in str(e.value)
 
 
 def test_folder_without_model_index_is_an_error(tmp_path):
@@ -109,7 +111,7 @@ def test_sd_conditioning_matches_pipeline(tiny_dirs, kind):
     for i, prompt in enumerate(["a red circle", "something"]):  # each encoded alone: the same bits in any batch
         alone, _ = pipe.encode_prompt([prompt], "cpu", 1, False)
         torch.testing.assert_close(c.hidden_states[i:i + 1], alone, rtol=0, atol=0)
-    assert c.added == {} and c.unet_kwargs()["added_cond_kwargs"] is None
+    assert c.added == {} and c.shared == {}
     empty = cond.empty(3)
     assert len(empty) == 3
     torch.testing.assert_close(empty.hidden_states[2:], cond.encode([""]).hidden_states, rtol=0, atol=0)
@@ -143,5 +145,5 @@ def test_sdxl_conditioning(tiny_dirs):
     empty = cond.empty(2)  # force_zeros_for_empty_prompt: SDXL's unconditional input is all zeros
     assert not empty.hidden_states.any() and not empty.added["text_embeds"].any()
     both = Conditioning.cat([c, empty])
-    out = pipe.unet(torch.randn(4, *latent_shape(pipe)), 10, **both.unet_kwargs()).sample
+    out = predict(pipe.unet, torch.randn(4, *latent_shape(pipe)), torch.tensor(10), both)
     assert out.shape == (4, *latent_shape(pipe))

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from sdd.config import AdversarialConfig, ConfigError, DistillConfig, RetentionConfig
 from sdd.erasure import Distiller, apply_patch, erase, sdd_loss, select_parameters
 from sdd.erasure.adversary_inputs import InputPrompt
-from sdd.models import latent_shape, load_pipeline, weights_hash
+from sdd.models import latent_shape, load_pipeline, predict, weights_hash
 from sdd.prompts import Concept
 
 CONCEPTS = [Concept("red", ["a red circle", "something red"])]
@@ -92,15 +92,15 @@ def test_the_gradient_reaches_the_text_encoder_only_through_the_concept_prompt(s
     assert any(g.abs().sum() > 0 for g in grads)
 
     # The same loss with "" encoded with gradient, then detached: the same gradient ...
-    def predict(prompts):
-        return d.student(z, t, **d.conditioner.encode_with_grad(prompts).unet_kwargs()).sample
+    def prediction(prompts):
+        return predict(d.student, z, t, d.conditioner.encode_with_grad(prompts))
 
     prompts = ["a red circle", "something red"]
-    reference = F.mse_loss(predict(prompts), predict([""] * 2).detach())
+    reference = F.mse_loss(prediction(prompts), prediction([""] * 2).detach())
     for g, r in zip(grads, torch.autograd.grad(reference, d.student_params), strict=True):
         torch.testing.assert_close(g, r)
     # ... and not the one of a target that lets the gradient through the empty prompt as well.
-    both = F.mse_loss(predict(prompts), predict([""] * 2))
+    both = F.mse_loss(prediction(prompts), prediction([""] * 2))
     assert any(not torch.allclose(g, b) for g, b in zip(grads, torch.autograd.grad(both, d.student_params),
                                                          strict=True))
 

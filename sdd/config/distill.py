@@ -84,13 +84,22 @@ class DistillConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA teacher decay per step.")
     ddim_steps: int = Field(50, ge=1, description="DDIM steps N of the teacher sampler (eta 0).")
-    guidance_scale: float = Field(3.0, ge=1, description="CFG scale of the teacher sampler.")
-    train_method: Literal["xattn", "xattn_out", "full", "selfattn", "noxattn", "text_encoder",
-                          "text_encoder+xattn"] = Field(
-        "xattn", description="Trained parameters: xattn=attn2, xattn_out=attn2.to_out, selfattn=attn1, "
-                             "noxattn=all but attn2, full=the whole UNet; text_encoder=every weight of the "
-                             "text encoder(s) (SDXL: both), the UNet untouched; text_encoder+xattn=the text "
-                             "encoder(s) and attn2.")
+    guidance_scale: float = Field(3.0, ge=1, description="CFG scale of the teacher sampler (not Flux: it samples "
+                                                         "without classifier-free guidance).")
+    flux_guidance: float = Field(3.5, ge=0, description="FLUX.1-dev's embedded guidance value, the same for the "
+                                                        "student's, the target's and the teacher's passes "
+                                                        "(ignored by other models).")
+    anchor_prompt: str = Field("", description="The prompt whose prediction is the target; '' = the empty prompt "
+                                               "(the paper). FLUX.1-dev has no true unconditional branch, so its "
+                                               "'' is an approximation too; an anchor such as 'a photo' is one.")
+    train_method: Literal["xattn", "xattn_out", "full", "selfattn", "noxattn", "context", "attn", "attn+ff",
+                          "text_encoder", "text_encoder+xattn"] = Field(
+        "xattn", description="Trained parameters. UNet models: xattn=attn2, xattn_out=attn2.to_out, selfattn=attn1, "
+                             "noxattn=all but attn2, full=the whole UNet. SD3/Flux transformers: context=the text "
+                             "stream's projections in the joint attention, attn=every attention weight, "
+                             "attn+ff=attention and feed-forward, full=the whole transformer. Any family: "
+                             "text_encoder=every weight of the text encoder(s), the denoiser untouched; "
+                             "text_encoder+xattn=the text encoder(s) and attn2 (transformers: context).")
     xattn_lr_scale: float = Field(1.0, gt=0, description="Learning-rate multiplier for the cross-attention (attn2) "
                                                          "parameters when more than them train (full, "
                                                          "text_encoder+xattn): the concept words enter there.")

@@ -33,12 +33,11 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDPMScheduler
 
 from sdd.erasure.adversary_inputs import InputPrompt, encode_inputs, load_member, state_tensors
 from sdd.erasure.retention import cycle
 from sdd.errors import ConfigError
-from sdd.models import Conditioning
+from sdd.models import Conditioning, TrainingNoise
 from sdd.tokens import (
     Placeholders,
     denoise_loss,
@@ -80,7 +79,7 @@ class Adversary:
         if self.at_input and self.cfg.blend:
             raise ConfigError(f"adversarial.blend: blends pooled hidden states, which train_method "
                               f"'{distiller.config.train_method}' does not pool; set it to 0")
-        self.noise_scheduler = DDPMScheduler.from_config(distiller.pipe.scheduler.config)
+        self.noise_scheduler = TrainingNoise(distiller.pipe)
         self.state = AdversaryState()
         self.pending: AdversaryState | None = None
 

@@ -1,9 +1,11 @@
-"""What an erasure trains (``DistillConfig.train_method``): UNet parameters, the text encoder(s), or both.
+"""What an erasure trains (``DistillConfig.train_method``): denoiser parameters, the text encoder(s), or both.
 
-UNet methods (xattn, xattn_out, selfattn, noxattn, full) pick UNet parameters by name
-(:func:`sdd.models.select_parameters`). Text-encoder methods (:data:`sdd.models.TEXT_ENCODER_METHODS`)
+UNet methods (xattn, xattn_out, selfattn, noxattn, full) pick UNet parameters by name, transformer
+methods (context, attn, attn+ff, full) SD3's and Flux's (:func:`sdd.models.select_parameters`).
+Text-encoder methods (:data:`sdd.models.TEXT_ENCODER_METHODS`)
 train every parameter of the pipeline's text encoder(s), SDXL's two included, as AdvUnlearn and DES
-do: ``text_encoder`` leaves the UNet untouched, ``text_encoder+xattn`` trains its cross-attention too.
+do: ``text_encoder`` leaves the UNet untouched, ``text_encoder+xattn`` trains its cross-attention too
+(a transformer's ``context`` projections).
 
 A trained parameter is named by :func:`qualified`: a UNet parameter as in the UNet (the names patches
 and checkpoints always had), a text encoder's prefixed with the encoder's pipeline attribute
@@ -19,8 +21,10 @@ from diffusers import DiffusionPipeline
 
 from sdd.config import ConfigError, DistillConfig
 from sdd.erasure.objective import ema_copy
-from sdd.models import TEXT_ENCODER_METHODS, TEXT_ENCODERS, select_parameters, text_encoders
+from sdd.models import TEXT_ENCODER_METHODS, TEXT_ENCODERS, denoiser, family, select_parameters, text_encoders
 
+#: The denoiser's component name, whatever it is (a UNet, SD3's or Flux's transformer): its parameters
+#: keep their own names in patches and checkpoints.
 UNET = "unet"
 
 
@@ -32,15 +36,18 @@ def select_trained(pipe: DiffusionPipeline, train_method: str) -> dict[str, list
     """Component (``unet``, ``text_encoder``, ``text_encoder_2``) -> names of its parameters that train.
 
     The UNet is always a key (with no names when only text encoders train)."""
+    net = denoiser(pipe)
     if train_method not in TEXT_ENCODER_METHODS:
-        return {UNET: select_parameters(pipe.unet, train_method)}
+        return {UNET: select_parameters(net, train_method)}
     encoders = text_encoders(pipe)
     if not encoders:
         unet_methods = [m for m in train_method_choices() if m not in TEXT_ENCODER_METHODS]
         raise ConfigError(f"train_method: '{train_method}' trains the text encoder and this pipeline has none; "
                           f"choose one of {', '.join(unet_methods)}")
     unet_method = TEXT_ENCODER_METHODS[train_method]
-    selected = {UNET: select_parameters(pipe.unet, unet_method) if unet_method else []}
+    if unet_method == "xattn" and family(pipe) != UNET:
+        unet_method = "context"  # a joint-attention transformer's counterpart of cross-attention
+    selected = {UNET: select_parameters(net, unet_method) if unet_method else []}
     for attr, encoder in encoders.items():
         selected[attr] = [name for name, _ in encoder.named_parameters()]
     return selected

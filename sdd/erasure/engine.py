@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -38,9 +38,20 @@ from sdd.erasure.components import UNET, frozen_copies, qualified, qualified_par
 from sdd.erasure.objective import TRAIN_METHODS, ema_update, sdd_loss
 from sdd.erasure.outputs import ErasureResult, write_outputs
 from sdd.erasure.retention import Retention
-from sdd.erasure.sampler import Batch, Pool, ddim_step, pool_phases, sample_latents, timestep_bin
+from sdd.erasure.sampler import Batch, Pool, ddim_step, pool_phases, sample_latents
 from sdd.layout import CHECKPOINT_DIR
-from sdd.models import Conditioner, Conditioning, autocast, latent_shape, load_pipeline, unet_weights_hash, weights_hash
+from sdd.models import (
+    Conditioner,
+    Conditioning,
+    SamplingGrid,
+    autocast,
+    denoiser,
+    latent_shape,
+    load_pipeline,
+    unet_weights_hash,
+    uses_classifier_free_guidance,
+    weights_hash,
+)
 from sdd.prompts import Concept
 from sdd.storage import check_writable_dir, recover_interrupted_writes
 
@@ -93,9 +104,9 @@ class Distiller:
             raise ConfigError("give at least one concept to erase")
         check_concept_names([c.name for c in concepts])  # a concept given twice is a mistake
         self.pipe, self.concepts, self.config = pipe, list(concepts), config
-        self.device = pipe.unet.device
+        self.device = denoiser(pipe).device
         # Eval mode: the prediction and its target must be the same function (no dropout).
-        self.student = pipe.unet.eval()
+        self.student = denoiser(pipe).eval()  # the UNet, or SD3's / Flux's transformer
         selected = select_trained(pipe, config.train_method)
         self.student_text_encoders = {c: getattr(pipe, c).eval() for c in selected if c != UNET}
         self.trains_text_encoder = bool(self.student_text_encoders)
@@ -118,7 +129,7 @@ class Distiller:
         bases = frozen_copies(students, selected) if needs_base else {UNET: None}
         self.base = bases.pop(UNET)
         self.base_text_encoders = bases
-        self.conditioner = Conditioner(pipe, config.resolution)
+        self.conditioner = Conditioner(pipe, config.resolution, guidance=config.flux_guidance)
         self.teacher_conditioner = self._conditioner(self.teacher_text_encoders)
         self.base_conditioner = self._conditioner(self.base_text_encoders)
         self.retention = Retention(self) if config.retention is not None else None
@@ -129,9 +140,10 @@ class Distiller:
         self.lr_scheduler = get_scheduler(config.lr_schedule, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
                                           num_training_steps=config.steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.mixed_precision == "fp16")
-        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        self.scheduler.set_timesteps(config.ddim_steps, device=self.device)
-        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
+        self.latent_shape = latent_shape(pipe, config.resolution)
+        self.grid = SamplingGrid(pipe, config.ddim_steps, self.latent_shape, self.device)
+        # Flux samples with one conditional pass (guidance-distilled); the others with classifier-free guidance.
+        self.guidance = config.guidance_scale if uses_classifier_free_guidance(pipe) else None
         # Prompts longer than the text encoder's limit are cut to their first tokens: say so, and record it.
         self.truncated_prompts = self.conditioner.truncated([p for c in self.concepts for p in c.prompts])
         if self.truncated_prompts:
@@ -144,7 +156,6 @@ class Distiller:
                            "encoder's %d tokens and are truncated, e.g. %.80r", self.sampling_truncation.cut,
                            self.sampling_truncation.possible, SAMPLING_SEPARATOR, self.conditioner.max_tokens,
                            self.sampling_truncation.longest)
-        self.latent_shape = latent_shape(pipe, config.resolution)
 
         self.generator = torch.Generator("cpu").manual_seed(config.seed)
         self.rng = random.Random(config.seed)
@@ -161,7 +172,9 @@ class Distiller:
 
     def _conditioner(self, text_encoders: dict[str, torch.nn.Module]) -> Conditioner:
         """A conditioner with ``text_encoders`` (a teacher's, the base's); the student's while none trains."""
-        return Conditioner(self.pipe, self.config.resolution, text_encoders) if text_encoders else self.conditioner
+        if not text_encoders:
+            return self.conditioner
+        return Conditioner(self.pipe, self.config.resolution, text_encoders, guidance=self.config.flux_guidance)
 
     def encode_student(self, prompts: list[str]) -> Conditioning:
         """Conditioning through the student's text encoder(s): with gradients while they train."""
@@ -186,7 +199,7 @@ class Distiller:
         puts back so that the saved model is exactly base + patch.
         """
         cfg, unet = self.config, self.student
-        if cfg.attention == "sliced":
+        if cfg.attention == "sliced" and hasattr(unet, "set_attention_slice"):
             unet.set_attention_slice("auto")
         elif cfg.attention == "eager":
             from diffusers.models.attention_processor import AttnProcessor
@@ -211,7 +224,7 @@ class Distiller:
         self.frozen_fp32 = {}
 
     def _count_passes(self, module, args, kwargs) -> None:
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         self.unet_passes += sample.shape[0]
 
     # -- one step --
@@ -230,7 +243,19 @@ class Distiller:
 
     def _noise(self, n: int) -> torch.Tensor:
         noise = torch.randn((n, *self.latent_shape), generator=self.generator)
-        return noise * self.scheduler.init_noise_sigma
+        return noise * self.grid.init_noise_sigma
+
+    def _train_timestep(self, k: int) -> int | float:
+        """t for a z_k: drawn from DDIM step k's bin (the paper), or flow matching's grid timestep k."""
+        bin_ = self.grid.timestep_range(k)
+        return self.rng.randrange(*bin_) if bin_ else float(self.grid.timesteps[k])
+
+    def target_conditioning(self, n: int) -> Conditioning:
+        """The target's conditioning (stop-gradient): the empty prompt, or ``anchor_prompt``."""
+        if not self.config.anchor_prompt:
+            return self.conditioner.empty(n)
+        with torch.no_grad():
+            return self.conditioner.encode([self.config.anchor_prompt] * n)
 
     @torch.no_grad()
     def draw_base_latents(self, prompts: list[str]) -> torch.Tensor:
@@ -238,9 +263,9 @@ class Distiller:
         retention term's benign latents and the adversary's targets."""
         noise = self._noise(len(prompts)).to(self.device)
         with autocast(self.device, self.precision):
-            return sample_latents(self.base, self.scheduler, noise, [self.config.ddim_steps] * len(prompts),
+            return sample_latents(self.base, self.grid, noise, [self.config.ddim_steps] * len(prompts),
                                   self.base_conditioner.encode(prompts), self.base_conditioner.empty(len(prompts)),
-                                  self.config.guidance_scale).float()
+                                  self.guidance).float()
 
     def draw_batch(self) -> Batch:
         if self.config.sampler == "pool":
@@ -250,7 +275,7 @@ class Distiller:
         for b in range(cfg.batch_size):
             k = self.rng.randrange(cfg.ddim_steps)
             ks.append(k)
-            timesteps.append(self.rng.randrange(*timestep_bin(k, cfg.ddim_steps, self.num_train_timesteps)))
+            timesteps.append(self._train_timestep(k))
             sampling.append(self._sampling_prompt())
             erased.append(self._erased_prompt(b, sampling[-1]))
         return Batch(ks, timesteps, sampling, erased, self._noise(cfg.batch_size))
@@ -260,7 +285,7 @@ class Distiller:
         if self.pool is None:
             self.pool = self.start_pool()
         n, pool = self.config.ddim_steps, self.pool
-        timesteps = [self.rng.randrange(*timestep_bin(k, n, self.num_train_timesteps)) for k in pool.ks]
+        timesteps = [self._train_timestep(k) for k in pool.ks]
         erased = [self._erased_prompt(b, p) for b, p in enumerate(pool.prompts)]
         restarts = [self._sampling_prompt() for k in pool.ks if k == n - 1]
         return Batch(list(pool.ks), timesteps, list(pool.prompts), erased, self._noise(len(restarts)),
@@ -276,8 +301,8 @@ class Distiller:
         prompts = [self._sampling_prompt() for _ in ks]
         noise = self._noise(len(ks)).to(self.device)
         with autocast(self.device, self.precision):
-            latents = sample_latents(self.teacher, self.scheduler, noise, ks, self.teacher_conditioner.encode(prompts),
-                                     self.teacher_conditioner.empty(len(ks)), cfg.guidance_scale)
+            latents = sample_latents(self.teacher, self.grid, noise, ks, self.teacher_conditioner.encode(prompts),
+                                     self.teacher_conditioner.empty(len(ks)), self.guidance)
         return Pool(latents, ks, prompts)
 
     def advance_pool(self, batch: Batch) -> Pool:
@@ -288,9 +313,9 @@ class Distiller:
         if going:
             prompts = [batch.sampling_prompts[b] for b in going]
             with autocast(self.device, self.precision):
-                latents[going] = ddim_step(self.teacher, self.scheduler, latents[going],
+                latents[going] = ddim_step(self.teacher, self.grid, latents[going],
                                            [batch.ks[b] for b in going], self.teacher_conditioner.encode(prompts),
-                                           self.teacher_conditioner.empty(len(going)), self.config.guidance_scale)
+                                           self.teacher_conditioner.empty(len(going)), self.guidance)
         done = [b for b, k in enumerate(batch.ks) if k + 1 == n]
         latents[done] = batch.noise.to(self.device, latents.dtype)
         restarts = iter(batch.restart_prompts)
@@ -299,7 +324,7 @@ class Distiller:
 
     def forward_backward(self, batch: Batch) -> float:
         """Sample z_t with the teacher (or take the pool's), compute the SDD loss, backpropagate."""
-        uncond = self.conditioner.empty(len(batch.ks))  # the student's, stop-gradient: the target's
+        uncond = self.target_conditioning(len(batch.ks))  # the student's, stop-gradient: the target's
         erased = self.encode_student(batch.erased_prompts)
         if self.adversary is not None:
             erased = self.adversary.mix(erased)
@@ -307,9 +332,9 @@ class Distiller:
         with autocast(self.device, self.precision):
             if batch.latents is None:
                 teacher = self.teacher_conditioner
-                latents = sample_latents(self.teacher, self.scheduler, batch.noise.to(self.device), batch.ks,
+                latents = sample_latents(self.teacher, self.grid, batch.noise.to(self.device), batch.ks,
                                          teacher.encode(batch.sampling_prompts), teacher.empty(len(batch.ks)),
-                                         self.config.guidance_scale)
+                                         self.guidance)
             else:
                 latents = batch.latents
             loss = sdd_loss(self.student, latents, timesteps, erased, uncond)
@@ -432,7 +457,7 @@ def erase(model: str | DiffusionPipeline, concepts: list[Concept], out_dir: Path
         for action in recover_interrupted_writes(out_dir):
             logger.info("resume: %s (left by an interrupted write)", action)
     pipe = load_pipeline(model) if isinstance(model, str) else model
-    base_hash = unet_weights_hash(pipe.unet)  # before training and before any bf16 cast
+    base_hash = unet_weights_hash(denoiser(pipe))  # before training and before any bf16 cast
     distiller = Distiller(pipe, concepts, config)
     distiller.base_hash = base_hash
     if resume and checkpoint.exists():

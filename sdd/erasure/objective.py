@@ -5,6 +5,7 @@ empty prompt:
 
     L(θ) = || ε_θ(z_t, c_s, t) − sg[ε_θ(z_t, ∅, t)] ||²
 
+(in velocity space for the flow-matching transformers, SD3 and Flux: v_θ in place of ε_θ)
 (:func:`sdd_loss`), on the parameters its ``train_method`` selects (:func:`select_parameters`). The
 model that is shipped is θ*, an EMA copy of the student (:func:`ema_copy`, :func:`ema_update`): the
 *teacher*, which also samples the training latents (:mod:`sdd.erasure.sampler`).
@@ -17,19 +18,20 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from sdd.models import TRAIN_METHODS, Conditioning, select_parameters
+from sdd.models import TRAIN_METHODS, Conditioning, predict, select_parameters
 
 # TRAIN_METHODS and select_parameters live in sdd.models: the red team's relearning attacker picks weights
 # the same way.
 __all__ = ["TRAIN_METHODS", "ema_copy", "ema_update", "sdd_loss", "select_parameters"]
 
 
-def sdd_loss(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
+def sdd_loss(net: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
              uncond: Conditioning) -> torch.Tensor:
-    """MSE between the conditional prediction and the stop-gradient unconditional one."""
+    """MSE between the conditional prediction and the stop-gradient unconditional one: ε (or v) for a
+    UNet, the flow-matching velocity for SD3 and Flux, always the student's at the same x_t."""
     with torch.no_grad():
-        target = unet(latents, timesteps, **uncond.unet_kwargs()).sample
-    pred = unet(latents, timesteps, **cond.unet_kwargs()).sample
+        target = predict(net, latents, timesteps, uncond)
+    pred = predict(net, latents, timesteps, cond)
     return F.mse_loss(pred.float(), target.float())
 
 

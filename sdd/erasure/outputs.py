@@ -28,7 +28,7 @@ import sdd
 from sdd.config import ConfigError
 from sdd.erasure.components import UNET, split_qualified
 from sdd.layout import LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
-from sdd.models import patch_targets, swapped_modules
+from sdd.models import denoiser_attr, patch_targets, swapped_modules
 from sdd.prompts import concepts_hash
 from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
 
@@ -99,7 +99,8 @@ def _write_sorted_metadata(src: Path, dst: Path) -> None:
 def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
     """Overwrite ``pipe``'s parameters with a ``patch.safetensors``: the erased model, exactly.
 
-    Tensors named ``text_encoder.*`` / ``text_encoder_2.*`` go to that text encoder, the rest to the UNet.
+    Tensors named ``text_encoder.*`` / ``text_encoder_2.*`` go to that text encoder,
+    the rest to the denoiser (UNet or transformer).
     """
     patch = load_file(str(path))
     params = patch_targets(pipe)
@@ -115,7 +116,7 @@ def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
 
 def save_model(distiller: Distiller, directory: Path) -> None:
     """Save the pipeline with the teacher UNet (and text encoders) as a complete diffusers folder."""
-    teacher = {UNET: distiller.teacher, **distiller.teacher_text_encoders}
+    teacher = {denoiser_attr(distiller.pipe): distiller.teacher, **distiller.teacher_text_encoders}
     with atomic_path(Path(directory)) as tmp, swapped_modules(distiller.pipe, teacher) as pipe:
         pipe.save_pretrained(tmp, safe_serialization=True)
 
@@ -125,6 +126,7 @@ def _trained_components(distiller: Distiller) -> dict[str, int]:
     numel: dict[str, int] = {}
     for name, p in zip(distiller.trained, distiller.teacher_params, strict=True):
         component = split_qualified(name)[0]
+        component = denoiser_attr(distiller.pipe) if component == UNET else component
         numel[component] = numel.get(component, 0) + p.numel()
     return numel
 

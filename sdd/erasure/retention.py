@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 
 from sdd.errors import ConfigError
+from sdd.models import TrainingNoise, predict
 from sdd.tokens import words_pattern
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Retention:
         if not self.prompts:
             raise ConfigError("retention.prompts: every prompt names a concept being erased; "
                               "give benign prompts (none naming the concepts)")
-        self.noise_scheduler = DDPMScheduler.from_config(distiller.pipe.scheduler.config)
+        self.noise = TrainingNoise(distiller.pipe)
         self.target_prompts = cycle(self.prompts, self.cfg.targets)  # the prompt of each latent
         self.latents: torch.Tensor | None = None  # (targets, C, H, W), drawn by the base before step 0
         self.last_loss = 0.0
@@ -58,14 +58,13 @@ class Retention:
         idx = torch.randint(len(self.latents), (cfg.batch,), generator=d.generator).tolist()
         x0 = self.latents[idx].to(d.device)
         noise = torch.randn(x0.shape, generator=d.generator).to(d.device, x0.dtype)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(idx),),
-                          generator=d.generator).to(d.device)
-        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        t = self.noise.timesteps(len(idx), d.generator).to(d.device)
+        noisy = self.noise.add_noise(x0, noise, t)
         prompts = [self.target_prompts[i] for i in idx]
         with torch.no_grad():
-            target = d.base(noisy, t, **d.base_conditioner.encode(prompts).unet_kwargs()).sample
+            target = predict(d.base, noisy, t, d.base_conditioner.encode(prompts))
         # Through the student's text encoder when it trains: what keeps it from collapsing every prompt.
-        pred = d.student(noisy, t, **d.encode_student(prompts).unet_kwargs()).sample
+        pred = predict(d.student, noisy, t, d.encode_student(prompts))
         loss = cfg.weight * F.mse_loss(pred.float(), target.float())
         self.last_loss = loss.item()
         return loss

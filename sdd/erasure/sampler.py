@@ -1,8 +1,11 @@
-"""Where the training latents z_k come from: the EMA teacher's own guided DDIM trajectories.
+"""Where the training latents z_k come from: the EMA teacher's own guided trajectories.
 
 The teacher (:mod:`sdd.erasure.objective`) samples with classifier-free guidance towards the
 concepts for k of N DDIM steps, and t is drawn from the DDPM timestep bin that DDIM step k stands
-for (:func:`timestep_bin`). No images are needed. Two loops (``DistillConfig.sampler``):
+for (:func:`timestep_bin`). No images are needed. For flow-matching models (SD3, Flux) the steps are
+the pipeline's Euler steps and t is the grid's own timestep k (:class:`sdd.models.SamplingGrid`);
+Flux samples without classifier-free guidance (FLUX.1-dev embeds its guidance value instead).
+Two loops (``DistillConfig.sampler``):
 
 * ``reference`` (the paper): every training sample is a fresh trajectory of k ~ U{0..N-1} guided
   DDIM steps, so a sample costs ~N+1 UNet image-passes (2 per CFG step, 2 for the loss), of which
@@ -24,9 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DDIMScheduler
 
-from sdd.models import Conditioning
+from sdd.models import Conditioning, SamplingGrid, predict
 
 
 def timestep_bin(k: int, num_steps: int, num_train_timesteps: int) -> tuple[int, int]:
@@ -36,41 +38,53 @@ def timestep_bin(k: int, num_steps: int, num_train_timesteps: int) -> tuple[int,
     return lo, max(hi, lo + 1)
 
 
-@torch.no_grad()
-def sample_latents(unet: torch.nn.Module, scheduler: DDIMScheduler, noise: torch.Tensor, ks: list[int],
-                   cond: Conditioning, uncond: Conditioning, guidance_scale: float) -> torch.Tensor:
-    """Run exactly ``ks[b]`` guided DDIM steps from ``noise[b]`` (k = 0 returns the noise itself).
+def guided(net: torch.nn.Module, grid: SamplingGrid, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+           uncond: Conditioning, guidance_scale: float | None) -> torch.Tensor:
+    """The denoiser's output at ``t``, guided (classifier-free) unless ``guidance_scale`` is None (Flux:
+    one conditional pass; FLUX.1-dev's guidance travels in ``cond``)."""
+    model_input = grid.scale(x, t)
+    if guidance_scale is None:
+        return predict(net, model_input, t, cond).float()
+    two = predict(net, torch.cat([model_input, model_input]), torch.cat([t, t]) if t.dim() else t,
+                  Conditioning.cat([uncond, cond])).float()
+    out_uncond, out_cond = two.chunk(2)
+    return out_uncond + guidance_scale * (out_cond - out_uncond)
 
-    Trajectories advance in lockstep over ``scheduler.timesteps``, so at every step all still-active
-    ones share a timestep and go through the UNet as one batch (with their unconditional twins).
+
+@torch.no_grad()
+def sample_latents(net: torch.nn.Module, grid: SamplingGrid, noise: torch.Tensor, ks: list[int],
+                   cond: Conditioning, uncond: Conditioning, guidance_scale: float | None) -> torch.Tensor:
+    """Run exactly ``ks[b]`` guided steps of ``grid`` from ``noise[b]`` (k = 0 returns the noise itself).
+
+    Trajectories advance in lockstep over the grid, so at every step all still-active ones share a
+    timestep and go through the denoiser as one batch (with their unconditional twins).
     """
     latents = noise.clone()
     steps = torch.tensor(ks)
-    for i, t in enumerate(scheduler.timesteps[: max(ks, default=0)]):
+    for i, t in enumerate(grid.timesteps[: max(ks, default=0)]):
         active = (steps > i).nonzero().flatten().tolist()
         x = latents[active]
-        model_input = scheduler.scale_model_input(torch.cat([x, x]), t)
-        out = unet(model_input, t, **Conditioning.cat([uncond[active], cond[active]]).unet_kwargs()).sample
-        out_uncond, out_cond = out.float().chunk(2)
-        guided = out_uncond + guidance_scale * (out_cond - out_uncond)
-        latents[active] = scheduler.step(guided, t, x, eta=0.0).prev_sample.to(latents.dtype)
+        out = guided(net, grid, x, t, cond[active], uncond[active], guidance_scale)
+        latents[active] = grid.step(out, i, x).to(latents.dtype)
     return latents
 
 
 @torch.no_grad()
-def ddim_step(unet: torch.nn.Module, scheduler: DDIMScheduler, latents: torch.Tensor, ks: list[int],
-              cond: Conditioning, uncond: Conditioning, guidance_scale: float) -> torch.Tensor:
-    """One guided DDIM step for every latent, each from its own step index ``ks[b]``, in one UNet batch.
+def ddim_step(net: torch.nn.Module, grid: SamplingGrid, latents: torch.Tensor, ks: list[int],
+              cond: Conditioning, uncond: Conditioning, guidance_scale: float | None) -> torch.Tensor:
+    """One guided step of ``grid`` for every latent, each from its own step index ``ks[b]``, in one batch.
 
-    The UNet takes a timestep per sample; the scheduler step (cheap, elementwise) runs per latent.
+    The denoiser takes a timestep per sample; the scheduler step (cheap, elementwise) runs per latent.
     """
-    t = scheduler.timesteps[torch.tensor(ks, device=scheduler.timesteps.device)]
-    x = torch.cat([scheduler.scale_model_input(latents[b:b + 1], t[b]) for b in range(len(ks))])
-    out = unet(torch.cat([x, x]), torch.cat([t, t]), **Conditioning.cat([uncond, cond]).unet_kwargs()).sample
-    out_uncond, out_cond = out.float().chunk(2)
-    guided = out_uncond + guidance_scale * (out_cond - out_uncond)
-    return torch.cat([scheduler.step(guided[b:b + 1], t[b], latents[b:b + 1], eta=0.0).prev_sample
-                      for b in range(len(ks))]).to(latents.dtype)
+    t = grid.timesteps[torch.tensor(ks, device=grid.timesteps.device)]
+    x = torch.cat([grid.scale(latents[b:b + 1], t[b]) for b in range(len(ks))])
+    if guidance_scale is None:
+        out = predict(net, x, t, cond).float()
+    else:
+        two = predict(net, torch.cat([x, x]), torch.cat([t, t]), Conditioning.cat([uncond, cond])).float()
+        out_uncond, out_cond = two.chunk(2)
+        out = out_uncond + guidance_scale * (out_cond - out_uncond)
+    return torch.cat([grid.step(out[b:b + 1], k, latents[b:b + 1]) for b, k in enumerate(ks)]).to(latents.dtype)
 
 
 def pool_phases(offset: int, size: int, num_steps: int) -> list[int]:

@@ -124,9 +124,9 @@ def model_info(pipe, name: str | None) -> dict[str, Any]:
         info.update(asdict(source))
         info["path"] = portable_path(info["path"])
     if isinstance(getattr(pipe, "unet", None), torch.nn.Module):
-        from sdd.models import unet_weights_hash
+        from sdd.models import denoiser, unet_weights_hash
 
-        info["unet_sha256"] = unet_weights_hash(pipe.unet)
+        info["unet_sha256"] = unet_weights_hash(denoiser(pipe))
     return info
 
 

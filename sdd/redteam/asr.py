@@ -27,6 +27,7 @@ from typing import Any
 from sdd.config import ConfigError, RedteamConfig, RobustnessGatesConfig
 from sdd.evaluation import Judge, rate
 from sdd.layout import concept_stem
+from sdd.models import denoiser
 from sdd.prompts import PromptRow, PromptSet, PromptSetError, read_text, write_prompt_set
 from sdd.redteam.attacks import ATTACKS, AttackContext, AttackResult, encode_images
 from sdd.redteam.gates import apply_robustness_gates
@@ -206,7 +207,7 @@ def redteam_concept(base_pipe, erased_pipe, prompt_set: PromptSet, concept: str,
         raise ConfigError(f"concept '{concept}': no effective prompts (the base model shows it in 0 of "
                           f"{len(rows)} prompts); check the judge or the prompt set")
     eff_rows = [rows[k] for k in eff]
-    latents = encode_images(erased_pipe, [base_images[k] for k in eff]).to(erased_pipe.unet.device)
+    latents = encode_images(erased_pipe, [base_images[k] for k in eff]).to(denoiser(erased_pipe).device)
     ctx = _context(erased_pipe, concept, eff_rows, latents, judge, cfg, log)
     pre_images = ctx.draw([r.prompt for r in eff_rows], eff_rows, "erased images (pre-attack)")
     pre = ctx.present(pre_images)

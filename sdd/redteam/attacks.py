@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler
 from PIL import Image
 
 from sdd.config import AdvTokensConfig, ConceptInversionConfig, RelearningConfig, TransferAttackConfig
 from sdd.evaluation import Judge
-from sdd.models import select_parameters
+from sdd.models import FLUX, TrainingNoise, denoiser, family, select_parameters
 from sdd.progress import ProgressLog
 from sdd.prompts import PromptRow
 from sdd.tokens import (
@@ -62,11 +61,14 @@ TOY_TRANSFER_TEMPLATES = world.TRAIN_TEMPLATES + (
 
 @torch.no_grad()
 def encode_images(pipe, images: Sequence[Image.Image]) -> torch.Tensor:
-    """VAE latents (scaled as the UNet sees them) of ``images``: the attack targets."""
+    """VAE latents (scaled as the denoiser sees them; Flux's packed) of ``images``: the attack targets."""
     x = pipe.image_processor.preprocess(list(images)).to(pipe.vae.device, pipe.vae.dtype)
     latents = pipe.vae.encode(x).latent_dist.mean
     shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
-    return ((latents - shift) * pipe.vae.config.scaling_factor).float()
+    latents = ((latents - shift) * pipe.vae.config.scaling_factor).float()
+    if family(pipe) == FLUX:
+        latents = pipe._pack_latents(latents, *latents.shape)
+    return latents
 
 
 # --- what every attack gets and returns ----------------------------------------------------------
@@ -137,8 +139,8 @@ class AttackResult:
     curve: dict[int, list[bool]] = field(default_factory=dict)  # budget -> success per row (cost curves)
 
 
-def _noise_scheduler(pipe) -> DDPMScheduler:
-    return DDPMScheduler.from_config(pipe.scheduler.config)
+def _noise_scheduler(pipe) -> TrainingNoise:
+    return TrainingNoise(pipe)
 
 
 # --- transfer prompts ----------------------------------------------------------------------------
@@ -367,7 +369,8 @@ def relearning_attack(ctx: AttackContext, cfg: RelearningConfig, budgets: Sequen
     sched = _noise_scheduler(ctx.pipe)
     prompts = [row.prompt for row in ctx.rows]
     snapshots = sorted({*budgets, cfg.steps})
-    with FineTunedWeights(ctx.pipe.unet, select_parameters(ctx.pipe.unet, cfg.train_method)) as weights:
+    net = denoiser(ctx.pipe)
+    with FineTunedWeights(net, select_parameters(net, cfg.train_method)) as weights:
         opt = torch.optim.Adam(weights, lr=cfg.lr)
         tick = ctx.progress("relearning", snapshots[-1])
         for step in range(1, snapshots[-1] + 1):
