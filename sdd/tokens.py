@@ -24,8 +24,16 @@ from torch import nn
 from sdd.errors import ConfigError
 from sdd.models import UNET, Conditioner, Conditioning, TrainingNoise, autocast, denoiser, family, is_sdxl, predict
 
-#: The (tokenizer, text encoder) attributes of a pipeline: SD and the toy have the first pair, SDXL both.
-ENCODER_PAIRS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+#: The (tokenizer, text encoder) attributes of a pipeline: SD and the toy have the first pair, SDXL and
+#: Flux two (Flux's second is T5), SD3 all three (the third is T5).
+ENCODER_PAIRS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3"))
+
+
+def shared_vocabulary(pipe) -> bool:
+    """Whether every tokenizer of ``pipe`` has the same vocabulary (SD, SDXL: CLIP's; not SD3 or Flux,
+    whose T5 has its own): PEZ finds one token id for all text encoders, so it needs one vocabulary."""
+    vocabs = [tok.get_vocab() for t, _ in ENCODER_PAIRS if (tok := getattr(pipe, t, None)) is not None]
+    return all(v == vocabs[0] for v in vocabs[1:])
 
 
 # --- placeholder tokens -------------------------------------------------------------------------

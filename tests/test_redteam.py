@@ -439,7 +439,7 @@ def _prompt_set(prompts: list[str], concept: str = "red") -> PromptSet:
     return PromptSet("eval", "eval", rows + (PromptRow(prompt="a cat", seed=99),))
 
 
-@pytest.mark.parametrize("kind", ["sd1", "sd2", "sdxl"])
+@pytest.mark.parametrize("kind", ["sd1", "sd2", "sdxl", "sd3", "sd35", "flux-dev"])
 def test_run_redteam_on_tiny_pipelines(kind, tiny_pipes, tmp_path):
     pipe = tiny_pipes[kind]
     before = _state(pipe)
@@ -458,7 +458,12 @@ def test_run_redteam_on_tiny_pipelines(kind, tiny_pipes, tmp_path):
     assert m["pre_attack"]["rate"] == 1.0 and m["union"]["rate"] == 1.0
     # not a toy concept and no adversarial list: transfer is unmeasured, not a fake 0 %
     assert m["attacks"]["transfer"]["n"] == 0 and m["attacks"]["transfer"]["notes"]
-    assert m["attacks"]["adversarial_tokens"]["n"] == 2 and m["attacks"]["concept_inversion"]["n"] == 3
+    assert m["attacks"]["concept_inversion"]["n"] == 3  # through T5 as well for SD3 and Flux
+    if kind in ("sd3", "sd35", "flux-dev"):  # CLIP and T5 vocabularies: PEZ is unmeasured, and says why
+        assert m["attacks"]["adversarial_tokens"]["n"] == 0
+        assert any("T5" in note for note in m["attacks"]["adversarial_tokens"]["notes"])
+    else:
+        assert m["attacks"]["adversarial_tokens"]["n"] == 2
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["redteam"]["zebra"]["union"] == m["union"] and on_disk["judge"]["settings"] == {"threshold": 0.0}
     assert (tmp_path / on_disk["grids"]["zebra"]["file"]).is_file()

@@ -44,6 +44,7 @@ from sdd.tokens import (
     encode,
     project_to_vocab,
     set_tokens,
+    shared_vocabulary,
     straight_through,
     substitute,
 )
@@ -79,6 +80,9 @@ class Adversary:
         if self.at_input and self.cfg.blend:
             raise ConfigError(f"adversarial.blend: blends pooled hidden states, which train_method "
                               f"'{distiller.config.train_method}' does not pool; set it to 0")
+        if "tokens" in self.cfg.attacks and not shared_vocabulary(distiller.pipe):
+            raise ConfigError("adversarial.attacks: 'tokens' (PEZ) needs text encoders that share one vocabulary, "
+                              "and this pipeline's CLIP and T5 do not; use [inversion]")
         self.noise_scheduler = TrainingNoise(distiller.pipe)
         self.state = AdversaryState()
         self.pending: AdversaryState | None = None

@@ -3,7 +3,7 @@
 ``Conditioner`` turns prompts into a :class:`Conditioning` with the pipeline's own ``encode_prompt``:
 SD needs hidden states only; SDXL also pooled text embeddings and size/crop "time ids"; SD3 hidden states
 (CLIP and T5, joined) and pooled projections; Flux T5 hidden states, CLIP pooled projections, the RoPE
-position ids of text and image, and for FLUX.1-dev the guidance value its transformer embeds.
+position ids of the text, and for FLUX.1-dev the guidance value its transformer embeds.
 :func:`sdd.models.families.predict` hands them to the denoiser.
 """
 
@@ -36,7 +36,8 @@ FLUX_GUIDANCE = 3.5
 class Conditioning:
     """The denoiser's text conditioning for a batch: hidden states; per-sample extras in ``added``
     (SDXL's ``text_embeds`` and ``time_ids``, SD3's and Flux's ``pooled_projections``, FLUX.1-dev's
-    ``guidance``); and ``shared``, the same for every sample (Flux's ``txt_ids`` and ``img_ids``)."""
+    ``guidance``); and ``shared``, the same for every sample (Flux's ``txt_ids``; its ``img_ids`` follow the
+    latents)."""
 
     hidden_states: torch.Tensor
     added: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -93,10 +94,6 @@ class Conditioner:
         self._time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=torch.float32)
         self.guidance = (guidance if guidance is not None else FLUX_GUIDANCE) if has_guidance_embedding(pipe) else None
         self.max_sequence_length = max_sequence_length or {SD3: 256, FLUX: 512}.get(self.family)
-        self._img_ids = None
-        if self.family == FLUX:  # RoPE positions of the packed latent grid, as FluxPipeline.prepare_latents
-            half = side // (pipe.vae_scale_factor * 2)
-            self._img_ids = pipe._prepare_latent_image_ids(1, half, half, self.device, torch.float32)
         self._empty: Conditioning | None = None
         self._cache: dict[str, Conditioning] = {}
 
@@ -157,7 +154,7 @@ class Conditioner:
             added = {"pooled_projections": pooled}
             if self.guidance is not None:
                 added["guidance"] = torch.full((len(embeds),), self.guidance, device=self.device, dtype=torch.float32)
-            return Conditioning(embeds, added, {"txt_ids": txt_ids, "img_ids": self._img_ids})
+            return Conditioning(embeds, added, {"txt_ids": txt_ids})
         if not self.sdxl:
             return Conditioning(embeds)
         time_ids = self._time_ids.to(self.device, embeds.dtype).repeat(len(embeds), 1)

@@ -17,6 +17,7 @@ use them, so every latent sdd draws or trains on is already in the transformer's
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 
 import torch
@@ -118,7 +119,16 @@ def predict(net: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor
                    pooled_projections=cond.added["pooled_projections"]).sample
     return net(hidden_states=latents, timestep=timesteps / 1000, guidance=cond.added.get("guidance"),
                pooled_projections=cond.added["pooled_projections"], encoder_hidden_states=cond.hidden_states,
-               txt_ids=cond.shared["txt_ids"], img_ids=cond.shared["img_ids"]).sample
+               txt_ids=cond.shared["txt_ids"], img_ids=flux_image_ids(latents.shape[1], latents.device)).sample
+
+
+def flux_image_ids(tokens: int, device) -> torch.Tensor:
+    """RoPE positions of a square packed latent of ``tokens`` tokens, as ``FluxPipeline.prepare_latents``
+    makes them (sdd's images are square, whatever their resolution)."""
+    half = math.isqrt(tokens)
+    if half * half != tokens:
+        raise ValueError(f"a packed Flux latent of {tokens} tokens is not square")
+    return FluxPipeline._prepare_latent_image_ids(1, half, half, device, torch.float32)
 
 
 # --- which weights a method trains (the erasure; the red team's relearning attacker) ----------------

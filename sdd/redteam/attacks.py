@@ -43,6 +43,7 @@ from sdd.tokens import (
     noised,
     project_to_vocab,
     set_tokens,
+    shared_vocabulary,
     straight_through,
     substitute,
     unet_error,
@@ -208,6 +209,10 @@ def transfer_attack(ctx: AttackContext, cfg: TransferAttackConfig,
 def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> AttackResult:
     """k prefix tokens per prompt, optimised jointly over a subsample of prompts (independent rows)."""
     result = AttackResult("adversarial_tokens")
+    if not shared_vocabulary(ctx.pipe):
+        result.notes.append("not run: PEZ finds one token id for every text encoder, and this pipeline's "
+                            "tokenizers (CLIP and T5) have different vocabularies; unmeasured")
+        return result
     n_rows = len(ctx.rows) if cfg.max_prompts is None else min(cfg.max_prompts, len(ctx.rows))
     chosen = sorted(random.Random(ctx.seed).sample(range(len(ctx.rows)), n_rows))
     k = cfg.tokens

@@ -1,0 +1,232 @@
+"""SD 3 / 3.5 and FLUX.1 (issue 32): loading, the velocity objective, the flow-matching teacher, what trains,
+and erasure runs that resume bit for bit, on tiny random-weight pipelines built offline (tests/tiny_models.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_same_run, interrupt_at_loss
+from safetensors.torch import load_file
+from tiny_models import save_tiny_pipeline
+
+from sdd.config import ConfigError, DistillConfig
+from sdd.erasure import Distiller, apply_patch, erase, sdd_loss
+from sdd.models import (
+    Conditioner,
+    SamplingGrid,
+    TrainingNoise,
+    denoiser,
+    family,
+    latent_shape,
+    load_pipeline,
+    predict,
+    select_parameters,
+)
+from sdd.prompts import Concept
+
+FLOW_KINDS = ["sd3", "sd35", "flux-dev", "flux-schnell"]
+CONCEPTS = [Concept("red", ["a red circle", "something red"])]
+RESOLUTION = 16  # pixels: Flux's native size (1024 px for the real model) would be 4096 tokens
+
+
+@pytest.fixture(scope="module")
+def flow_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow_pipelines")
+    return {kind: save_tiny_pipeline(kind, root / kind) for kind in FLOW_KINDS}
+
+
+def fast_config(**overrides) -> DistillConfig:
+    values = dict(steps=4, batch_size=2, ddim_steps=4, checkpoint_every=100, seed=1, lr=1e-3, ema_decay=0.9,
+                  resolution=RESOLUTION, train_method="attn")
+    return DistillConfig(**{**values, **overrides})
+
+
+# --- loading ---
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_loads_as_the_pipeline_class_in_eval_mode_and_frozen(flow_dirs, kind):
+    pipe = load_pipeline(str(flow_dirs[kind]), device="cpu")
+    assert type(pipe).__name__ == ("FluxPipeline" if kind.startswith("flux") else "StableDiffusion3Pipeline")
+    assert family(pipe) == ("flux" if kind.startswith("flux") else "sd3")
+    assert pipe.sdd_source.pipeline_class == type(pipe).__name__
+    net = denoiser(pipe)
+    assert net is pipe.transformer and not net.training
+    assert not any(p.requires_grad for p in net.parameters())
+    if kind == "sd35":  # SD3.5's dual attention layer and qk-norm survived the round trip
+        assert net.config.dual_attention_layers == [0] and net.config.qk_norm == "rms_norm"
+    if kind == "flux-dev":
+        assert net.config.guidance_embeds
+
+
+# --- the teacher: the pipeline's own sampling, step for step ---
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_full_teacher_trajectory_is_the_pipelines_own_sampling(flow_dirs, kind):
+    """N grid steps = the pipeline's sampling: its sigmas (SD3's shift, Flux's resolution-dependent mu),
+    its conditioning, CFG for SD3, the embedded guidance for FLUX.1-dev, Flux's packed latents."""
+    pipe = load_pipeline(str(flow_dirs[kind]), device="cpu")
+    flux = family(pipe) == "flux"
+    shape = latent_shape(pipe, RESOLUTION)
+    assert len(shape) == (2 if flux else 3)
+    noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    scale = 3.5 if flux else 3.0
+    expected = pipe("a red circle", num_inference_steps=4, guidance_scale=scale, height=RESOLUTION, width=RESOLUTION,
+                    latents=noise.clone(), output_type="latent").images
+    cond = Conditioner(pipe, RESOLUTION, guidance=scale)
+    grid = SamplingGrid(pipe, 4, shape, "cpu")
+    ours = sample(pipe, grid, noise, [4], cond, None if flux else scale)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+def sample(pipe, grid, noise, ks, cond, scale):
+    from sdd.erasure import sample_latents
+
+    return sample_latents(denoiser(pipe), grid, noise, ks, cond.encode(["a red circle"] * len(ks)),
+                          cond.empty(len(ks)), scale)
+
+
+def test_the_grid_steps_along_the_schedulers_sigmas(flow_dirs):
+    """One Euler step from sigma_k to sigma_k+1 is x + (sigma_k+1 - sigma_k)·v, and the grid's sigmas
+    are Flux's shifted ones: the first is 1, each below the last, the last 0."""
+    pipe = load_pipeline(str(flow_dirs["flux-dev"]), device="cpu")
+    grid = SamplingGrid(pipe, 4, latent_shape(pipe, RESOLUTION), "cpu")
+    sigmas = grid.sigmas.tolist()
+    assert len(sigmas) == 5 and sigmas[0] == pytest.approx(1.0) and sigmas[-1] == 0.0
+    assert all(a > b for a, b in zip(sigmas, sigmas[1:], strict=False))
+    unshifted = [1.0, 0.75, 0.5, 0.25]
+    assert any(abs(s - u) > 1e-3 for s, u in zip(sigmas, unshifted, strict=False))  # mu moved them
+    torch.testing.assert_close(grid.timesteps, grid.sigmas[:-1] * 1000)
+    x, v = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
+    torch.testing.assert_close(grid.step(v, 1, x), x + (grid.sigmas[2] - grid.sigmas[1]) * v)
+    assert grid.timestep_range(1) is None  # flow matching trains at the grid's own timestep
+
+
+# --- the objective in velocity space ---
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
+def test_the_target_is_the_empty_prompt_velocity_under_stop_gradient_at_the_students_x_t(flow_dirs, kind):
+    pipe = load_pipeline(str(flow_dirs[kind]), device="cpu")
+    net = denoiser(pipe)
+    params = [p for n, p in net.named_parameters() if n in set(select_parameters(net, "attn"))]
+    for p in params:
+        p.requires_grad_(True)
+    cond = Conditioner(pipe, RESOLUTION)
+    z = torch.randn(2, *latent_shape(pipe, RESOLUTION), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([750.0, 250.0])
+    c, u = cond.encode(["a red circle", "something red"]), cond.empty(2)
+    grads = torch.autograd.grad(sdd_loss(net, z, t, c, u), params)
+    reference = F.mse_loss(predict(net, z, t, c), predict(net, z, t, u).detach())
+    for g, r in zip(grads, torch.autograd.grad(reference, params), strict=True):
+        torch.testing.assert_close(g, r)
+    both = F.mse_loss(predict(net, z, t, c), predict(net, z, t, u))  # no stop-gradient: another gradient
+    assert any(not torch.allclose(g, b) for g, b in zip(grads, torch.autograd.grad(both, params), strict=True))
+
+
+def test_flux_dev_guidance_reaches_the_student_the_target_and_the_teacher(flow_dirs):
+    pipe = load_pipeline(str(flow_dirs["flux-dev"]), device="cpu")
+    seen = []
+    hook = lambda module, args, kwargs: seen.append(kwargs["guidance"])  # noqa: E731
+    d = Distiller(pipe, CONCEPTS, fast_config(flux_guidance=2.5, sampler="reference"))
+    for net in (d.student, d.teacher):
+        net.register_forward_pre_hook(hook, with_kwargs=True)
+    d.train_step()
+    assert seen and all(g is not None and torch.all(g == 2.5) for g in seen)
+    assert d.guidance is None  # Flux samples with one pass: no classifier-free guidance
+    # schnell has no guidance embedding: none is passed
+    schnell = load_pipeline(str(flow_dirs["flux-schnell"]), device="cpu")
+    assert "guidance" not in Conditioner(schnell, RESOLUTION).encode(["a"]).added
+
+
+def test_an_anchor_prompt_replaces_the_empty_prompt_as_the_target(flow_dirs):
+    pipe = load_pipeline(str(flow_dirs["flux-dev"]), device="cpu")
+    d = Distiller(pipe, CONCEPTS, fast_config(anchor_prompt="a photo"))
+    anchor = d.target_conditioning(2)
+    torch.testing.assert_close(anchor.hidden_states, d.conditioner.encode(["a photo"] * 2).hidden_states)
+    plain = Distiller(load_pipeline(str(flow_dirs["flux-dev"]), device="cpu"), CONCEPTS, fast_config())
+    torch.testing.assert_close(plain.target_conditioning(1).hidden_states, plain.conditioner.empty(1).hidden_states)
+
+
+def test_training_noise_is_the_straight_path_and_its_velocity(flow_dirs):
+    noise = TrainingNoise(load_pipeline(str(flow_dirs["sd3"]), device="cpu"))
+    assert noise.flow and noise.num_train_timesteps == 1000
+    x0, eps, t = torch.ones(2, 3), torch.zeros(2, 3), torch.tensor([250, 1000])
+    torch.testing.assert_close(noise.add_noise(x0, eps, t), torch.tensor([[0.75] * 3, [0.0] * 3]))
+    torch.testing.assert_close(noise.target(x0, eps, t), -x0)
+
+
+# --- what trains ---
+
+
+@pytest.mark.parametrize("kind", ["sd3", "sd35", "flux-dev"])
+def test_transformer_train_methods(flow_dirs, kind):
+    net = denoiser(load_pipeline(str(flow_dirs[kind]), device="cpu"))
+    context = select_parameters(net, "context")
+    assert context and all(any(p in n for p in ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"))
+                           for n in context)
+    attn, attn_ff, full = (set(select_parameters(net, m)) for m in ("attn", "attn+ff", "full"))
+    assert set(context) < attn < attn_ff < full
+    assert any(".ff." in n for n in attn_ff - attn)
+    if kind == "sd35":
+        assert any(".attn2." in n for n in attn)  # the dual attention layer's second attention
+    if kind == "flux-dev":
+        assert any(n.startswith("single_transformer_blocks.") for n in attn)
+
+
+def test_a_unet_method_on_a_transformer_is_one_line_naming_the_supported_ones(flow_dirs):
+    pipe = load_pipeline(str(flow_dirs["sd3"]), device="cpu")
+    with pytest.raises(ConfigError) as e:
+        Distiller(pipe, CONCEPTS, fast_config(train_method="xattn_out"))
+    message = str(e.value)
+    assert "\n" not in message and "'xattn_out'" in message and "SD3Transformer2DModel" in message
+    assert "context, attn, attn+ff, full" in message
+
+
+# --- erasure runs ---
+
+
+@pytest.mark.parametrize(("kind", "extra"), [
+    ("sd3", {}), ("sd35", {"sampler": "reference"}), ("flux-dev", {"retention": {"prompts": ["a blue square"],
+                                                                                 "targets": 2, "batch": 1}}),
+    ("flux-schnell", {"train_method": "context"}),
+])
+def test_erase_resumes_bit_identically_and_the_patch_is_the_erased_model(flow_dirs, tmp_path, monkeypatch, kind,
+                                                                           extra):
+    config = fast_config(steps=5, checkpoint_every=2, **extra)
+    base = str(flow_dirs[kind])
+    erase(base, CONCEPTS, tmp_path / "straight", config)
+    with interrupt_at_loss(monkeypatch, 4):
+        erase(base, CONCEPTS, tmp_path / "resumed", config)
+    assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 3
+    erase(base, CONCEPTS, tmp_path / "resumed", config, resume=True)
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+    manifest = json.loads((tmp_path / "straight/manifest.json").read_text())
+    assert manifest["base_model"]["pipeline_class"] == ("FluxPipeline" if kind.startswith("flux")
+                                                        else "StableDiffusion3Pipeline")
+    assert set(manifest["trained_parameters"]["components"]) == {"transformer"}
+    patch = load_file(str(tmp_path / "straight/patch.safetensors"))
+    net = denoiser(load_pipeline(base, device="cpu"))
+    assert set(patch) == set(select_parameters(net, config.train_method))
+    patched = apply_patch(load_pipeline(base, device="cpu"), tmp_path / "straight/patch.safetensors")
+    erased = load_pipeline(str(tmp_path / "straight/model"), device="cpu")
+    ours, theirs = denoiser(patched).state_dict(), denoiser(erased).state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not all(torch.equal(v, net.state_dict()[k]) for k, v in theirs.items())
+
+
+def test_the_in_loop_adversary_inverts_through_clip_and_t5_and_refuses_pez(flow_dirs, tmp_path):
+    adversarial = {"attacks": ["inversion"], "every": 2, "inversion_steps": 2, "targets": 2, "inversion_batch": 1}
+    for kind in ("sd3", "flux-dev"):
+        result = erase(str(flow_dirs[kind]), CONCEPTS, tmp_path / kind, fast_config(steps=3, adversarial=adversarial))
+        summary = json.loads(result.manifest.read_text())["adversarial"]
+        assert summary["attacks"] >= 1 and summary["pool"] >= 1
+    with pytest.raises(ConfigError, match="adversarial.attacks: 'tokens'.*use \\[inversion\\]") as e:
+        Distiller(load_pipeline(str(flow_dirs["flux-dev"]), device="cpu"), CONCEPTS,
+                  fast_config(adversarial={**adversarial, "attacks": ["inversion", "tokens"]}))
+    assert "\n" not in str(e.value)
