@@ -42,6 +42,7 @@ MODEL_DIR = "model"
 PATCH_FILE = "patch.safetensors"
 MANIFEST_FILE = "manifest.json"
 LOSS_FILE = "loss.csv"
+LORA_FILE = "lora.safetensors"  # train_method lora: the adapter, in diffusers' LoRA format
 CHECKPOINT_DIR = "checkpoint"
 #: What a finished erasure folder holds (the checkpoint is gone once training ends).
 ERASURE_OUTPUTS = (MODEL_DIR, PATCH_FILE, MANIFEST_FILE, LOSS_FILE)

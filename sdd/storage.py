@@ -90,3 +90,20 @@ def check_writable_dir(directory: Path) -> None:
     except OSError as e:
         raise ConfigError(f"{directory}: output folder is not writable ({e.strerror or type(e).__name__}); "
                           "choose another --out") from None
+
+
+def copy_with_sorted_metadata(src: Path, dst: Path) -> None:
+    """Copy the safetensors file ``src`` to ``dst`` with ``__metadata__`` in sorted key order.
+
+    safetensors writes the metadata in Rust hash-map order, which differs between processes, so the
+    same patch got different bytes (and hashes) on every run. Offsets are relative to the data
+    section, so re-writing the header (padded to 8 bytes, as safetensors does) is safe.
+    """
+    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
+        n = int.from_bytes(f_in.read(8), "little")
+        header = json.loads(f_in.read(n))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        f_out.write(len(text).to_bytes(8, "little") + text)
+        shutil.copyfileobj(f_in, f_out, 16 << 20)

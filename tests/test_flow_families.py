@@ -230,3 +230,52 @@ def test_the_in_loop_adversary_inverts_through_clip_and_t5_and_refuses_pez(flow_
         Distiller(load_pipeline(str(flow_dirs["flux-dev"]), device="cpu"), CONCEPTS,
                   fast_config(adversarial={**adversarial, "attacks": ["inversion", "tokens"]}))
     assert "\n" not in str(e.value)
+
+
+# --- everything downstream ---
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
+def test_erase_evaluate_redteam_register_and_serve(flow_dirs, tmp_path, kind):
+    """The chain the flows run, on a tiny SD3 / FLUX.1-dev: the registered model loads (models from code)
+    with the erased transformer and draws."""
+    import sys
+
+    import mlflow
+    import pandas as pd
+    from helpers import GATES_OFF, toy_prompt_set
+    from test_redteam import TINY, StubJudge
+
+    from sdd import registry
+    from sdd.config import EvalConfig, GatesConfig, RedteamConfig, RegistryConfig
+    from sdd.evaluation import evaluate
+    from sdd.redteam import fold_into_evaluation, run_redteam
+
+    out, eval_dir = tmp_path / "erased", tmp_path / "eval"
+    erase(str(flow_dirs[kind]), CONCEPTS, out, fast_config(steps=2))
+    base, erased = load_pipeline(str(flow_dirs[kind]), device="cpu"), load_pipeline(str(out / "model"), device="cpu")
+    prompts = toy_prompt_set(4)
+    gates = GatesConfig.model_validate(GATES_OFF)
+    evaluate(base, erased, prompts, StubJudge(0.0), EvalConfig(num_inference_steps=2, batch_size=4, height=RESOLUTION,
+                                                                width=RESOLUTION, fid_features="none"),
+             gates, eval_dir, progress=False)
+    metrics = run_redteam(base, erased, prompts, StubJudge(0.0), RedteamConfig.model_validate(TINY),
+                          eval_dir / "redteam", gates=gates.robustness, log=lambda line: None)
+    fold_into_evaluation(eval_dir, metrics, eval_dir / "redteam")
+    attacks = metrics["redteam"]["red"]["attacks"]
+    assert attacks["concept_inversion"]["n"] > 0 and attacks["adversarial_tokens"]["n"] == 0
+
+    cfg = RegistryConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="flow-families")
+    reg = registry.register(out, eval_dir, cfg, name=f"sdd-{kind}")
+    saved_path = list(sys.path)  # MLflow puts the model's copy of sdd first
+    try:
+        with registry._mlflow_at(registry.resolve_store(cfg)):
+            model = mlflow.pyfunc.load_model(reg.model_uri)
+        served = model.unwrap_python_model().pipe
+        ours, theirs = denoiser(served).state_dict(), denoiser(erased).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+        images = model.predict(pd.DataFrame({"prompt": ["a red circle"], "seed": [0]}),
+                               params={"num_inference_steps": 2})
+    finally:
+        sys.path[:] = saved_path
+    assert len(images) == 1

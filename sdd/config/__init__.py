@@ -35,7 +35,7 @@ from sdd.config.common import (
     validate,
 )
 from sdd.config.concepts import ConceptSet, ConceptSets, load_concept_sets
-from sdd.config.distill import AdversarialConfig, DistillConfig, RetentionConfig
+from sdd.config.distill import AdversarialConfig, DistillConfig, LoraSettings, RetentionConfig
 from sdd.config.eval import (
     NUDENET_EXPOSED_CLASSES,
     ClipJudgeConfig,
@@ -70,7 +70,7 @@ __all__ = [
     "AdvTokensConfig", "AdversarialConfig", "ClipJudgeConfig", "ConceptGate", "ConceptInversionConfig",
     "ConceptSet", "ConceptSets", "ConfigError", "DistillConfig", "EvalConfig", "GatesConfig", "GuardConfig",
     "JudgeConfig", "NudeNetJudgeConfig", "PostPromotionCheckConfig", "RedteamConfig", "RegistryConfig",
-    "CostCurvesConfig", "RelearningConfig",
+    "CostCurvesConfig", "RelearningConfig", "LoraSettings",
     "RetentionConfig", "RobustnessGatesConfig", "ToyConfig", "TransferAttackConfig", "check_concept_name",
     "check_concept_names", "describe_error", "format_validation_error", "load_concept_sets", "load_eval_config",
     "load_checked_registry_config", "load_gates_config", "load_model", "load_redteam_config", "load_registry_config",

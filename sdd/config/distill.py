@@ -63,6 +63,26 @@ class RetentionConfig(_Strict):
         return v
 
 
+class LoraSettings(_Strict):
+    """``train_method: lora`` (sdd/erasure/lora.py): a PEFT LoRA adapter on the denoiser trains instead
+    of its weights. The erased model is the base with the adapter merged; the adapter is also written
+    as a diffusers LoRA file that ``pipe.load_lora_weights`` loads onto the base model."""
+
+    rank: int = Field(8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(8.0, gt=0, description="LoRA alpha: the update is scaled by alpha / rank.")
+    targets: list[str] | None = Field(
+        None, description="Module names (or name suffixes) the adapter wraps; None = the family's default: "
+                          "the UNet's cross-attention projections (attn2.to_q/k/v/out.0), a joint-attention "
+                          "transformer's context projections (add_q/k/v_proj, to_add_out: EraseAnything's).")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not all(t.strip() for t in v)):
+            raise ValueError("give module names, e.g. [attn2.to_k, attn2.to_v], or null for the default")
+        return v
+
+
 class DistillConfig(_Strict):
     """SDD hyperparameters; defaults are the paper's (Kim et al. 2023), except ``sampler``.
 
@@ -93,12 +113,13 @@ class DistillConfig(_Strict):
                                                "(the paper). FLUX.1-dev has no true unconditional branch, so its "
                                                "'' is an approximation too; an anchor such as 'a photo' is one.")
     train_method: Literal["xattn", "xattn_out", "full", "selfattn", "noxattn", "context", "attn", "attn+ff",
-                          "text_encoder", "text_encoder+xattn"] = Field(
+                          "lora", "text_encoder", "text_encoder+xattn"] = Field(
         "xattn", description="Trained parameters. UNet models: xattn=attn2, xattn_out=attn2.to_out, selfattn=attn1, "
                              "noxattn=all but attn2, full=the whole UNet. SD3/Flux transformers: context=the text "
                              "stream's projections in the joint attention, attn=every attention weight, "
                              "attn+ff=attention and feed-forward, full=the whole transformer. Any family: "
-                             "text_encoder=every weight of the text encoder(s), the denoiser untouched; "
+                             "lora=a LoRA adapter on the denoiser (see lora:), text_encoder=every weight of the "
+                             "text encoder(s), the denoiser untouched; "
                              "text_encoder+xattn=the text encoder(s) and attn2 (transformers: context).")
     xattn_lr_scale: float = Field(1.0, gt=0, description="Learning-rate multiplier for the cross-attention (attn2) "
                                                          "parameters when more than them train (full, "
@@ -123,6 +144,7 @@ class DistillConfig(_Strict):
     attention: Literal["sdpa", "sliced", "eager"] = Field(
         "sdpa", description="UNet attention: sdpa = torch's fused kernel (diffusers' default), sliced = one "
                             "head slice at a time, eager = the full attention matrix.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="The adapter of train_method lora.")
     retention: RetentionConfig | None = Field(
         None, description="Keep benign prompts' predictions near the frozen base model's "
                           "(sdd/erasure/retention.py); None = the SDD loss alone.")

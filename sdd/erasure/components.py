@@ -37,6 +37,8 @@ def select_trained(pipe: DiffusionPipeline, train_method: str) -> dict[str, list
 
     The UNet is always a key (with no names when only text encoders train)."""
     net = denoiser(pipe)
+    if train_method == "lora":  # the adapter sdd.erasure.lora.add_lora put on the denoiser
+        return {UNET: [n for n, _ in net.named_parameters() if ".lora_A." in n or ".lora_B." in n]}
     if train_method not in TEXT_ENCODER_METHODS:
         return {UNET: select_parameters(net, train_method)}
     encoders = text_encoders(pipe)

@@ -35,6 +35,7 @@ from sdd.config import ConfigError, DistillConfig, check_concept_names
 from sdd.erasure.adversary import Adversary
 from sdd.erasure.checkpoint import load_checkpoint, save_checkpoint
 from sdd.erasure.components import UNET, frozen_copies, qualified, qualified_parameters, select_trained
+from sdd.erasure.lora import add_lora
 from sdd.erasure.objective import TRAIN_METHODS, ema_update, sdd_loss
 from sdd.erasure.outputs import ErasureResult, write_outputs
 from sdd.erasure.retention import Retention
@@ -107,6 +108,8 @@ class Distiller:
         self.device = denoiser(pipe).device
         # Eval mode: the prediction and its target must be the same function (no dropout).
         self.student = denoiser(pipe).eval()  # the UNet, or SD3's / Flux's transformer
+        if config.train_method == "lora":
+            add_lora(pipe, self.student, config.lora, config.seed)
         selected = select_trained(pipe, config.train_method)
         self.student_text_encoders = {c: getattr(pipe, c).eval() for c in selected if c != UNET}
         self.trains_text_encoder = bool(self.student_text_encoders)

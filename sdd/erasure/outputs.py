@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import platform
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,10 +26,11 @@ from safetensors.torch import load_file, save_file
 import sdd
 from sdd.config import ConfigError
 from sdd.erasure.components import UNET, split_qualified
-from sdd.layout import LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
+from sdd.erasure.lora import lora_targets, merged, merged_patch, save_lora_file
+from sdd.layout import LORA_FILE, LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
 from sdd.models import denoiser_attr, patch_targets, swapped_modules
 from sdd.prompts import concepts_hash
-from sdd.storage import atomic_path, write_json_atomic, write_text_atomic
+from sdd.storage import atomic_path, copy_with_sorted_metadata, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from sdd.erasure.engine import Distiller
@@ -71,29 +71,15 @@ def save_patch(distiller: Distiller, path: Path) -> None:
     text_encoder_hashes = getattr(distiller, "base_text_encoder_hashes", None)  # only when text encoders train
     if text_encoder_hashes:
         meta["base_text_encoders_sha256"] = json.dumps(text_encoder_hashes, sort_keys=True)
-    tensors = {name: t.detach().cpu().contiguous()
-               for name, t in zip(distiller.trained, distiller.teacher_params, strict=True)}
+    if distiller.config.train_method == "lora":  # the merged weights: apply_patch needs no PEFT
+        tensors = merged_patch(distiller.teacher)
+    else:
+        tensors = {name: t.detach().cpu().contiguous()
+                   for name, t in zip(distiller.trained, distiller.teacher_params, strict=True)}
     with atomic_path(Path(path)) as tmp:
         raw = tmp.with_name(tmp.name + ".raw")  # in atomic_path's private folder, removed with it
         save_file(tensors, raw, metadata=meta)
-        _write_sorted_metadata(raw, tmp)
-
-
-def _write_sorted_metadata(src: Path, dst: Path) -> None:
-    """Copy the safetensors file ``src`` to ``dst`` with ``__metadata__`` in sorted key order.
-
-    safetensors writes the metadata in Rust hash-map order, which differs between processes, so the
-    same patch got different bytes (and hashes) on every run. Offsets are relative to the data
-    section, so re-writing the header (padded to 8 bytes, as safetensors does) is safe.
-    """
-    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
-        n = int.from_bytes(f_in.read(8), "little")
-        header = json.loads(f_in.read(n))
-        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
-        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        text += b" " * (-len(text) % 8)
-        f_out.write(len(text).to_bytes(8, "little") + text)
-        shutil.copyfileobj(f_in, f_out, 16 << 20)
+        copy_with_sorted_metadata(raw, tmp)
 
 
 def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
@@ -116,7 +102,8 @@ def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
 
 def save_model(distiller: Distiller, directory: Path) -> None:
     """Save the pipeline with the teacher UNet (and text encoders) as a complete diffusers folder."""
-    teacher = {denoiser_attr(distiller.pipe): distiller.teacher, **distiller.teacher_text_encoders}
+    net = merged(distiller.teacher) if distiller.config.train_method == "lora" else distiller.teacher
+    teacher = {denoiser_attr(distiller.pipe): net, **distiller.teacher_text_encoders}
     with atomic_path(Path(directory)) as tmp, swapped_modules(distiller.pipe, teacher) as pipe:
         pipe.save_pretrained(tmp, safe_serialization=True)
 
@@ -135,6 +122,9 @@ def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
     out_dir = Path(out_dir)
     save_model(distiller, out_dir / MODEL_DIR)
     save_patch(distiller, out_dir / PATCH_FILE)
+    lora = distiller.config.train_method == "lora"
+    if lora:
+        save_lora_file(distiller.pipe, distiller.teacher, out_dir)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["step", "loss"])
@@ -158,9 +148,13 @@ def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
         "truncated_sampling_prompts": distiller.sampling_truncation.cut,
         "sampling_prompts": distiller.sampling_truncation.possible,
         "text_max_tokens": distiller.conditioner.max_tokens,
-        "outputs": {"model": MODEL_DIR, "patch": PATCH_FILE, "loss": LOSS_FILE},
+        "outputs": {"model": MODEL_DIR, "patch": PATCH_FILE, "loss": LOSS_FILE,
+                    **({"lora": LORA_FILE} if lora else {})},
         "versions": _versions(),
     }
+    if lora:
+        manifest["lora"] = {**distiller.config.lora.model_dump(), "targets": lora_targets(distiller.pipe,
+                                                                                         distiller.config.lora)}
     if distiller.retention is not None:
         manifest["retention"] = distiller.retention.summary()
     if distiller.adversary is not None:

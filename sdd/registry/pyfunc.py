@@ -32,7 +32,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 import sdd
 from sdd.config import EvalConfig
 from sdd.errors import RegistryInputError
-from sdd.layout import MANIFEST_FILE, MODEL_DIR, PATCH_FILE
+from sdd.layout import LORA_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
 from sdd.registry.inputs import Erasure, Evaluation
 
 MODEL_ARTIFACT_PATH = "model"  # name= of the logged pyfunc model
@@ -145,6 +145,8 @@ def log_pyfunc(erasure: Erasure, evaluation: Evaluation | None):
                                 float(generation.get("guidance_scale") or DEFAULT_GUIDANCE))
     artifacts = {"model": str(erasure.out_dir / MODEL_DIR), "patch": str(erasure.out_dir / PATCH_FILE),
                  "manifest": str(erasure.out_dir / MANIFEST_FILE)}
+    if (erasure.out_dir / LORA_FILE).is_file():  # train_method lora: the adapter ships with the version
+        artifacts["lora"] = str(erasure.out_dir / LORA_FILE)
     metadata = {"concepts": erasure.concepts, "concepts_sha256": erasure.manifest.get("concepts_sha256"),
                 "output": "DataFrame[prompt, seed, image=base64 PNG]"}
     with tempfile.TemporaryDirectory(prefix="sdd-code-") as tmp, warnings.catch_warnings():
