@@ -1,4 +1,4 @@
-"""Everything the SD-scale targets need, on one CUDA device, in one table (≤ 8 minutes on an H200).
+"""Everything the SD-scale targets need, on one CUDA device, in one table (≤ 9 minutes on an H200).
 
 SD-1.5 architecture with random weights (bench/sd15.py), bf16 autocast:
 
@@ -6,7 +6,15 @@ SD-1.5 architecture with random weights (bench/sd15.py), bf16 autocast:
   CFG 3.0, xattn, batch 1; the pool also at batch 8), with UNet image-passes per iteration;
 * img/s of 50-step CFG generation (bf16 weights, VAE decode at 512 px) at batch 8 and 32;
 * peak GiB of a training step in the default mode and in the memory mode
-  (gradient_checkpointing + frozen_dtype bf16).
+  (gradient_checkpointing + frozen_dtype bf16);
+
+and the flow-matching transformers at their real sizes with random weights (bench/flow_models.py), 1024 px,
+28 sampler steps, the pool loop at batch 1, bf16 autocast, gradient checkpointing:
+
+* SD 3.5 Medium (2.5 B), ``train_method: context`` (the joint attention's text-side projections), fp32
+  trained weights beside bf16 frozen ones (``frozen_dtype: bf16``);
+* FLUX.1-dev (12 B), ``train_method: lora`` (rank 16 on the context projections, as EraseAnything), the
+  transformer in bf16 and the adapter in fp32.
 
     bench/gpu.sh                 # on a machine with CUDA; writes bench/gpu-results.md too
     bench/gpu.sh --dry-run       # tiny configs on the CPU: checks that it starts (the test suite runs this)
@@ -22,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from flow_models import flux_dev_pipeline, sd35_medium_pipeline  # noqa: E402
 from sd15 import sd15_pipeline  # noqa: E402
 
 from sdd.config import DistillConfig  # noqa: E402
@@ -48,15 +57,29 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def pipeline(device: torch.device, tiny: bool):
+def pipeline(device: torch.device, tiny: bool, build=sd15_pipeline):
     with torch.device(device):  # random init on the device: seconds instead of a minute on the CPU
-        return sd15_pipeline(tiny=tiny).to(device)
+        return build(tiny=tiny).to(device)
 
 
-def train_rate(device, tiny: bool, iterations: int, warmup: int, **settings) -> dict:
+#: The flow-matching rows: their pipelines and settings (the SD rows use PAPER).
+FLOW = dict(ddim_steps=28, guidance_scale=3.5, lr=1e-5, ema_decay=0.999, gradient_checkpointing=True, resolution=1024)
+FLOW_ROWS = {
+    "SD 3.5 Medium size, pool loop, batch 1, context": (
+        sd35_medium_pipeline, dict(train_method="context", frozen_dtype="bf16"),
+        "2.5 B MMDiT; grad ckpt + bf16 frozen"),
+    "FLUX.1-dev size, pool loop, batch 1, LoRA r16": (
+        flux_dev_pipeline, dict(train_method="lora", lora={"rank": 16, "alpha": 16.0}, lr=1e-4, mixed_precision="bf16"),
+        "12 B, bf16 weights, fp32 adapter; grad ckpt"),
+}
+
+
+def train_rate(device, tiny: bool, iterations: int, warmup: int, build=sd15_pipeline, base: dict | None = None,
+               **settings) -> dict:
     """Seconds per optimizer step (after ``warmup`` steps), passes per step, peak GiB."""
-    pipe = pipeline(device, tiny)
-    cfg = DistillConfig(**{**PAPER, **({"ddim_steps": 4} if tiny else {}), **settings, "steps": warmup + iterations})
+    pipe = pipeline(device, tiny, build)
+    small = {"ddim_steps": 4, **({"resolution": 16} if "resolution" in (base or PAPER) else {})} if tiny else {}
+    cfg = DistillConfig(**{**(base or PAPER), **small, **settings, "steps": warmup + iterations})
     distiller = Distiller(pipe, CONCEPTS, cfg)
     distiller.train(warmup)  # the pool's one-off start, allocations, kernel selection
     sync(device)
@@ -115,9 +138,12 @@ def main() -> None:
         train_rate(device, tiny, its, warm, sampler="pool", batch_size=8, **MEMORY_MODE), "grad ckpt + bf16 frozen")
     for b in gen_batches:
         add(f"generation, {gen_steps} CFG steps, batch {b}", generation_rate(device, tiny, b, gen_steps))
+    for label, (build, settings, note) in FLOW_ROWS.items():
+        add(label, train_rate(device, tiny, its, warm, build, FLOW, sampler="pool", **settings), note)
 
-    lines = [f"SD-1.5 architecture, random weights, {where}; total {time.perf_counter() - start:.0f} s", "",
-             "| run | s/iteration | UNet passes/iteration | img/s | peak GiB | note |", "|---|---|---|---|---|---|"]
+    lines = [f"Random weights (SD 1.5, SD 3.5 Medium, FLUX.1-dev architectures), {where}; "
+             f"total {time.perf_counter() - start:.0f} s", "",
+             "| run | s/iteration | denoiser passes/iteration | img/s | peak GiB | note |", "|---|---|---|---|---|---|"]
     for label, r, note in rows:
         s = f"{r['s_per_step']:.3f}" if "s_per_step" in r else f"{r['seconds']:.1f} s/batch"
         passes = f"{r['passes_per_step']:.1f}" if "passes_per_step" in r else ""

@@ -144,7 +144,8 @@ class DistillConfig(_Strict):
     attention: Literal["sdpa", "sliced", "eager"] = Field(
         "sdpa", description="UNet attention: sdpa = torch's fused kernel (diffusers' default), sliced = one "
                             "head slice at a time, eager = the full attention matrix.")
-    lora: LoraSettings = Field(default_factory=LoraSettings, description="The adapter of train_method lora.")
+    lora: LoraSettings | None = Field(None, description="The adapter of train_method lora; None = LoraSettings' "
+                                                        "defaults (rank 8, alpha 8, the family's targets).")
     retention: RetentionConfig | None = Field(
         None, description="Keep benign prompts' predictions near the frozen base model's "
                           "(sdd/erasure/retention.py); None = the SDD loss alone.")

@@ -34,13 +34,15 @@ DEFAULT_TARGETS = {
 ADAPTER = "default"
 
 
-def lora_targets(pipe: DiffusionPipeline, settings: LoraSettings) -> list[str]:
+def lora_targets(pipe: DiffusionPipeline, settings: LoraSettings | None) -> list[str]:
+    settings = settings or LoraSettings()
     return settings.targets or DEFAULT_TARGETS[UNET if family(pipe) == UNET else "transformer"]
 
 
-def add_lora(pipe: DiffusionPipeline, net: torch.nn.Module, settings: LoraSettings, seed: int) -> list[str]:
+def add_lora(pipe: DiffusionPipeline, net: torch.nn.Module, settings: LoraSettings | None, seed: int) -> list[str]:
     """Wrap ``net``'s target modules with a LoRA adapter (A seeded by ``seed``, B zero); the names of its
     parameters, which are what trains."""
+    settings = settings or LoraSettings()
     targets = lora_targets(pipe, settings)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=targets,
                         init_lora_weights="gaussian")

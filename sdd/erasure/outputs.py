@@ -24,7 +24,7 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import load_file, save_file
 
 import sdd
-from sdd.config import ConfigError
+from sdd.config import ConfigError, LoraSettings
 from sdd.erasure.components import UNET, split_qualified
 from sdd.erasure.lora import lora_targets, merged, merged_patch, save_lora_file
 from sdd.layout import LORA_FILE, LOSS_FILE, MANIFEST_FILE, MODEL_DIR, PATCH_FILE
@@ -153,8 +153,8 @@ def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
         "versions": _versions(),
     }
     if lora:
-        manifest["lora"] = {**distiller.config.lora.model_dump(), "targets": lora_targets(distiller.pipe,
-                                                                                         distiller.config.lora)}
+        settings = distiller.config.lora or LoraSettings()
+        manifest["lora"] = {**settings.model_dump(), "targets": lora_targets(distiller.pipe, settings)}
     if distiller.retention is not None:
         manifest["retention"] = distiller.retention.summary()
     if distiller.adversary is not None:
