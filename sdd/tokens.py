@@ -29,11 +29,28 @@ from sdd.models import UNET, Conditioner, Conditioning, TrainingNoise, autocast,
 ENCODER_PAIRS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3"))
 
 
+def encoder_pairs(pipe) -> list[tuple[str, str]]:
+    """The (tokenizer, text encoder) attribute pairs ``pipe`` has."""
+    return [(t, e) for t, e in ENCODER_PAIRS
+            if getattr(pipe, t, None) is not None and getattr(pipe, e, None) is not None]
+
+
 def shared_vocabulary(pipe) -> bool:
     """Whether every tokenizer of ``pipe`` has the same vocabulary (SD, SDXL: CLIP's; not SD3 or Flux,
-    whose T5 has its own): PEZ finds one token id for all text encoders, so it needs one vocabulary."""
-    vocabs = [tok.get_vocab() for t, _ in ENCODER_PAIRS if (tok := getattr(pipe, t, None)) is not None]
+    whose T5 has its own)."""
+    vocabs = [getattr(pipe, t).get_vocab() for t, _ in encoder_pairs(pipe)]
     return all(v == vocabs[0] for v in vocabs[1:])
+
+
+def pez_pairs(pipe) -> list[tuple[str, str]]:
+    """The text encoders a discrete prompt search (PEZ) optimises through: every one when they share a
+    vocabulary (one token id for all); otherwise the last one's vocabulary (T5's: the token sequence of
+    SD3 and Flux), the other encoders (CLIP) reading the found tokens as text."""
+    pairs = encoder_pairs(pipe)
+    if shared_vocabulary(pipe):
+        return pairs
+    last = getattr(pipe, pairs[-1][0]).get_vocab()
+    return [(t, e) for t, e in pairs if getattr(pipe, t).get_vocab() == last]
 
 
 # --- placeholder tokens -------------------------------------------------------------------------
@@ -85,11 +102,10 @@ class Placeholders:
     and embedding modules are put back (the objects themselves are never modified).
     """
 
-    def __init__(self, pipe, names: Sequence[str]):
+    def __init__(self, pipe, names: Sequence[str], pairs: Sequence[tuple[str, str]] | None = None):
         self.pipe, self.names = pipe, list(names)
         self.slots = [_Slot(t, e, getattr(pipe, t), getattr(pipe, e).get_input_embeddings())
-                      for t, e in ENCODER_PAIRS if getattr(pipe, t, None) is not None
-                      and getattr(pipe, e, None) is not None]
+                      for t, e in (encoder_pairs(pipe) if pairs is None else pairs)]
 
     def __enter__(self) -> Placeholders:
         try:
@@ -128,10 +144,11 @@ class Placeholders:
 # --- conditioning and the denoising objective ----------------------------------------------------
 
 
-def encode(pipe, prompts: list[str]) -> Conditioning:
-    """Text conditioning for the pipeline's denoiser that keeps gradients (``Conditioner.encode`` does not)."""
+def encode(pipe, prompts: list[str], t5_prompts: list[str] | None = None) -> Conditioning:
+    """Text conditioning for the pipeline's denoiser that keeps gradients (``Conditioner.encode`` does not).
+    ``t5_prompts`` (SD3, Flux) go to T5 in place of ``prompts``."""
     if family(pipe) != UNET:
-        return Conditioner(pipe).encode_with_grad(list(prompts))
+        return Conditioner(pipe).encode_with_grad(list(prompts), t5_prompts)
     device = pipe.unet.device
     if not is_sdxl(pipe):
         embeds, _ = pipe.encode_prompt(list(prompts), device, 1, False)

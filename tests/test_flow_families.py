@@ -263,7 +263,7 @@ def test_erase_evaluate_redteam_register_and_serve(flow_dirs, tmp_path, kind):
                           eval_dir / "redteam", gates=gates.robustness, log=lambda line: None)
     fold_into_evaluation(eval_dir, metrics, eval_dir / "redteam")
     attacks = metrics["redteam"]["red"]["attacks"]
-    assert attacks["concept_inversion"]["n"] > 0 and attacks["adversarial_tokens"]["n"] == 0
+    assert attacks["concept_inversion"]["n"] > 0 and attacks["adversarial_tokens"]["n"] > 0
 
     cfg = RegistryConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="flow-families")
     reg = registry.register(out, eval_dir, cfg, name=f"sdd-{kind}")
@@ -279,3 +279,41 @@ def test_erase_evaluate_redteam_register_and_serve(flow_dirs, tmp_path, kind):
     finally:
         sys.path[:] = saved_path
     assert len(images) == 1
+
+
+def test_pez_on_sd3_searches_t5_tokens_and_clip_reads_them_as_text(flow_dirs):
+    """CLIP and T5 have different vocabularies: the prefix is T5 tokens (placeholders in T5 only, with
+    gradients), CLIP gets the text they decode to, and the prompts drawn and recorded are that text."""
+    from test_redteam import StubJudge
+
+    from sdd.config import AdvTokensConfig
+    from sdd.prompts import PromptRow
+    from sdd.redteam import attacks as A
+    from sdd.tokens import pez_pairs
+
+    pipe = load_pipeline(str(flow_dirs["sd3"]), device="cpu")
+    assert pez_pairs(pipe) == [("tokenizer_3", "text_encoder_3")]
+    rows = [PromptRow(prompt="a red circle", seed=0, concepts=["red"]),
+            PromptRow(prompt="something red", seed=1, concepts=["red"])]
+    seen, drawn = [], []
+    real_encode, real_call = pipe.encode_prompt, type(pipe).__call__
+
+    def spy_encode(prompt, prompt_2=None, prompt_3=None, **kwargs):
+        as_list = lambda p: [p] if isinstance(p, str) else list(p)  # noqa: E731
+        seen.append((as_list(prompt), as_list(prompt_3 or prompt)))
+        return real_encode(prompt, prompt_2, prompt_3, **kwargs)
+
+    pipe.encode_prompt = spy_encode
+    latents = torch.randn(2, *latent_shape(pipe), generator=torch.Generator().manual_seed(0))
+    ctx = A.AttackContext(pipe, "red", ["red"], rows, latents, StubJudge(2.0), num_inference_steps=1, seed=3)
+    real_draw = ctx.draw
+    ctx.draw = lambda prompts, rows, what=None: drawn.extend(prompts) or real_draw(prompts, rows, what)
+    result = A.adversarial_tokens_attack(ctx, AdvTokensConfig(steps=2, check_every=2, tokens=2, batch_size=1))
+    assert type(pipe).__call__ is real_call
+    training = [(clip, t5) for clip, t5 in seen if any("<sdd-adv-" in p for p in t5)]
+    assert training and all("<sdd-adv-" not in p for clip, _ in training for p in clip)
+    assert drawn and all("<sdd-adv-" not in p for p in drawn)
+    assert [p.split(" | ")[1] for p in result.prompts] == ["a red circle", "something red"]
+    assert all(p.endswith(("a red circle", "something red")) for p in drawn)
+    assert result.rows == [0, 1] and result.gradient_steps > 0
+    assert any("T5" in note for note in result.notes)

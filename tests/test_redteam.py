@@ -458,12 +458,9 @@ def test_run_redteam_on_tiny_pipelines(kind, tiny_pipes, tmp_path):
     assert m["pre_attack"]["rate"] == 1.0 and m["union"]["rate"] == 1.0
     # not a toy concept and no adversarial list: transfer is unmeasured, not a fake 0 %
     assert m["attacks"]["transfer"]["n"] == 0 and m["attacks"]["transfer"]["notes"]
-    assert m["attacks"]["concept_inversion"]["n"] == 3  # through T5 as well for SD3 and Flux
-    if kind in ("sd3", "sd35", "flux-dev"):  # CLIP and T5 vocabularies: PEZ is unmeasured, and says why
-        assert m["attacks"]["adversarial_tokens"]["n"] == 0
+    assert m["attacks"]["adversarial_tokens"]["n"] == 2 and m["attacks"]["concept_inversion"]["n"] == 3
+    if kind in ("sd3", "sd35", "flux-dev"):  # T5 beside CLIP: PEZ searches T5 tokens, CLIP reads them as text
         assert any("T5" in note for note in m["attacks"]["adversarial_tokens"]["notes"])
-    else:
-        assert m["attacks"]["adversarial_tokens"]["n"] == 2
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["redteam"]["zebra"]["union"] == m["union"] and on_disk["judge"]["settings"] == {"threshold": 0.0}
     assert (tmp_path / on_disk["grids"]["zebra"]["file"]).is_file()

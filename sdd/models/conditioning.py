@@ -173,27 +173,30 @@ class Conditioner:
                 self._cache[prompt] = self._encode([prompt])
         return Conditioning.cat([self._cache[p] for p in prompts])
 
-    def encode_with_grad(self, prompts: list[str]) -> Conditioning:
+    def encode_with_grad(self, prompts: list[str], t5_prompts: list[str] | None = None) -> Conditioning:
         """The conditioning of ``prompts`` with gradients to the text encoders (nothing cached): each
-        distinct prompt once, in one batch."""
-        unique = list(dict.fromkeys(prompts))
-        return self._encode(unique)[[unique.index(p) for p in prompts]]
+        distinct prompt once, in one batch. ``t5_prompts`` (SD3, Flux) go to T5 in place of ``prompts``,
+        which then reach the CLIP encoders only."""
+        pairs = list(zip(prompts, t5_prompts or prompts, strict=True))
+        unique = list(dict.fromkeys(pairs))
+        return self._encode([p for p, _ in unique], [t for _, t in unique])[[unique.index(p) for p in pairs]]
 
     def clear_cache(self) -> None:
         """Forget every encoding: the text encoders' weights changed."""
         self._cache.clear()
         self._empty = None
 
-    def _encode(self, prompts: list[str]) -> Conditioning:
+    def _encode(self, prompts: list[str], t5_prompts: list[str] | None = None) -> Conditioning:
+        t5_prompts = t5_prompts or prompts
         with swapped_modules(self.pipe, self.text_encoders):
             if self.family == SD3:
                 embeds, _, pooled, _ = self.pipe.encode_prompt(
-                    prompts, prompts, prompts, device=self.device, num_images_per_prompt=1,
+                    prompts, prompts, t5_prompts, device=self.device, num_images_per_prompt=1,
                     do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)
                 return self._pack(embeds, pooled)
             if self.family == FLUX:
                 embeds, pooled, txt_ids = self.pipe.encode_prompt(
-                    prompts, prompts, device=self.device, num_images_per_prompt=1,
+                    prompts, t5_prompts, device=self.device, num_images_per_prompt=1,
                     max_sequence_length=self.max_sequence_length)
                 return self._pack(embeds, pooled, txt_ids)
             if self.sdxl:

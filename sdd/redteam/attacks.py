@@ -41,6 +41,7 @@ from sdd.tokens import (
     denoise_loss,
     encode,
     noised,
+    pez_pairs,
     project_to_vocab,
     set_tokens,
     shared_vocabulary,
@@ -207,27 +208,37 @@ def transfer_attack(ctx: AttackContext, cfg: TransferAttackConfig,
 
 
 def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> AttackResult:
-    """k prefix tokens per prompt, optimised jointly over a subsample of prompts (independent rows)."""
+    """k prefix tokens per prompt, optimised jointly over a subsample of prompts (independent rows).
+
+    With one vocabulary for every text encoder (SD, SDXL, the toy) the prefix is one token id for all
+    of them. SD3 and Flux pair CLIP with T5: the prefix is then T5 tokens (T5 gives their token
+    sequence), optimised through T5, and the CLIP encoders read it as the text it decodes to, at
+    every step and when the found prompts are drawn."""
     result = AttackResult("adversarial_tokens")
-    if not shared_vocabulary(ctx.pipe):
-        result.notes.append("not run: PEZ finds one token id for every text encoder, and this pipeline's "
-                            "tokenizers (CLIP and T5) have different vocabularies; unmeasured")
-        return result
     n_rows = len(ctx.rows) if cfg.max_prompts is None else min(cfg.max_prompts, len(ctx.rows))
     chosen = sorted(random.Random(ctx.seed).sample(range(len(ctx.rows)), n_rows))
     k = cfg.tokens
     names = [f"<sdd-adv-{p}-{j}>" for p in range(n_rows) for j in range(k)]
     gen = torch.Generator("cpu").manual_seed(ctx.seed)
     sched = _noise_scheduler(ctx.pipe)
-    with Placeholders(ctx.pipe, names) as ph:
+    as_text = not shared_vocabulary(ctx.pipe)  # CLIP reads T5's tokens as text
+    with Placeholders(ctx.pipe, names, pez_pairs(ctx.pipe)) as ph:
         tok = ph.slots[0].tokenizer
         # Padding is allowed (a prefix may fade out); starting from it begins at the original prompt's image.
-        allowed = torch.tensor([t for t in range(ph.slots[0].extended.first_id) if t != tok.bos_token_id])
-        start = (torch.full((len(names),), tok.pad_token_id) if cfg.init == "pad"
+        # Read as text, special tokens would be dropped: only real ones then.
+        excluded = set(tok.all_special_ids) if as_text else {tok.bos_token_id}
+        allowed = torch.tensor([t for t in range(ph.slots[0].extended.first_id) if t not in excluded])
+        start = (torch.full((len(names),), tok.pad_token_id) if cfg.init == "pad" and not as_text
                  else allowed[torch.randint(len(allowed), (len(names),), generator=gen)])
         soft = [slot.vocab.detach()[start].float().clone().requires_grad_(True) for slot in ph.slots]
         opt = torch.optim.Adam(soft, lr=cfg.lr)
         prompts = [" ".join(names[p * k:(p + 1) * k]) + " " + ctx.rows[i].prompt for p, i in enumerate(chosen)]
+
+        def text(p: int, ids: torch.Tensor) -> str:
+            """Prompt ``p`` with its prefix as text (what a user would type)."""
+            return (tok.decode(ids[p * k:(p + 1) * k].tolist(), skip_special_tokens=True).strip() + " "
+                    + ctx.rows[chosen[p]].prompt).strip()
+
         active = list(range(n_rows))
         done: dict[int, tuple[bool, Image.Image, list[int]]] = {}
         ids = start
@@ -236,8 +247,10 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
             ids = straight_through(ph, soft, allowed)
             batch = [p for p in active for _ in range(cfg.batch_size)]
             lat = ctx.latents[[chosen[p] for p in batch]]
-            loss = denoise_loss(ctx.pipe, sched, lat, encode(ctx.pipe, [prompts[p] for p in batch]), gen,
-                                reduce=False).view(len(active), -1).mean(1).sum()
+            placeholder_prompts = [prompts[p] for p in batch]
+            cond = (encode(ctx.pipe, [text(p, ids) for p in batch], t5_prompts=placeholder_prompts) if as_text
+                    else encode(ctx.pipe, placeholder_prompts))
+            loss = denoise_loss(ctx.pipe, sched, lat, cond, gen, reduce=False).view(len(active), -1).mean(1).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -245,7 +258,8 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
             if step % cfg.check_every == 0 or step == cfg.steps:
                 ids = project_to_vocab(ph, soft, allowed)
                 set_tokens(ph, ids)
-                images = ctx.draw([prompts[p] for p in active], [ctx.rows[chosen[p]] for p in active])
+                drawn = [text(p, ids) if as_text else prompts[p] for p in active]
+                images = ctx.draw(drawn, [ctx.rows[chosen[p]] for p in active])
                 result.generations += len(active)
                 for p, im, hit in zip(list(active), images, ctx.present(images), strict=True):
                     done[p] = (hit, im, ids[p * k:(p + 1) * k].tolist())
@@ -259,8 +273,10 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
         result.rows.append(i)
         result.success.append(hit)
         result.images.append(im)
-        result.prompts.append(tok.decode(tokens).strip() + " | " + ctx.rows[i].prompt)
+        result.prompts.append(tok.decode(tokens, skip_special_tokens=as_text).strip() + " | " + ctx.rows[i].prompt)
     result.notes.append(f"{n_rows} of {len(ctx.rows)} effective prompts attacked (seeded subsample)")
+    if as_text:
+        result.notes.append("prefix of T5 tokens, optimised through T5; CLIP reads it as text; drawn as text")
     return result
 
 
