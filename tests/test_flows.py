@@ -82,10 +82,10 @@ def world(tmp_path_factory):
             yield root
 
 
-def erase(world, concepts, gates=GATES_OFF, **overrides):
+def erase(world, concepts, gates=GATES_OFF, base_model="toy", **overrides):
     from flows.erase import erase_concepts
 
-    return erase_concepts(concepts=concepts, base_model="toy", gates=gates, runs_dir=str(world / "runs"),
+    return erase_concepts(concepts=concepts, base_model=base_model, gates=gates, runs_dir=str(world / "runs"),
                           **{**TINY, **overrides})
 
 
@@ -136,6 +136,21 @@ def test_erase_concepts_registers_a_candidate_and_a_rerun_is_all_cached(world):
     again = erase(world, ["red"])
     assert again["stages"] == dict.fromkeys(STAGES, "Cached")
     assert again["registration"] == reg and len([v for v in versions() if v.concepts == "red"]) == 1
+
+
+def test_erase_concepts_runs_on_a_tiny_sd3_pipeline(world, tmp_path):
+    """The flow is the same for SD3 (and Flux, tests/test_flow_families.py): prompts, distillation in
+    velocity space, evaluation, red team, registration."""
+    from tiny_models import save_tiny_pipeline
+
+    base = save_tiny_pipeline("sd3", tmp_path / "sd3")
+    result = erase(world, ["red"], base_model=str(base), distill={**TINY["distill"], "train_method": "context"})
+    assert result["stages"] == dict.fromkeys(STAGES, "Completed")
+    manifest = json.loads((Path(result["run_dir"]) / "erasure" / "manifest.json").read_text())
+    assert manifest["base_model"]["pipeline_class"] == "StableDiffusion3Pipeline"
+    assert manifest["trained_parameters"]["components"].keys() == {"transformer"}
+    tags = model_version_tags(result["registration"]["version"])
+    assert tags["base_model"] == str(base)
 
 
 def test_a_rerun_after_a_failure_skips_the_stages_that_finished(world, monkeypatch):
