@@ -235,7 +235,7 @@ def test_the_in_loop_adversary_inverts_through_clip_and_t5_and_refuses_pez(flow_
 # --- everything downstream ---
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
+@pytest.mark.parametrize("kind", ["sd3", "sd35", "flux-dev"])
 def test_erase_evaluate_redteam_register_and_serve(flow_dirs, tmp_path, kind):
     """The chain the flows run, on a tiny SD3 / FLUX.1-dev: the registered model loads (models from code)
     with the erased transformer and draws."""
@@ -317,3 +317,15 @@ def test_pez_on_sd3_searches_t5_tokens_and_clip_reads_them_as_text(flow_dirs):
     assert all(p.endswith(("a red circle", "something red")) for p in drawn)
     assert result.rows == [0, 1] and result.gradient_steps > 0
     assert any("T5" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("preset", ["sd3", "flux-dev"])
+def test_the_presets_validate_and_run_on_the_tiny_pipelines(flow_dirs, tmp_path, preset):
+    from sdd.config import load_model
+
+    cfg = load_model(DistillConfig, f"params/presets/{preset}.yaml")
+    small = cfg.model_copy(update={"steps": 2, "ddim_steps": 2, "resolution": RESOLUTION, "mixed_precision": "auto",
+                                   "frozen_dtype": "fp32"})
+    erase(str(flow_dirs[preset]), CONCEPTS, tmp_path / "out", small)
+    assert (tmp_path / "out/patch.safetensors").is_file()
+    assert (tmp_path / "out/lora.safetensors").is_file() == (cfg.train_method == "lora")
