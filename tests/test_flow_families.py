@@ -329,3 +329,25 @@ def test_the_presets_validate_and_run_on_the_tiny_pipelines(flow_dirs, tmp_path,
     erase(str(flow_dirs[preset]), CONCEPTS, tmp_path / "out", small)
     assert (tmp_path / "out/patch.safetensors").is_file()
     assert (tmp_path / "out/lora.safetensors").is_file() == (cfg.train_method == "lora")
+
+
+# --- the CLI ---
+
+
+def test_cli_erases_a_flux_folder_and_names_a_method_it_lacks_in_one_line(flow_dirs, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdd.cli import app
+
+    (tmp_path / "flux.yaml").write_text(
+        f"ddim_steps: 2\nbatch_size: 2\nresolution: {RESOLUTION}\ntrain_method: context\n")
+    args = ["erase", "--model", str(flow_dirs["flux-schnell"]), "--concept", "red", "--steps", "2",
+            "--config", str(tmp_path / "flux.yaml")]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["base_model"]["pipeline_class"] == "FluxPipeline"
+    (tmp_path / "bad.yaml").write_text(f"resolution: {RESOLUTION}\ntrain_method: xattn\n")
+    bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")])
+    last = bad.stderr.strip().splitlines()[-1]  # after the pipeline's loading bars
+    assert bad.exit_code == 2 and last.startswith("error: train_method: 'xattn' is not a method for Flux")
+    assert "context, attn, attn+ff, full" in last and "Traceback" not in bad.output

@@ -175,7 +175,7 @@ def select_parameters(net: torch.nn.Module, train_method: str) -> list[str]:
     methods = denoiser_methods(net)
     if train_method not in methods:
         raise ConfigError(f"train_method: '{train_method}' is not a method for {type(net).__name__}; "
-                          f"it supports {', '.join(methods)} (and text_encoder)")
+                          f"it supports {', '.join(methods)} (and lora, text_encoder, text_encoder+xattn)")
     keep = methods[train_method]
     names = [name for name, _ in net.named_parameters() if keep(name)]
     if not names:
