@@ -351,3 +351,17 @@ def test_cli_erases_a_flux_folder_and_names_a_method_it_lacks_in_one_line(flow_d
     last = bad.stderr.strip().splitlines()[-1]  # after the pipeline's loading bars
     assert bad.exit_code == 2 and last.startswith("error: train_method: 'xattn' is not a method for Flux")
     assert "context, attn, attn+ff, full" in last and "Traceback" not in bad.output
+
+
+def test_text_encoder_erasure_trains_clip_and_t5_and_leaves_the_transformer(flow_dirs, tmp_path):
+    retention = {"prompts": ["a blue square"], "targets": 2, "batch": 1}
+    out = tmp_path / "te"
+    erase(str(flow_dirs["sd3"]), CONCEPTS, out, fast_config(steps=2, train_method="text_encoder", lr=1e-2,
+                                                            retention=retention))
+    assert {k.split(".")[0] for k in load_file(str(out / "patch.safetensors"))} == \
+        {"text_encoder", "text_encoder_2", "text_encoder_3"}  # CLIP-L, CLIP-G and T5
+    base, erased = (load_pipeline(str(p), device="cpu") for p in (flow_dirs["sd3"], out / "model"))
+    assert all(torch.equal(a, b) for a, b in zip(denoiser(base).state_dict().values(),
+                                                 denoiser(erased).state_dict().values(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(base.text_encoder_3.state_dict().values(),
+                                                     erased.text_encoder_3.state_dict().values(), strict=True))
