@@ -205,6 +205,31 @@ def straight_through(ph: Placeholders, soft: list[torch.Tensor], allowed: torch.
     return ids
 
 
+def pez_vocabulary(ph: Placeholders, as_text: bool) -> torch.Tensor:
+    """The token ids a prefix may use: the real tokens, less the begin token; read as text (``as_text``,
+    CLIP reading T5's tokens), less every special token, which decoding would drop."""
+    tok = ph.slots[0].tokenizer
+    excluded = set(tok.all_special_ids) if as_text else {tok.bos_token_id}
+    return torch.tensor([t for t in range(ph.slots[0].extended.first_id) if t not in excluded])
+
+
+def prefixed_text(ph: Placeholders, ids: torch.Tensor, prompt: str) -> str:
+    """``prompt`` after the prefix ``ids`` written out as text (what a user would type)."""
+    words = ph.slots[0].tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
+    return f"{words} {prompt}".strip()
+
+
+def encode_prefixed(pipe, ph: Placeholders, placeholder_prompts: list[str], ids: torch.Tensor, k: int,
+                    prompts: list[str], as_text: bool) -> Conditioning:
+    """The conditioning of prompts with a k-token prefix: through the placeholders alone (one vocabulary),
+    or (``as_text``) T5 through the placeholders and CLIP through the prefix as text; ``ids`` holds the
+    prefixes of ``prompts[i]`` at ``i*k:(i+1)*k``."""
+    if not as_text:
+        return encode(pipe, placeholder_prompts)
+    texts = [prefixed_text(ph, ids[i * k:(i + 1) * k], p) for i, p in enumerate(prompts)]
+    return encode(pipe, texts, t5_prompts=placeholder_prompts)
+
+
 def set_tokens(ph: Placeholders, ids: torch.Tensor) -> None:
     """The placeholders carry real vocabulary rows ``ids``: the prompt is real text again."""
     for e, slot in enumerate(ph.slots):

@@ -193,7 +193,9 @@ def test_a_unet_method_on_a_transformer_is_one_line_naming_the_supported_ones(fl
 @pytest.mark.parametrize(("kind", "extra"), [
     ("sd3", {}), ("sd35", {"sampler": "reference"}), ("flux-dev", {"retention": {"prompts": ["a blue square"],
                                                                                  "targets": 2, "batch": 1}}),
-    ("flux-schnell", {"train_method": "context"}),
+    ("flux-schnell", {"train_method": "context", "adversarial": {
+        "attacks": ["inversion", "tokens"], "every": 2, "inversion_steps": 2, "prefix_steps": 2, "prefix_tokens": 2,
+        "targets": 2, "inversion_batch": 1}}),
 ])
 def test_erase_resumes_bit_identically_and_the_patch_is_the_erased_model(flow_dirs, tmp_path, monkeypatch, kind,
                                                                            extra):
@@ -220,16 +222,21 @@ def test_erase_resumes_bit_identically_and_the_patch_is_the_erased_model(flow_di
     assert not all(torch.equal(v, net.state_dict()[k]) for k, v in theirs.items())
 
 
-def test_the_in_loop_adversary_inverts_through_clip_and_t5_and_refuses_pez(flow_dirs, tmp_path):
-    adversarial = {"attacks": ["inversion"], "every": 2, "inversion_steps": 2, "targets": 2, "inversion_batch": 1}
+def test_the_in_loop_adversary_attacks_through_clip_and_t5(flow_dirs, tmp_path):
+    """Inversion learns an embedding per text encoder (T5's too); the token prefix is T5 tokens that CLIP
+    reads as text. A text-encoder method pools placeholder tokens of one vocabulary: refused in one line."""
+    adversarial = {"attacks": ["inversion", "tokens"], "every": 1, "inversion_steps": 2, "prefix_steps": 2,
+                   "prefix_tokens": 2, "targets": 2, "inversion_batch": 1}
     for kind in ("sd3", "flux-dev"):
         result = erase(str(flow_dirs[kind]), CONCEPTS, tmp_path / kind, fast_config(steps=3, adversarial=adversarial))
         summary = json.loads(result.manifest.read_text())["adversarial"]
-        assert summary["attacks"] >= 1 and summary["pool"] >= 1
-    with pytest.raises(ConfigError, match="adversarial.attacks: 'tokens'.*use \\[inversion\\]") as e:
+        assert summary["attacks"] >= 2 and summary["pool"] >= 2
+        assert summary["prefixes"] and not any("<sdd-" in p for p in summary["prefixes"])
+    with pytest.raises(ConfigError, match="adversarial.attacks: 'tokens' with train_method 'text_encoder'") as e:
         Distiller(load_pipeline(str(flow_dirs["flux-dev"]), device="cpu"), CONCEPTS,
-                  fast_config(adversarial={**adversarial, "attacks": ["inversion", "tokens"]}))
-    assert "\n" not in str(e.value)
+                  fast_config(train_method="text_encoder", adversarial=adversarial,
+                              retention={"prompts": ["a blue square"], "targets": 2, "batch": 1}))
+    assert "\n" not in str(e.value) and "use [inversion]" in str(e.value)
 
 
 # --- everything downstream ---

@@ -42,6 +42,9 @@ from sdd.tokens import (
     Placeholders,
     denoise_loss,
     encode,
+    encode_prefixed,
+    pez_pairs,
+    pez_vocabulary,
     project_to_vocab,
     set_tokens,
     shared_vocabulary,
@@ -80,9 +83,10 @@ class Adversary:
         if self.at_input and self.cfg.blend:
             raise ConfigError(f"adversarial.blend: blends pooled hidden states, which train_method "
                               f"'{distiller.config.train_method}' does not pool; set it to 0")
-        if "tokens" in self.cfg.attacks and not shared_vocabulary(distiller.pipe):
-            raise ConfigError("adversarial.attacks: 'tokens' (PEZ) needs text encoders that share one vocabulary, "
-                              "and this pipeline's CLIP and T5 do not; use [inversion]")
+        if "tokens" in self.cfg.attacks and self.at_input and not shared_vocabulary(distiller.pipe):
+            raise ConfigError(f"adversarial.attacks: 'tokens' with train_method '{distiller.config.train_method}' "
+                              "pools placeholder tokens of one vocabulary, and this pipeline's CLIP and T5 have "
+                              "two; use [inversion], or a train_method that trains the denoiser")
         self.noise_scheduler = TrainingNoise(distiller.pipe)
         self.state = AdversaryState()
         self.pending: AdversaryState | None = None
@@ -201,17 +205,19 @@ class Adversary:
         names = [f"<sdd-prefix-{j}>" for j in range(cfg.prefix_tokens)]
         prefixed = [" ".join(names) + " " + p for p in prompts]
         gen = d.generator
-        with Placeholders(d.pipe, names) as ph:
+        k, as_text = len(names), not shared_vocabulary(d.pipe)  # SD3 / Flux: T5 tokens, CLIP reads the text
+        with Placeholders(d.pipe, names, pez_pairs(d.pipe)) as ph:
             tok = ph.slots[0].tokenizer
-            allowed = torch.tensor([t for t in range(ph.slots[0].extended.first_id) if t != tok.bos_token_id])
+            allowed = pez_vocabulary(ph, as_text)
             start = allowed[torch.randint(len(allowed), (len(names),), generator=gen)]
             soft = [slot.vocab.detach()[start].float().clone().requires_grad_(True) for slot in ph.slots]
             opt = torch.optim.Adam(soft, lr=cfg.prefix_lr)
             for _ in range(cfg.prefix_steps):
-                straight_through(ph, soft, allowed)
+                ids = straight_through(ph, soft, allowed)
                 pick = torch.randint(len(prompts), (cfg.inversion_batch,), generator=gen).tolist()
-                loss = denoise_loss(d.pipe, self.noise_scheduler, targets[pick],
-                                    encode(d.pipe, [prefixed[i] for i in pick]), gen)
+                cond = encode_prefixed(d.pipe, ph, [prefixed[i] for i in pick], ids.repeat(len(pick)), k,
+                                       [prompts[i] for i in pick], as_text)
+                loss = denoise_loss(d.pipe, self.noise_scheduler, targets[pick], cond, gen)
                 for row, g in zip(soft, torch.autograd.grad(loss, soft), strict=True):
                     row.grad = g
                 opt.step()
@@ -221,9 +227,11 @@ class Adversary:
                 members = [InputPrompt(p, names, ids=ids.cpu()) for p in unique]
             else:
                 set_tokens(ph, ids)
+                originals = [prompts[prefixed.index(p)] for p in unique]
                 with torch.no_grad():
-                    members = _one_per_prompt(encode(d.pipe, unique))
-        prefix = tok.decode(ids.tolist()).strip()
+                    members = _one_per_prompt(encode_prefixed(d.pipe, ph, unique, ids.repeat(len(unique)), k,
+                                                              originals, as_text))
+        prefix = tok.decode(ids.tolist(), skip_special_tokens=as_text).strip()
         logger.debug("attack at step %d on %s: prefix %r, final loss %.4g", d.step, d.concepts[ci].name,
                      prefix, loss.item())
         return prefix, members

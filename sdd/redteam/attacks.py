@@ -40,8 +40,11 @@ from sdd.tokens import (
     Placeholders,
     denoise_loss,
     encode,
+    encode_prefixed,
     noised,
     pez_pairs,
+    pez_vocabulary,
+    prefixed_text,
     project_to_vocab,
     set_tokens,
     shared_vocabulary,
@@ -225,9 +228,7 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
     with Placeholders(ctx.pipe, names, pez_pairs(ctx.pipe)) as ph:
         tok = ph.slots[0].tokenizer
         # Padding is allowed (a prefix may fade out); starting from it begins at the original prompt's image.
-        # Read as text, special tokens would be dropped: only real ones then.
-        excluded = set(tok.all_special_ids) if as_text else {tok.bos_token_id}
-        allowed = torch.tensor([t for t in range(ph.slots[0].extended.first_id) if t not in excluded])
+        allowed = pez_vocabulary(ph, as_text)
         start = (torch.full((len(names),), tok.pad_token_id) if cfg.init == "pad" and not as_text
                  else allowed[torch.randint(len(allowed), (len(names),), generator=gen)])
         soft = [slot.vocab.detach()[start].float().clone().requires_grad_(True) for slot in ph.slots]
@@ -235,9 +236,7 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
         prompts = [" ".join(names[p * k:(p + 1) * k]) + " " + ctx.rows[i].prompt for p, i in enumerate(chosen)]
 
         def text(p: int, ids: torch.Tensor) -> str:
-            """Prompt ``p`` with its prefix as text (what a user would type)."""
-            return (tok.decode(ids[p * k:(p + 1) * k].tolist(), skip_special_tokens=True).strip() + " "
-                    + ctx.rows[chosen[p]].prompt).strip()
+            return prefixed_text(ph, ids[p * k:(p + 1) * k], ctx.rows[chosen[p]].prompt)
 
         active = list(range(n_rows))
         done: dict[int, tuple[bool, Image.Image, list[int]]] = {}
@@ -247,9 +246,9 @@ def adversarial_tokens_attack(ctx: AttackContext, cfg: AdvTokensConfig) -> Attac
             ids = straight_through(ph, soft, allowed)
             batch = [p for p in active for _ in range(cfg.batch_size)]
             lat = ctx.latents[[chosen[p] for p in batch]]
-            placeholder_prompts = [prompts[p] for p in batch]
-            cond = (encode(ctx.pipe, [text(p, ids) for p in batch], t5_prompts=placeholder_prompts) if as_text
-                    else encode(ctx.pipe, placeholder_prompts))
+            batch_ids = torch.cat([ids[p * k:(p + 1) * k] for p in batch])
+            cond = encode_prefixed(ctx.pipe, ph, [prompts[p] for p in batch], batch_ids, k,
+                                   [ctx.rows[chosen[p]].prompt for p in batch], as_text)
             loss = denoise_loss(ctx.pipe, sched, lat, cond, gen, reduce=False).view(len(active), -1).mean(1).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
