@@ -78,7 +78,7 @@ def pytest_runtest_protocol(item, nextitem):
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
-    """Tiny random-weight SD 1.x, SD 2.x and SDXL pipelines saved once per session."""
+    """Every tiny random-weight pipeline of tests/tiny_models.py (SD 1.x/2.x, SDXL, SD3, SD3.5, FLUX.1), saved once."""
     return save_tiny_pipelines(tmp_path_factory.mktemp("tiny_pipelines"))
 
 

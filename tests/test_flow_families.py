@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from helpers import assert_same_run, interrupt_at_loss
 from safetensors.torch import load_file
-from tiny_models import save_tiny_pipeline
 
 from sdd.config import ConfigError, DistillConfig
 from sdd.erasure import Distiller, apply_patch, erase, sdd_loss
@@ -33,9 +32,8 @@ RESOLUTION = 16  # pixels: Flux's native size (1024 px for the real model) would
 
 
 @pytest.fixture(scope="module")
-def flow_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("flow_pipelines")
-    return {kind: save_tiny_pipeline(kind, root / kind) for kind in FLOW_KINDS}
+def flow_dirs(tiny_dirs):
+    return {kind: tiny_dirs[kind] for kind in FLOW_KINDS}
 
 
 def fast_config(**overrides) -> DistillConfig:

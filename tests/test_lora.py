@@ -9,7 +9,6 @@ import pytest
 import torch
 from helpers import assert_same_run, interrupt_at_loss
 from safetensors.torch import load_file
-from tiny_models import save_tiny_pipeline
 
 from sdd.config import ConfigError, DistillConfig
 from sdd.erasure import Distiller, apply_patch, erase
@@ -22,9 +21,8 @@ KINDS = ["sd1", "sdxl", "sd3", "flux-dev"]
 
 
 @pytest.fixture(scope="module")
-def base_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora_bases")
-    return {kind: save_tiny_pipeline(kind, root / kind) for kind in KINDS}
+def base_dirs(tiny_dirs):
+    return {kind: tiny_dirs[kind] for kind in KINDS}
 
 
 def lora_config(**overrides) -> DistillConfig:
