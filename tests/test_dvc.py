@@ -327,7 +327,8 @@ def test_status_names_exactly_the_stage_whose_dependencies_changed(pipeline):
         data = yaml.safe_load(concepts.read_text())
         data["sets"][data["active"]]["concepts"].append("triangle")
         concepts.write_text(yaml.safe_dump(data, sort_keys=False))
-        assert set(dvc_json(project, "status")) == {"prepare"}
+        # prepare builds the set's prompts; distill, evaluate and redteam load the set's base model
+        assert set(dvc_json(project, "status")) == {"prepare", "distill", "evaluate", "redteam"}
         concepts.write_bytes(originals[concepts])
 
         _write_yaml(evals, {"grid_images": TINY_EVAL["grid_images"] + 1})
@@ -385,3 +386,23 @@ def test_exp_run_with_a_changed_setting_then_metrics_diff(pipeline):
     lrs = [rev["data"]["params"]["params/distill.yaml"]["data"]["lr"]
            for row in experiments for exp in (row.get("experiments") or []) for rev in exp.get("revs", [])]
     assert EXPERIMENT_LR in lrs, experiments
+
+
+@pytest.mark.slow
+def test_repro_erases_the_active_sets_base_model_a_tiny_sd3(tmp_path):
+    """The stages take the base model from the active concept set: here a tiny SD3 folder (issue 32)."""
+    from tiny_models import save_tiny_pipeline
+
+    project = _copy_project(tmp_path / "project")
+    _write_yaml(project / "params" / "distill.yaml", {**TINY_DISTILL, "train_method": "context"})
+    base = save_tiny_pipeline("sd3", tmp_path / "sd3")
+    concepts = yaml.safe_load((project / "params" / "concepts.yaml").read_text())
+    concepts["sets"]["tiny-sd3"] = {"base_model": str(base), "concepts": ["red"]}
+    concepts["active"] = "tiny-sd3"
+    (project / "params" / "concepts.yaml").write_text(yaml.safe_dump(concepts, sort_keys=False))
+    git(project, "init", "-q", "-b", "main")
+    dvc(project, "repro", "distill")
+    manifest = json.loads((project / "data" / "erased" / "manifest.json").read_text())
+    assert manifest["base_model"]["pipeline_class"] == "StableDiffusion3Pipeline"
+    assert manifest["base_model"]["model"] == str(base)
+    assert manifest["trained_parameters"]["components"] == {"transformer": manifest["trained_parameters"]["numel"]}

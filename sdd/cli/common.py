@@ -45,3 +45,13 @@ def echo_verdict(metrics: dict, label: str, out: Path, strict: bool) -> None:
     if strict and metrics["verdict"] != "pass":
         raise typer.Exit(1)
 
+
+
+def active_base_model() -> str:
+    """The base model of the active concept set in params/concepts.yaml (what the DVC stages erase,
+    evaluate and attack); ``toy`` where there is no such file (outside a project checkout)."""
+    from sdd.config import PARAMS_DIR, load_concept_sets
+
+    if not (PARAMS_DIR / "concepts.yaml").is_file():
+        return "toy"
+    return load_concept_sets().active_set.base_model

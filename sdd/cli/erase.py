@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sdd.cli.common import exit_on_error
+from sdd.cli.common import active_base_model, exit_on_error
 from sdd.cli.types import InputFile, OutputDir, Text
 from sdd.errors import ConfigError
 
@@ -27,8 +27,9 @@ def _erasure_concepts(model: str, names: list[str], prompts: Path | None):
 
 
 def erase(
-    model: str = typer.Option(..., "--model", parser=Text(),
-                              help="'toy', a diffusers folder or a Hugging Face Hub id."),
+    model: str | None = typer.Option(None, "--model", parser=Text(),
+                                     help="'toy', a diffusers folder or a Hugging Face Hub id "
+                                     "[the base_model of the active set in params/concepts.yaml]."),
     concept: list[str] = typer.Option([], "--concept", help="A concept to erase; repeat for several."),
     out: Path = typer.Option(..., "--out", parser=OutputDir(),
                              help="Output folder (model/, patch, manifest, loss.csv)."),
@@ -50,6 +51,7 @@ def erase(
 
     with exit_on_error():
         try:
+            model = model or active_base_model()
             cfg = load_model(DistillConfig, config or PARAMS_DIR / "distill.yaml", {"steps": steps})
             concepts = _erasure_concepts(model, concept, prompts)
             result = run_erase(model, concepts, out, cfg, resume=resume, progress=True)

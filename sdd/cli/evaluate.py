@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from sdd.cli.common import echo_verdict, exit_on_error
+from sdd.cli.common import active_base_model, echo_verdict, exit_on_error
 from sdd.cli.types import InputFile, InputPath, OutputDir, Text
 
 
@@ -18,8 +18,9 @@ def evaluate_cmd(
                                  help="A prompt file, or a `sdd prompts build` folder."),
     out: Path = typer.Option(..., "--out", parser=OutputDir(),
                              help="Output folder (metrics.json, report.md, grids, images)."),
-    base: str = typer.Option("toy", "--base", parser=Text(),
-                             help="The base model: 'toy', a local folder or a hub id."),
+    base: str | None = typer.Option(None, "--base", parser=Text(),
+                                    help="The base model: 'toy', a local folder or a hub id "
+                                    "[the base_model of the active set in params/concepts.yaml]."),
     params: Path | None = typer.Option(None, "--params", parser=InputFile(),
                                        help="Evaluation settings [params/eval.yaml]."),
     gates: Path | None = typer.Option(None, "--gates", parser=InputFile(),
@@ -36,6 +37,7 @@ def evaluate_cmd(
     from sdd.storage import check_writable_dir
 
     with exit_on_error():
+        base = base or active_base_model()
         cfg = load_eval_config(params or PARAMS_DIR / "eval.yaml")
         gate_cfg = load_gates_config(gates or PARAMS_DIR / "gates.yaml")
         prompt_set = load_prompts(prompts)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sdd.cli.common import echo_verdict, exit_on_error
+from sdd.cli.common import active_base_model, echo_verdict, exit_on_error
 from sdd.cli.types import InputDir, InputFile, InputPath, OutputDir, Text
 from sdd.errors import ConfigError
 
@@ -18,8 +18,9 @@ def redteam_cmd(
                                  help="A prompt file, or a `sdd prompts build` folder."),
     out: Path | None = typer.Option(None, "--out", parser=OutputDir(),
                                     help="Output folder (metrics.json, report.md, grids) [EVAL/redteam with --eval]."),
-    base: str = typer.Option("toy", "--base", parser=Text(),
-                             help="The base model: 'toy', a local folder or a hub id."),
+    base: str | None = typer.Option(None, "--base", parser=Text(),
+                                    help="The base model: 'toy', a local folder or a hub id "
+                                    "[the base_model of the active set in params/concepts.yaml]."),
     eval_dir: Path | None = typer.Option(None, "--eval", parser=InputDir(),
                                          help="An evaluation folder (`sdd evaluate --out`) whose "
                                          "metrics.json and verdict get the robustness gates."),
@@ -46,6 +47,7 @@ def redteam_cmd(
         if out is None and eval_dir is None:
             raise ConfigError("--out missing; pass --out DIR (or --eval EVAL_DIR to write EVAL_DIR/redteam)")
         out = out if out is not None else eval_dir / REDTEAM_DIR
+        base = base or active_base_model()
         cfg = load_model(RedteamConfig, config or PARAMS_DIR / "redteam.yaml")
         gate_cfg = load_gates_config(gates or PARAMS_DIR / "gates.yaml").robustness
         judge = build_judge(load_eval_config(params or PARAMS_DIR / "eval.yaml").judge)
