@@ -196,6 +196,11 @@ TEXT_ENCODER_SETTINGS: dict[str, tuple[Path, dict]] = {
     "te+adversary+retention10-f25": (PRESET, {"train_method": "text_encoder", "lr": 3.0e-4,
                                               "retention": {"weight": 10.0, "batch": 8},
                                               "adversarial": {"fraction": 0.25}}),
+    # seed 1: retention30 held benign prompts (4.7 points) but leaked (6.3 %); f25 the reverse (2.1 %, 9.9)
+    "te+adversary+retention20": (PRESET, {"train_method": "text_encoder", "lr": 3.0e-4,
+                                          "retention": {"weight": 20.0, "batch": 8}}),
+    "te+adversary+retention30-s1200": (PRESET, {"train_method": "text_encoder", "lr": 3.0e-4, "steps": 1200,
+                                                "retention": {"weight": 30.0, "batch": 8}}),
 }
 SETTINGS.update({name: {} for name in TEXT_ENCODER_SETTINGS})
 #: The base model itself, not erased: the reference row of the frontier and of the cost curves.
