@@ -277,7 +277,7 @@ def test_an_override_names_its_option_and_a_file_value_its_file(tmp_path):
 
 def test_click_usage_errors_are_one_line_too():
     assert_user_error(cli("erase", "--stepz", "1"), "--stepz")
-    assert_user_error(cli("erase", "--out", "x"), "--model")  # a required option missing
+    assert_user_error(cli("erase", "--model", "toy"), "--out")  # a required option missing
     assert_user_error(cli("no-such-command"), "no-such-command")
 
 

@@ -529,3 +529,17 @@ def test_gpu_bench_dry_run_starts():
     assert done.returncode == 0, done.stderr[-2000:]
     table = done.stdout[done.stdout.index("| run |"):]
     assert table.count("\n| SDD ") == 5 and table.count("\n| generation") == 2
+
+
+def test_cli_erase_without_model_takes_the_active_concept_sets_base_model(tiny_dirs, tmp_path, monkeypatch):
+    import yaml
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params/concepts.yaml").write_text(yaml.safe_dump(
+        {"active": "tiny", "sets": {"tiny": {"base_model": str(tiny_dirs["sd1"]), "concepts": ["red"]}}}))
+    (tmp_path / "distill.yaml").write_text("ddim_steps: 2\nbatch_size: 2\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["erase", "--concept", "red", "--out", "out", "--steps", "1",
+                                      "--config", "distill.yaml"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["base_model"]["model"] == str(tiny_dirs["sd1"])
