@@ -10,6 +10,8 @@ The prompt set and the base images are built once and shared.
         --only preset
     OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb3 --seeds 0 1 2 --curves erased \
         --only base distill te+retention te+adversary+retention   # issue 31: spread over seeds, cost curves
+    OMP_NUM_THREADS=1 .venv/bin/python bench/robust_frontier.py --out /tmp/rb4 --seeds 0 1 2 --curves erased \
+        --only te+adversary+retention10 te+adversary+retention30   # stronger retention against the adversary
 
 Results: docs/robust-erasure.md.
 """
