@@ -20,7 +20,8 @@ from sdd.erasure.engine import Distiller, NonFiniteLossError, erase
 from sdd.erasure.objective import TRAIN_METHODS, ema_copy, ema_update, sdd_loss, select_parameters
 from sdd.erasure.outputs import ErasureResult, apply_patch, loss_summary, save_patch, write_outputs
 from sdd.erasure.retention import Retention, benign_only
-from sdd.erasure.sampler import Batch, Pool, ddim_step, pool_phases, sample_latents, timestep_bin
+from sdd.erasure.sampler import Batch, Pool, ddim_step, pool_phases, sample_latents
+from sdd.models import timestep_bin  # the training timesteps of DDIM step k (sdd.models.schedules)
 
 __all__ = [
     "TRAIN_METHODS", "Adversary", "Batch", "Distiller", "ErasureResult", "NonFiniteLossError", "Pool",

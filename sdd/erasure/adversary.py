@@ -83,7 +83,9 @@ class Adversary:
         if self.at_input and self.cfg.blend:
             raise ConfigError(f"adversarial.blend: blends pooled hidden states, which train_method "
                               f"'{distiller.config.train_method}' does not pool; set it to 0")
-        if "tokens" in self.cfg.attacks and self.at_input and not shared_vocabulary(distiller.pipe):
+        # SD3 / Flux: PEZ searches T5 tokens and CLIP reads them as text (sdd.tokens.encode_prefixed)
+        self.tokens_as_text = not shared_vocabulary(distiller.pipe)
+        if "tokens" in self.cfg.attacks and self.at_input and self.tokens_as_text:
             raise ConfigError(f"adversarial.attacks: 'tokens' with train_method '{distiller.config.train_method}' "
                               "pools placeholder tokens of one vocabulary, and this pipeline's CLIP and T5 have "
                               "two; use [inversion], or a train_method that trains the denoiser")
@@ -205,7 +207,7 @@ class Adversary:
         names = [f"<sdd-prefix-{j}>" for j in range(cfg.prefix_tokens)]
         prefixed = [" ".join(names) + " " + p for p in prompts]
         gen = d.generator
-        k, as_text = len(names), not shared_vocabulary(d.pipe)  # SD3 / Flux: T5 tokens, CLIP reads the text
+        k, as_text = len(names), self.tokens_as_text
         with Placeholders(d.pipe, names, pez_pairs(d.pipe)) as ph:
             tok = ph.slots[0].tokenizer
             allowed = pez_vocabulary(ph, as_text)

@@ -20,6 +20,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from sdd.config import ConfigError, DistillConfig
+from sdd.erasure.lora import lora_parameters
 from sdd.erasure.objective import ema_copy
 from sdd.models import TEXT_ENCODER_METHODS, TEXT_ENCODERS, denoiser, family, select_parameters, text_encoders
 
@@ -38,7 +39,7 @@ def select_trained(pipe: DiffusionPipeline, train_method: str) -> dict[str, list
     The UNet is always a key (with no names when only text encoders train)."""
     net = denoiser(pipe)
     if train_method == "lora":  # the adapter sdd.erasure.lora.add_lora put on the denoiser
-        return {UNET: [n for n, _ in net.named_parameters() if ".lora_A." in n or ".lora_B." in n]}
+        return {UNET: lora_parameters(net)}
     if train_method not in TEXT_ENCODER_METHODS:
         return {UNET: select_parameters(net, train_method)}
     encoders = text_encoders(pipe)

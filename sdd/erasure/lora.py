@@ -39,9 +39,9 @@ def lora_targets(pipe: DiffusionPipeline, settings: LoraSettings | None) -> list
     return settings.targets or DEFAULT_TARGETS[UNET if family(pipe) == UNET else "transformer"]
 
 
-def add_lora(pipe: DiffusionPipeline, net: torch.nn.Module, settings: LoraSettings | None, seed: int) -> list[str]:
-    """Wrap ``net``'s target modules with a LoRA adapter (A seeded by ``seed``, B zero); the names of its
-    parameters, which are what trains."""
+def add_lora(pipe: DiffusionPipeline, net: torch.nn.Module, settings: LoraSettings | None, seed: int) -> None:
+    """Wrap ``net``'s target modules with a LoRA adapter (A seeded by ``seed``, B zero); its parameters
+    (:func:`lora_parameters`) are what trains."""
     settings = settings or LoraSettings()
     targets = lora_targets(pipe, settings)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=targets,
@@ -54,6 +54,10 @@ def add_lora(pipe: DiffusionPipeline, net: torch.nn.Module, settings: LoraSettin
             raise ConfigError(f"lora.targets: {targets} match no module of this {type(net).__name__} ({e}); "
                               f"give module names such as {DEFAULT_TARGETS[UNET][1]} or "
                               f"{DEFAULT_TARGETS['transformer'][1]}") from None
+
+
+def lora_parameters(net: torch.nn.Module) -> list[str]:
+    """The names of the adapter's parameters in ``net`` (its A and B matrices)."""
     return [name for name, _ in net.named_parameters() if ".lora_A." in name or ".lora_B." in name]
 
 
@@ -66,12 +70,13 @@ def merged(net: torch.nn.Module) -> torch.nn.Module:
     return plain
 
 
-def merged_patch(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The merged weights of every module the adapter wraps, by the base model's parameter names."""
-    wrapped = {name.removesuffix(".lora_A." + ADAPTER + ".weight") for name, _ in net.named_parameters()
-               if name.endswith(".lora_A." + ADAPTER + ".weight")}
-    plain = dict(merged(net).named_parameters())
-    return {f"{module}.weight": plain[f"{module}.weight"].detach().cpu().contiguous() for module in sorted(wrapped)}
+def merged_patch(net: torch.nn.Module, plain: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The merged weights (from ``plain``, :func:`merged` of ``net``) of every module ``net``'s adapter
+    wraps, by the base model's parameter names."""
+    suffix = f".lora_A.{ADAPTER}.weight"
+    wrapped = {name.removesuffix(suffix) for name in lora_parameters(net) if name.endswith(suffix)}
+    params = dict(plain.named_parameters())
+    return {f"{module}.weight": params[f"{module}.weight"].detach().cpu().contiguous() for module in sorted(wrapped)}
 
 
 def save_lora_file(pipe: DiffusionPipeline, net: torch.nn.Module, out_dir: Path) -> Path:

@@ -64,15 +64,17 @@ def loss_summary(losses: list[float]) -> dict:
             "mean_last_100": sum(tail) / len(tail)}
 
 
-def save_patch(distiller: Distiller, path: Path) -> None:
+def save_patch(distiller: Distiller, path: Path, merged_net: torch.nn.Module | None = None) -> None:
+    """The trained tensors, or (``merged_net``: a LoRA run's teacher with its adapter merged) the merged
+    weights of the modules the adapter wraps, so that apply_patch needs no PEFT."""
     meta = {"format": "sdd-patch", "train_method": distiller.config.train_method,
             "base_unet_sha256": distiller.base_hash or "",
             "concepts": json.dumps([asdict(c) for c in distiller.concepts])}
     text_encoder_hashes = getattr(distiller, "base_text_encoder_hashes", None)  # only when text encoders train
     if text_encoder_hashes:
         meta["base_text_encoders_sha256"] = json.dumps(text_encoder_hashes, sort_keys=True)
-    if distiller.config.train_method == "lora":  # the merged weights: apply_patch needs no PEFT
-        tensors = merged_patch(distiller.teacher)
+    if merged_net is not None:
+        tensors = merged_patch(distiller.teacher, merged_net)
     else:
         tensors = {name: t.detach().cpu().contiguous()
                    for name, t in zip(distiller.trained, distiller.teacher_params, strict=True)}
@@ -100,9 +102,10 @@ def apply_patch(pipe: DiffusionPipeline, path: Path | str) -> DiffusionPipeline:
     return pipe
 
 
-def save_model(distiller: Distiller, directory: Path) -> None:
-    """Save the pipeline with the teacher UNet (and text encoders) as a complete diffusers folder."""
-    net = merged(distiller.teacher) if distiller.config.train_method == "lora" else distiller.teacher
+def save_model(distiller: Distiller, directory: Path, merged_net: torch.nn.Module | None = None) -> None:
+    """Save the pipeline with the teacher denoiser (``merged_net`` for a LoRA run) and text encoders as a
+    complete diffusers folder."""
+    net = distiller.teacher if merged_net is None else merged_net
     teacher = {denoiser_attr(distiller.pipe): net, **distiller.teacher_text_encoders}
     with atomic_path(Path(directory)) as tmp, swapped_modules(distiller.pipe, teacher) as pipe:
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -120,9 +123,10 @@ def _trained_components(distiller: Distiller) -> dict[str, int]:
 
 def write_outputs(distiller: Distiller, out_dir: Path) -> ErasureResult:
     out_dir = Path(out_dir)
-    save_model(distiller, out_dir / MODEL_DIR)
-    save_patch(distiller, out_dir / PATCH_FILE)
     lora = distiller.config.train_method == "lora"
+    plain = merged(distiller.teacher) if lora else None  # one copy of the denoiser, for both
+    save_model(distiller, out_dir / MODEL_DIR, plain)
+    save_patch(distiller, out_dir / PATCH_FILE, plain)
     if lora:
         save_lora_file(distiller.pipe, distiller.teacher, out_dir)
     buf = io.StringIO()

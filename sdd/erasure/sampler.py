@@ -2,7 +2,7 @@
 
 The teacher (:mod:`sdd.erasure.objective`) samples with classifier-free guidance towards the
 concepts for k of N DDIM steps, and t is drawn from the DDPM timestep bin that DDIM step k stands
-for (:func:`timestep_bin`). No images are needed. For flow-matching models (SD3, Flux) the steps are
+for (:func:`sdd.models.timestep_bin`). No images are needed. For flow-matching models (SD3, Flux) the steps are
 the pipeline's Euler steps and t is the grid's own timestep k (:class:`sdd.models.SamplingGrid`);
 Flux samples without classifier-free guidance (FLUX.1-dev embeds its guidance value instead).
 Two loops (``DistillConfig.sampler``):
@@ -31,18 +31,10 @@ import torch
 from sdd.models import Conditioning, SamplingGrid, predict
 
 
-def timestep_bin(k: int, num_steps: int, num_train_timesteps: int) -> tuple[int, int]:
-    """The DDPM timesteps [lo, hi) that DDIM step k of ``num_steps`` stands for."""
-    lo = round((1 - (k + 1) / num_steps) * num_train_timesteps)
-    hi = round((1 - k / num_steps) * num_train_timesteps)
-    return lo, max(hi, lo + 1)
-
-
-def guided(net: torch.nn.Module, grid: SamplingGrid, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+def guided(net: torch.nn.Module, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning,
            uncond: Conditioning, guidance_scale: float | None) -> torch.Tensor:
-    """The denoiser's output at ``t``, guided (classifier-free) unless ``guidance_scale`` is None (Flux:
-    one conditional pass; FLUX.1-dev's guidance travels in ``cond``)."""
-    model_input = grid.scale(x, t)
+    """The denoiser's output at ``t`` (one timestep, or one per sample), guided (classifier-free) unless
+    ``guidance_scale`` is None (Flux: one conditional pass; FLUX.1-dev's guidance travels in ``cond``)."""
     if guidance_scale is None:
         return predict(net, model_input, t, cond).float()
     two = predict(net, torch.cat([model_input, model_input]), torch.cat([t, t]) if t.dim() else t,
@@ -64,7 +56,7 @@ def sample_latents(net: torch.nn.Module, grid: SamplingGrid, noise: torch.Tensor
     for i, t in enumerate(grid.timesteps[: max(ks, default=0)]):
         active = (steps > i).nonzero().flatten().tolist()
         x = latents[active]
-        out = guided(net, grid, x, t, cond[active], uncond[active], guidance_scale)
+        out = guided(net, grid.scale(x, t), t, cond[active], uncond[active], guidance_scale)
         latents[active] = grid.step(out, i, x).to(latents.dtype)
     return latents
 
@@ -78,12 +70,7 @@ def ddim_step(net: torch.nn.Module, grid: SamplingGrid, latents: torch.Tensor, k
     """
     t = grid.timesteps[torch.tensor(ks, device=grid.timesteps.device)]
     x = torch.cat([grid.scale(latents[b:b + 1], t[b]) for b in range(len(ks))])
-    if guidance_scale is None:
-        out = predict(net, x, t, cond).float()
-    else:
-        two = predict(net, torch.cat([x, x]), torch.cat([t, t]), Conditioning.cat([uncond, cond])).float()
-        out_uncond, out_cond = two.chunk(2)
-        out = out_uncond + guidance_scale * (out_cond - out_uncond)
+    out = guided(net, x, t, cond, uncond, guidance_scale)
     return torch.cat([grid.step(out[b:b + 1], k, latents[b:b + 1]) for b, k in enumerate(ks)]).to(latents.dtype)
 
 

@@ -48,7 +48,7 @@ from sdd.models.loading import (
     unet_weights_hash,
     weights_hash,
 )
-from sdd.models.schedules import SamplingGrid, TrainingNoise
+from sdd.models.schedules import SamplingGrid, TrainingNoise, timestep_bin
 
 __all__ = [
     "FAMILY_NAMES", "FLUX", "FLUX_GUIDANCE", "PIPELINE_CLASSES", "SD3", "TEXT_ENCODERS", "TEXT_ENCODER_METHODS",
@@ -56,6 +56,7 @@ __all__ = [
     "ModelSource", "SamplingGrid", "TrainingNoise", "autocast", "default_device", "denoiser", "denoiser_attr",
     "denoiser_methods", "family", "has_guidance_embedding", "image_side", "is_flow_matching", "is_sdxl",
     "latent_shape", "load_pipeline", "patch_targets", "pipeline_class_name", "predict", "save_standin_erased",
-    "select_parameters", "swapped_modules", "text_encoders", "unet_weights_hash", "uses_classifier_free_guidance",
+    "select_parameters", "swapped_modules", "text_encoders", "timestep_bin", "unet_weights_hash",
+    "uses_classifier_free_guidance",
     "weights_hash",
 ]

@@ -18,7 +18,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from sdd.models.families import FLUX, SD3, family
+from sdd.models.families import FLUX, family, is_flow_matching
 
 #: the transformers' timestep scale: t = 1000·σ
 FLOW_TIMESTEPS = 1000
@@ -30,12 +30,19 @@ def _flow_shift_mu(scheduler: FlowMatchEulerDiscreteScheduler, image_seq_len: in
                            cfg.get("base_shift", 0.5), cfg.get("max_shift", max_shift))
 
 
+def timestep_bin(k: int, num_steps: int, num_train_timesteps: int) -> tuple[int, int]:
+    """The DDPM timesteps [lo, hi) that DDIM step k of ``num_steps`` stands for."""
+    lo = round((1 - (k + 1) / num_steps) * num_train_timesteps)
+    hi = round((1 - k / num_steps) * num_train_timesteps)
+    return lo, max(hi, lo + 1)
+
+
 class SamplingGrid:
     """The teacher's N-step sampling grid: model-input timesteps, the scheduler step, timesteps to train at."""
 
     def __init__(self, pipe: DiffusionPipeline, num_steps: int, latent_shape: tuple[int, ...], device):
         self.family, self.num_steps = family(pipe), num_steps
-        self.flow = self.family in (SD3, FLUX)
+        self.flow = is_flow_matching(pipe)
         if not self.flow:
             self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
             self.scheduler.set_timesteps(num_steps, device=device)
@@ -72,18 +79,14 @@ class SamplingGrid:
     def timestep_range(self, k: int) -> tuple[int, int] | None:
         """The DDPM timesteps [lo, hi) DDIM step k stands for, drawn from when training (the paper);
         None for flow matching, which trains at the grid's own timestep (z_k is exactly at σ_k)."""
-        if self.flow:
-            return None
-        lo = round((1 - (k + 1) / self.num_steps) * self.num_train_timesteps)
-        hi = round((1 - k / self.num_steps) * self.num_train_timesteps)
-        return lo, max(hi, lo + 1)
+        return None if self.flow else timestep_bin(k, self.num_steps, self.num_train_timesteps)
 
 
 class TrainingNoise:
     """Noising clean latents at random timesteps, and the denoiser's target there."""
 
     def __init__(self, pipe: DiffusionPipeline):
-        self.flow = family(pipe) in (SD3, FLUX)
+        self.flow = is_flow_matching(pipe)
         self.scheduler = None if self.flow else DDPMScheduler.from_config(pipe.scheduler.config)
         self.num_train_timesteps = FLOW_TIMESTEPS if self.flow else self.scheduler.config.num_train_timesteps
 
